@@ -1,0 +1,228 @@
+//! Matrix products against weights read in place from the mapping.
+//!
+//! `out[t][r] = Σ_c x[t][c] · W[r][c]` for a batch of token rows `x`. Each weight row is
+//! dequantized once per batch, one 256-value segment at a time into a stack buffer, and dotted
+//! with every token row. Every output element is computed by one thread in a fixed order, so a
+//! row's result does not depend on the batch size or the thread count (batch invariance).
+
+use cascade_weights::DType;
+use rayon::prelude::*;
+
+use crate::error::{KernelError, Result};
+use crate::quant::dequantize;
+
+/// A `[rows, cols]` weight matrix in any supported type, viewed in place.
+#[derive(Debug, Clone, Copy)]
+pub struct QMatrix<'a> {
+    pub dtype: DType,
+    pub data: &'a [u8],
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<'a> QMatrix<'a> {
+    pub fn new(dtype: DType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
+        if cols % dtype.block_len() != 0 || data.len() != dtype.bytes_for(rows * cols) {
+            return Err(KernelError::Shape {
+                op: "QMatrix",
+                detail: format!(
+                    "{} bytes of {dtype} cannot hold [{rows}, {cols}]",
+                    data.len()
+                ),
+            });
+        }
+        Ok(QMatrix {
+            dtype,
+            data,
+            rows,
+            cols,
+        })
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.dtype.bytes_for(self.cols)
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantizes row `r` into `out` (length `cols`): an embedding lookup.
+    pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
+        dequantize(self.dtype, self.row(r), out);
+    }
+}
+
+/// Values dequantized at a time: one K-quant super-block, eight 32-value blocks.
+const SEGMENT: usize = 256;
+/// Token rows accumulated together per weight row.
+const TOKEN_TILE: usize = 32;
+/// Weight rows handed to one task.
+const ROWS_PER_TASK: usize = 16;
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: the pointer is only used to write disjoint output elements, one task per weight row
+// range, while the owning slice is borrowed mutably for the whole parallel region.
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above; no two tasks touch the same element.
+unsafe impl Sync for SyncPtr {}
+
+/// Fixed-order dot product of two equal-length slices: 16 independent lanes, summed pairwise.
+#[inline(always)]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[i] += x * y;
+    }
+    let mut s8 = [0f32; 8];
+    for i in 0..8 {
+        s8[i] = acc[i] + acc[i + 8];
+    }
+    let s4 = [s8[0] + s8[4], s8[1] + s8[5], s8[2] + s8[6], s8[3] + s8[7]];
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
+}
+
+/// `out[t * w.rows + r] = dot(x[t * w.cols ..], W[r])` for `t < n_tokens`.
+pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+    if x.len() != n_tokens * w.cols || out.len() != n_tokens * w.rows {
+        return Err(KernelError::Shape {
+            op: "matmul",
+            detail: format!(
+                "W [{}, {}], x has {} values for {n_tokens} tokens, out has {}",
+                w.rows,
+                w.cols,
+                x.len(),
+                out.len()
+            ),
+        });
+    }
+    let seg = if w.dtype.block_len() > 1 {
+        SEGMENT.min(w.cols)
+    } else {
+        SEGMENT
+    };
+    let seg_bytes = w.dtype.bytes_for(seg);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let n_tasks = w.rows.div_ceil(ROWS_PER_TASK);
+    let (rows, cols) = (w.rows, w.cols);
+    (0..n_tasks).into_par_iter().for_each(|task| {
+        let out_ptr = out_ptr;
+        let mut buf = [0f32; SEGMENT];
+        let mut acc = [0f32; TOKEN_TILE];
+        for r in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(rows) {
+            let row = w.row(r);
+            for t0 in (0..n_tokens).step_by(TOKEN_TILE) {
+                let nt = TOKEN_TILE.min(n_tokens - t0);
+                acc[..nt].fill(0.0);
+                let mut c0 = 0;
+                while c0 < cols {
+                    let n = seg.min(cols - c0);
+                    let bytes = &row[c0 / seg * seg_bytes..][..w.dtype.bytes_for(n)];
+                    dequantize(w.dtype, bytes, &mut buf[..n]);
+                    for (t, a) in acc[..nt].iter_mut().enumerate() {
+                        let xr = &x[(t0 + t) * cols + c0..][..n];
+                        *a += dot(&buf[..n], xr);
+                    }
+                    c0 += n;
+                }
+                for (t, a) in acc[..nt].iter().enumerate() {
+                    // SAFETY: (t0 + t, r) is in bounds (checked above) and written by this task only.
+                    unsafe { *out_ptr.0.add((t0 + t) * rows + r) = *a };
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Reference product: dequantize the whole matrix, multiply in f64. For tests.
+pub fn matmul_reference(w: &QMatrix, x: &[f32], n_tokens: usize) -> Vec<f32> {
+    let mut wf = vec![0f32; w.rows * w.cols];
+    dequantize(w.dtype, w.data, &mut wf);
+    let mut out = vec![0f32; n_tokens * w.rows];
+    for t in 0..n_tokens {
+        for r in 0..w.rows {
+            let s: f64 = (0..w.cols)
+                .map(|c| x[t * w.cols + c] as f64 * wf[r * w.cols + c] as f64)
+                .sum();
+            out[t * w.rows + r] = s as f32;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::random_data;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn case(dtype: DType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let data = random_data(dtype, rows * cols, 0.02, || rng.random());
+        let x: Vec<f32> = (0..16 * cols)
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        (data, x)
+    }
+
+    #[test]
+    fn every_type_matches_the_reference() {
+        for dtype in DType::ALL {
+            let (rows, cols) = (37, 512 + if dtype.block_len() == 1 { 40 } else { 256 });
+            let (data, x) = case(dtype, rows, cols, 7);
+            let w = QMatrix::new(dtype, &data, rows, cols).unwrap();
+            for n in [1, 3, 16] {
+                let mut out = vec![0f32; n * rows];
+                matmul(&w, &x[..n * cols], n, &mut out).unwrap();
+                let want = matmul_reference(&w, &x[..n * cols], n);
+                for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                    let tol = 1e-4 * (1.0 + b.abs());
+                    assert!((a - b).abs() <= tol, "{dtype} n={n} i={i}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_are_batch_and_thread_invariant() {
+        for dtype in DType::ALL {
+            let (rows, cols) = (50, 512);
+            let (data, x) = case(dtype, rows, cols, 11);
+            let w = QMatrix::new(dtype, &data, rows, cols).unwrap();
+            let mut full = vec![0f32; 16 * rows];
+            matmul(&w, &x, 16, &mut full).unwrap();
+            for t in [0, 5, 15] {
+                let mut one = vec![0f32; rows];
+                matmul(&w, &x[t * cols..(t + 1) * cols], 1, &mut one).unwrap();
+                assert_eq!(one, full[t * rows..(t + 1) * rows], "{dtype} token {t}");
+            }
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let mut single = vec![0f32; 16 * rows];
+            pool.install(|| matmul(&w, &x, 16, &mut single).unwrap());
+            assert_eq!(single, full, "{dtype} with 1 thread");
+        }
+    }
+
+    #[test]
+    fn shape_errors_are_reported() {
+        assert!(QMatrix::new(DType::Q8_0, &[0; 10], 1, 32).is_err());
+        let data = vec![0u8; 34];
+        let w = QMatrix::new(DType::Q8_0, &data, 1, 32).unwrap();
+        assert!(matmul(&w, &[0.0; 31], 1, &mut [0.0]).is_err());
+    }
+}

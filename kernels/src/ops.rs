@@ -1,0 +1,181 @@
+//! Element-wise and per-row kernels of a transformer layer: RMSNorm, RoPE, SwiGLU, softmax and
+//! causal attention of k query rows over a KV cache. Each works row by row, so results do not
+//! depend on how many rows share a call.
+
+use cascade_weights::RopeStyle;
+use rayon::prelude::*;
+
+use crate::matmul::dot;
+
+/// `out[r] = x[r] / rms(x[r]) * w` for each row of length `w.len()`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let n = w.len();
+    for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let ss = dot(xr, xr);
+        let scale = 1.0 / (ss / n as f32 + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+/// Adds `bias` to every row of `x`.
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        for (v, b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// `x += y`.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `gate = silu(gate) * up`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Numerically stable softmax in place.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Rotary embeddings in place on `x` = `[n_tokens][n_heads][head_dim]`, token `t` at `positions[t]`.
+pub fn rope(
+    x: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    positions: &[usize],
+    theta: f32,
+    style: RopeStyle,
+) {
+    let half = head_dim / 2;
+    let theta_scale = theta.powf(-2.0 / head_dim as f32);
+    let mut cs = vec![(0f32, 0f32); half];
+    for (t, tok) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
+        let mut angle = positions[t] as f32;
+        for c in cs.iter_mut() {
+            *c = (angle.cos(), angle.sin());
+            angle *= theta_scale;
+        }
+        for head in tok.chunks_exact_mut(head_dim) {
+            for (i, &(cos, sin)) in cs.iter().enumerate() {
+                let (a, b) = match style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::Neox => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * cos - x1 * sin;
+                head[b] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
+/// Shape of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Causal attention of `n_tokens` query rows (at positions `past..past + n_tokens`) over a cache
+/// holding `past + n_tokens` keys and values, each row `[n_kv_heads * head_dim]`.
+/// `q` and `out` are `[n_tokens][n_heads * head_dim]`.
+pub fn attention(q: &[f32], k: &[f32], v: &[f32], past: usize, s: AttentionShape, out: &mut [f32]) {
+    let AttentionShape {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    } = s;
+    let q_dim = n_heads * head_dim;
+    let kv_dim = n_kv_heads * head_dim;
+    let group = n_heads / n_kv_heads;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    out.par_chunks_mut(head_dim).enumerate().for_each(|(i, o)| {
+        let (t, h) = (i / n_heads, i % n_heads);
+        let kvh = h / group;
+        let qh = &q[t * q_dim + h * head_dim..][..head_dim];
+        let n_keys = past + t + 1;
+        let mut scores: Vec<f32> = (0..n_keys)
+            .map(|j| dot(qh, &k[j * kv_dim + kvh * head_dim..][..head_dim]) * scale)
+            .collect();
+        softmax(&mut scores);
+        o.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            let vr = &v[j * kv_dim + kvh * head_dim..][..head_dim];
+            for (a, &b) in o.iter_mut().zip(vr) {
+                *a += p * b;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_normalises() {
+        let x = [3.0, 4.0];
+        let mut out = [0.0; 2];
+        rms_norm(&x, &[1.0, 2.0], 0.0, &mut out);
+        let r = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / r).abs() < 1e-6 && (out[1] - 8.0 / r).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_styles_rotate_the_right_pairs() {
+        // At position 0 nothing changes; at position 1 the first pair rotates by 1 radian.
+        let mut x = vec![1.0, 0.0, 0.0, 0.0];
+        rope(&mut x, 1, 4, &[1], 10000.0, RopeStyle::Interleaved);
+        assert!((x[0] - 1f32.cos()).abs() < 1e-6 && (x[1] - 1f32.sin()).abs() < 1e-6);
+        let mut y = vec![1.0, 0.0, 0.0, 0.0];
+        rope(&mut y, 1, 4, &[1], 10000.0, RopeStyle::Neox);
+        assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[2] - 1f32.sin()).abs() < 1e-6);
+        let mut z = vec![0.3, 0.5, 0.7, 0.9];
+        let before = z.clone();
+        rope(&mut z, 1, 4, &[0], 10000.0, RopeStyle::Neox);
+        assert_eq!(z, before);
+    }
+
+    #[test]
+    fn attention_over_one_key_returns_its_value() {
+        let s = AttentionShape {
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 2,
+        };
+        let q = [1.0, 0.0, 0.0, 1.0];
+        let k = [0.5, 0.5];
+        let v = [2.0, 3.0];
+        let mut out = [0.0; 4];
+        attention(&q, &k, &v, 0, s, &mut out);
+        assert_eq!(out, [2.0, 3.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = [1.0, 2.0, 3.0, -1e9];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(x[3], 0.0);
+    }
+}

@@ -1,0 +1,625 @@
+//! GGUF v2/v3: header, metadata and tensor infos parsed from a byte slice (the file's mapping),
+//! and a writer used to make fixture models.
+//!
+//! Every read is bounds-checked: a truncated or corrupted file gives a typed error, never a panic,
+//! and counts read from the file never size an allocation beyond what the file could hold.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::dtype::DType;
+use crate::error::{Result, WeightsError};
+
+pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// One metadata value, of any of GGUF's value types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    fn type_id(&self) -> u32 {
+        match self {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+
+    /// The value as an unsigned integer, for any integer type holding a non-negative value.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v as u64),
+            Value::U16(v) => Some(v as u64),
+            Value::U32(v) => Some(v as u64),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Value::I8(v) => Some(v as i64),
+            Value::I16(v) => Some(v as i64),
+            Value::I32(v) => Some(v as i64),
+            Value::I64(v) => Some(v),
+            _ => self.as_u64().and_then(|v| i64::try_from(v).ok()),
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v as f64),
+            Value::F64(v) => Some(v),
+            _ => self.as_i64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// A short human description (arrays summarised by length).
+    pub fn describe(&self) -> String {
+        match self {
+            Value::String(s) if s.len() > 60 => {
+                format!("{:?}… ({} bytes)", &s[..s.floor_char_boundary(60)], s.len())
+            }
+            Value::String(s) => format!("{s:?}"),
+            Value::Array(a) => format!("[{} values]", a.len()),
+            Value::Bool(b) => b.to_string(),
+            Value::F32(v) => v.to_string(),
+            Value::F64(v) => v.to_string(),
+            other => other.as_i64().map(|v| v.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Where one tensor's bytes are inside the file, as declared by the header.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// GGML order: `dims[0]` is the contiguous (innermost) dimension.
+    pub dims: Vec<u64>,
+    pub dtype: DType,
+    /// Absolute byte offset in the file.
+    pub offset: u64,
+    pub n_bytes: u64,
+}
+
+/// A parsed GGUF header: everything but the tensor data.
+#[derive(Debug, Clone)]
+pub struct GgufHeader {
+    pub version: u32,
+    pub metadata: BTreeMap<String, Value>,
+    pub tensors: Vec<TensorInfo>,
+    pub alignment: u64,
+    pub data_offset: u64,
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let s = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(WeightsError::Truncated {
+                path: self.path.to_path_buf(),
+                what: what.to_string(),
+                offset: self.pos as u64,
+                needed: n as u64,
+                len: self.bytes.len() as u64,
+            }),
+        }
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let s = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn corrupt(&self, reason: String) -> WeightsError {
+        WeightsError::Corrupt {
+            path: self.path.to_path_buf(),
+            reason,
+        }
+    }
+
+    /// A count that sizes a list whose items take at least `min_item` bytes each.
+    fn count(&mut self, what: &str, min_item: usize) -> Result<usize> {
+        let n = self.u64(what)?;
+        let fits = (self.remaining() / min_item.max(1)) as u64;
+        if n > fits {
+            return Err(self.corrupt(format!(
+                "{what} is {n} but only {} bytes remain at offset {}",
+                self.remaining(),
+                self.pos
+            )));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self, what: &str) -> Result<String> {
+        let len = self.u64(what)?;
+        if len > self.remaining() as u64 {
+            return Err(WeightsError::Truncated {
+                path: self.path.to_path_buf(),
+                what: what.to_string(),
+                offset: self.pos as u64,
+                needed: len,
+                len: self.bytes.len() as u64,
+            });
+        }
+        let bytes = self.take(len as usize, what)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.corrupt(format!("{what} at offset {} is not UTF-8", self.pos)))
+    }
+
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value> {
+        Ok(match ty {
+            0 => Value::U8(self.array::<1>(key)?[0]),
+            1 => Value::I8(self.array::<1>(key)?[0] as i8),
+            2 => Value::U16(u16::from_le_bytes(self.array(key)?)),
+            3 => Value::I16(i16::from_le_bytes(self.array(key)?)),
+            4 => Value::U32(self.u32(key)?),
+            5 => Value::I32(i32::from_le_bytes(self.array(key)?)),
+            6 => Value::F32(f32::from_le_bytes(self.array(key)?)),
+            7 => match self.array::<1>(key)?[0] {
+                0 => Value::Bool(false),
+                1 => Value::Bool(true),
+                b => return Err(self.corrupt(format!("key '{key}': bool byte {b}"))),
+            },
+            8 => Value::String(self.string(key)?),
+            9 => {
+                if depth > 4 {
+                    return Err(self.corrupt(format!("key '{key}': arrays nested too deep")));
+                }
+                let elem_ty = self.u32(key)?;
+                let min = match elem_ty {
+                    0 | 1 | 7 => 1,
+                    2 | 3 => 2,
+                    4..=6 => 4,
+                    8 | 9..=12 => 8,
+                    t => {
+                        return Err(
+                            self.corrupt(format!("key '{key}': unknown array element type {t}"))
+                        )
+                    }
+                };
+                let n = self.count(key, min)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(self.value(elem_ty, key, depth + 1)?);
+                }
+                Value::Array(v)
+            }
+            10 => Value::U64(self.u64(key)?),
+            11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
+            12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
+            t => return Err(self.corrupt(format!("key '{key}': unknown value type {t}"))),
+        })
+    }
+}
+
+fn align_up(x: u64, a: u64) -> u64 {
+    x.div_ceil(a) * a
+}
+
+impl GgufHeader {
+    /// Parses the header of a GGUF file held in `bytes`, checking that every tensor lies inside it.
+    pub fn parse(path: &Path, bytes: &[u8]) -> Result<GgufHeader> {
+        let mut c = Cursor {
+            bytes,
+            pos: 0,
+            path,
+        };
+        let magic: [u8; 4] = c.array("magic")?;
+        if magic != GGUF_MAGIC {
+            return Err(WeightsError::BadMagic {
+                path: path.to_path_buf(),
+                magic,
+            });
+        }
+        let version = c.u32("version")?;
+        if !(2..=3).contains(&version) {
+            return Err(WeightsError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                version,
+            });
+        }
+        let n_tensors = c.count("tensor count", 24)?;
+        let n_kv = c.count("metadata count", 12)?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = c.string("metadata key")?;
+            let ty = c.u32(&key)?;
+            let value = c.value(ty, &key, 0)?;
+            metadata.insert(key, value);
+        }
+        let alignment = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => match v.as_u64() {
+                Some(a) if a > 0 && a.is_power_of_two() => a,
+                _ => return Err(c.corrupt(format!("general.alignment is {}", v.describe()))),
+            },
+        };
+        let mut raw = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            let name = c.string("tensor name")?;
+            let n_dims = c.u32(&name)?;
+            if n_dims == 0 || n_dims > 4 {
+                return Err(c.corrupt(format!("tensor '{name}' has {n_dims} dimensions")));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(c.u64(&name)?);
+            }
+            let ty = c.u32(&name)?;
+            let offset = c.u64(&name)?;
+            raw.push((name, dims, ty, offset));
+        }
+        let data_offset = align_up(c.pos as u64, alignment);
+        let file_len = bytes.len() as u64;
+        let mut tensors = Vec::with_capacity(raw.len());
+        for (name, dims, ty, rel) in raw {
+            let dtype =
+                DType::from_ggml_id(ty).map_err(|ty| WeightsError::UnsupportedTensorType {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    ty,
+                })?;
+            let n_elems = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .ok_or_else(|| {
+                    c.corrupt(format!("tensor '{name}' has an overflowing shape {dims:?}"))
+                })?;
+            if dims[0] % dtype.block_len() as u64 != 0 {
+                return Err(WeightsError::BadTensorShape {
+                    path: path.to_path_buf(),
+                    name,
+                    shape: dims,
+                    block: dtype.block_len(),
+                    ty: dtype.name(),
+                });
+            }
+            let n_bytes = (n_elems / dtype.block_len() as u64)
+                .checked_mul(dtype.block_bytes() as u64)
+                .unwrap_or(u64::MAX);
+            let start = data_offset.checked_add(rel);
+            let end = start.and_then(|s| s.checked_add(n_bytes));
+            match (start, end) {
+                (Some(start), Some(end)) if end <= file_len => {
+                    if rel % alignment != 0 {
+                        return Err(c.corrupt(format!(
+                            "tensor '{name}' offset {rel} is not aligned to {alignment}"
+                        )));
+                    }
+                    tensors.push(TensorInfo {
+                        name,
+                        dims,
+                        dtype,
+                        offset: start,
+                        n_bytes,
+                    });
+                }
+                _ => {
+                    return Err(WeightsError::TensorOutOfBounds {
+                        path: path.to_path_buf(),
+                        name,
+                        start: data_offset.saturating_add(rel),
+                        end: data_offset.saturating_add(rel).saturating_add(n_bytes),
+                        len: file_len,
+                    })
+                }
+            }
+        }
+        Ok(GgufHeader {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+        })
+    }
+}
+
+/// Builds a GGUF v3 file in memory: metadata and tensors given as raw (already quantized) bytes.
+#[derive(Debug, Default, Clone)]
+pub struct GgufWriter {
+    metadata: Vec<(String, Value)>,
+    tensors: Vec<(String, Vec<u64>, DType, Vec<u8>)>,
+}
+
+impl GgufWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn meta(&mut self, key: &str, value: Value) -> &mut Self {
+        self.metadata.retain(|(k, _)| k != key);
+        self.metadata.push((key.to_string(), value));
+        self
+    }
+
+    /// Adds a tensor; `dims` in GGML order (innermost first), `data` in the type's block format.
+    pub fn tensor(&mut self, name: &str, dims: &[u64], dtype: DType, data: Vec<u8>) -> &mut Self {
+        let n: u64 = dims.iter().product();
+        assert_eq!(
+            dtype.bytes_for(n as usize),
+            data.len(),
+            "tensor {name}: data length does not match shape {dims:?} of {dtype}"
+        );
+        self.tensors
+            .push((name.to_string(), dims.to_vec(), dtype, data));
+        self
+    }
+
+    fn put_value(out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::U8(x) => out.push(*x),
+            Value::I8(x) => out.push(*x as u8),
+            Value::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::Bool(x) => out.push(*x as u8),
+            Value::String(s) => {
+                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Value::Array(a) => {
+                let elem = a.first().map(Value::type_id).unwrap_or(4);
+                out.extend_from_slice(&elem.to_le_bytes());
+                out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+                for x in a {
+                    Self::put_value(out, x);
+                }
+            }
+        }
+    }
+
+    /// The whole file's bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let align = DEFAULT_ALIGNMENT;
+        let mut out = Vec::new();
+        out.extend_from_slice(&GGUF_MAGIC);
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (k, v) in &self.metadata {
+            Self::put_value(&mut out, &Value::String(k.clone()));
+            out.extend_from_slice(&v.type_id().to_le_bytes());
+            Self::put_value(&mut out, v);
+        }
+        let mut rel = 0u64;
+        let mut offsets = Vec::new();
+        for (name, dims, dtype, data) in &self.tensors {
+            Self::put_value(&mut out, &Value::String(name.clone()));
+            out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in dims {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+            out.extend_from_slice(&dtype.ggml_id().to_le_bytes());
+            out.extend_from_slice(&rel.to_le_bytes());
+            offsets.push(rel);
+            rel = align_up(rel + data.len() as u64, align);
+        }
+        out.resize(align_up(out.len() as u64, align) as usize, 0);
+        let base = out.len();
+        for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
+            out.resize(base + off as usize, 0);
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_bytes()).map_err(|source| WeightsError::Io {
+            path: PathBuf::from(path),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> GgufWriter {
+        let mut w = GgufWriter::new();
+        w.meta("general.architecture", Value::String("llama".into()))
+            .meta("a.u8", Value::U8(7))
+            .meta("a.i8", Value::I8(-7))
+            .meta("a.u16", Value::U16(700))
+            .meta("a.i16", Value::I16(-700))
+            .meta("a.u32", Value::U32(70000))
+            .meta("a.i32", Value::I32(-70000))
+            .meta("a.u64", Value::U64(1 << 40))
+            .meta("a.i64", Value::I64(-(1 << 40)))
+            .meta("a.f32", Value::F32(1.5))
+            .meta("a.f64", Value::F64(-2.25))
+            .meta("a.bool", Value::Bool(true))
+            .meta(
+                "a.arr",
+                Value::Array(vec![Value::String("x".into()), Value::String("yz".into())]),
+            )
+            .meta(
+                "a.nested",
+                Value::Array(vec![
+                    Value::Array(vec![Value::I32(1)]),
+                    Value::Array(vec![Value::I32(2)]),
+                ]),
+            );
+        w.tensor(
+            "t0",
+            &[4, 2],
+            DType::F32,
+            (0..32).map(|i| i as u8).collect(),
+        );
+        w.tensor("t1", &[32], DType::Q8_0, vec![1; 34]);
+        w
+    }
+
+    #[test]
+    fn writes_and_reads_every_value_type() {
+        let w = sample();
+        let bytes = w.to_bytes();
+        let h = GgufHeader::parse(Path::new("mem"), &bytes).unwrap();
+        assert_eq!(h.version, 3);
+        for (k, v) in &w.metadata {
+            assert_eq!(h.metadata.get(k), Some(v), "{k}");
+        }
+        assert_eq!(h.tensors.len(), 2);
+        assert_eq!(h.tensors[0].dims, vec![4, 2]);
+        assert_eq!(h.tensors[1].dtype, DType::Q8_0);
+        assert_eq!(h.tensors[0].offset % 32, 0);
+        assert_eq!(h.tensors[1].offset % 32, 0);
+        let t0 = &bytes[h.tensors[0].offset as usize..][..32];
+        assert_eq!(t0[5], 5);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_not_a_panic() {
+        let bytes = sample().to_bytes();
+        for len in 0..bytes.len() {
+            let r = GgufHeader::parse(Path::new("mem"), &bytes[..len]);
+            assert!(r.is_err(), "truncated to {len} bytes parsed");
+        }
+    }
+
+    #[test]
+    fn corrupted_bytes_never_panic() {
+        let bytes = sample().to_bytes();
+        let data_start = GgufHeader::parse(Path::new("mem"), &bytes)
+            .unwrap()
+            .data_offset as usize;
+        // Flip each header byte in turn to a few values; parsing must return, Ok or Err.
+        for i in 0..data_start {
+            for v in [0x00, 0xff, 0x7f, 0x80] {
+                let mut b = bytes.clone();
+                b[i] = v;
+                let _ = GgufHeader::parse(Path::new("mem"), &b);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_magic_and_version() {
+        let mut bytes = sample().to_bytes();
+        bytes[0] = b'X';
+        assert!(matches!(
+            GgufHeader::parse(Path::new("m"), &bytes),
+            Err(WeightsError::BadMagic { .. })
+        ));
+        let mut bytes = sample().to_bytes();
+        bytes[4] = 9;
+        assert!(matches!(
+            GgufHeader::parse(Path::new("m"), &bytes),
+            Err(WeightsError::UnsupportedVersion { version: 9, .. })
+        ));
+    }
+
+    #[test]
+    fn tensor_past_the_end_is_reported() {
+        let mut w = GgufWriter::new();
+        w.tensor("big", &[8], DType::F32, vec![0; 32]);
+        let bytes = w.to_bytes();
+        let cut = &bytes[..bytes.len() - 4];
+        match GgufHeader::parse(Path::new("m"), cut) {
+            Err(WeightsError::TensorOutOfBounds { name, .. }) => assert_eq!(name, "big"),
+            other => panic!("expected TensorOutOfBounds, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unsupported_tensor_type_is_named() {
+        let mut w = GgufWriter::new();
+        w.tensor("t", &[32], DType::Q8_0, vec![0; 34]);
+        let mut bytes = w.to_bytes();
+        // The type id sits 12 bytes before the end of the (only) tensor info: type u32, offset u64.
+        let h = GgufHeader::parse(Path::new("m"), &bytes).unwrap();
+        let info_end = (h.data_offset as usize..).next().unwrap();
+        let pos = (0..info_end)
+            .rev()
+            .find(|&p| {
+                bytes[p..p + 4] == 8u32.to_le_bytes() && bytes[p + 4..p + 12] == 0u64.to_le_bytes()
+            })
+            .unwrap();
+        bytes[pos..pos + 4].copy_from_slice(&9u32.to_le_bytes());
+        let err = GgufHeader::parse(Path::new("m"), &bytes).unwrap_err();
+        assert!(err.to_string().contains("Q8_1"), "{err}");
+    }
+}
