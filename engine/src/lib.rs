@@ -1,1 +1,21 @@
+//! cascade-engine: models (Llama/Qwen2 family), KV cache with rollback, sampling, generation,
+//! perplexity and the `Engine` API that users embed.
 
+pub mod chat;
+pub mod engine;
+pub mod error;
+pub mod fixture;
+pub mod generate;
+pub mod kv_cache;
+pub mod model;
+pub mod perplexity;
+pub mod sampler;
+
+pub use chat::Message;
+pub use engine::{Completion, Engine, EngineConfig, Prompt, Request, Role};
+pub use error::{EngineError, Result};
+pub use generate::{generate, GenerateConfig, GenerateStats, Generation, StopReason};
+pub use kv_cache::KvCache;
+pub use model::{Logits, Model};
+pub use perplexity::{perplexity, PerplexityResult};
+pub use sampler::{Distribution, Sampled, Sampler, SamplingParams};

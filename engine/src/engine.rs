@@ -1,0 +1,202 @@
+//! The `Engine`: what users embed. It owns the weight store, the target and an optional draft
+//! (both mapped through the one store), and a thread pool sized by the caller.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use cascade_weights::{OpenOptions, StreamDecoder, WeightStore};
+
+use crate::chat::{self, Message};
+use crate::error::{EngineError, Result};
+use crate::generate::{generate, GenerateConfig, GenerateStats, StopReason};
+use crate::model::Model;
+use crate::perplexity::{perplexity, PerplexityResult};
+
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// A `.gguf` file or a Hugging Face folder.
+    pub target: PathBuf,
+    pub draft: Option<PathBuf>,
+    /// A `tokenizer.json` to use instead of the models' own tokenizers.
+    pub tokenizer: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    pub threads: Option<usize>,
+}
+
+/// Which loaded model runs a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    #[default]
+    Target,
+    Draft,
+}
+
+#[derive(Debug, Clone)]
+pub enum Prompt {
+    /// Used verbatim (special tokens written in it are parsed).
+    Text(String),
+    /// Rendered with the model's chat template, ending with the assistant's turn.
+    Chat(Vec<Message>),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Prompt,
+    pub role: Role,
+    pub config: GenerateConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub stop: StopReason,
+    pub stats: GenerateStats,
+}
+
+pub struct Engine {
+    store: WeightStore,
+    target: Model,
+    draft: Option<Model>,
+    pool: rayon::ThreadPool,
+    /// Seconds spent opening and mapping the models.
+    pub load_s: f64,
+}
+
+impl Engine {
+    pub fn load(cfg: &EngineConfig) -> Result<Engine> {
+        let t0 = Instant::now();
+        let threads = cfg.threads.unwrap_or(0);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
+        let store = WeightStore::new();
+        let opts = OpenOptions {
+            tokenizer_json: cfg.tokenizer.clone(),
+        };
+        let target = Model::load(&store, &cfg.target, &opts)?;
+        let draft = match &cfg.draft {
+            Some(p) => {
+                let d = Model::load(&store, p, &opts)?;
+                if let Some(detail) = target.tokenizer.first_difference(&d.tokenizer) {
+                    return Err(EngineError::TokenizerMismatch { detail });
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        Ok(Engine {
+            store,
+            target,
+            draft,
+            pool,
+            load_s: t0.elapsed().as_secs_f64(),
+        })
+    }
+
+    pub fn store(&self) -> &WeightStore {
+        &self.store
+    }
+
+    pub fn target(&self) -> &Model {
+        &self.target
+    }
+
+    pub fn draft(&self) -> Option<&Model> {
+        self.draft.as_ref()
+    }
+
+    pub fn model(&self, role: Role) -> Result<&Model> {
+        match role {
+            Role::Target => Ok(&self.target),
+            Role::Draft => self.draft.as_ref().ok_or(EngineError::NoDraft),
+        }
+    }
+
+    /// Runs `f` on the engine's thread pool.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// The prompt as token ids for `role`'s model.
+    pub fn encode(&self, role: Role, prompt: &Prompt) -> Result<Vec<u32>> {
+        let model = self.model(role)?;
+        let tok = &model.tokenizer;
+        let ids = match prompt {
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Text(text) => tok.encode(text, true)?,
+            Prompt::Chat(messages) => {
+                let tmpl = tok
+                    .chat_template
+                    .as_deref()
+                    .ok_or(EngineError::NoChatTemplate)?;
+                let name = |id: Option<u32>| {
+                    id.map(|i| String::from_utf8_lossy(tok.token_bytes(i)).into_owned())
+                };
+                let bos = name(tok.bos).unwrap_or_default();
+                let eos = name(tok.eos).unwrap_or_default();
+                let text = chat::render(tmpl, messages, &bos, &eos)?;
+                // A template that writes the BOS token itself must not get a second one.
+                let add_bos = bos.is_empty() || !text.starts_with(&bos);
+                tok.encode(&text, add_bos)?
+            }
+        };
+        if ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        Ok(ids)
+    }
+
+    /// Generates a completion; `on_text` receives the text as it becomes complete UTF-8.
+    pub fn generate(
+        &self,
+        req: &Request,
+        mut on_text: impl FnMut(&str) + Send,
+    ) -> Result<Completion> {
+        let model = self.model(req.role)?;
+        let prompt = self.encode(req.role, &req.prompt)?;
+        let tok = &model.tokenizer;
+        let mut text = String::new();
+        let mut stream = StreamDecoder::new();
+        let gen = self.install(|| {
+            generate(model, &prompt, &req.config, |id| {
+                if !(req.config.stop_at_eog && tok.is_eog(id)) {
+                    let piece = stream.push(tok, id);
+                    if !piece.is_empty() {
+                        on_text(&piece);
+                        text.push_str(&piece);
+                    }
+                }
+                true
+            })
+        })?;
+        let rest = stream.finish();
+        if !rest.is_empty() {
+            on_text(&rest);
+            text.push_str(&rest);
+        }
+        Ok(Completion {
+            text,
+            tokens: gen.tokens,
+            prompt_tokens: prompt.len(),
+            stop: gen.stop,
+            stats: gen.stats,
+        })
+    }
+
+    /// Perplexity of `text` under `role`'s model with windows of `ctx` tokens.
+    pub fn perplexity(
+        &self,
+        role: Role,
+        text: &str,
+        ctx: usize,
+        on_window: impl FnMut(usize, usize, f64) + Send,
+    ) -> Result<PerplexityResult> {
+        let model = self.model(role)?;
+        let ids = model.tokenizer.encode(text, true)?;
+        self.install(|| perplexity(model, &ids, ctx, on_window))
+    }
+}

@@ -1,0 +1,39 @@
+//! The one error type of `cascade-engine`.
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Weights(#[from] cascade_weights::WeightsError),
+    #[error(transparent)]
+    Kernel(#[from] cascade_kernels::KernelError),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("the prompt has {prompt} tokens but the model's context holds {context}")]
+    PromptTooLong { prompt: usize, context: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    InvalidToken { id: u32, vocab: usize },
+    #[error("KV cache full: {len} tokens held, {adding} more asked, capacity {capacity}")]
+    CacheFull {
+        len: usize,
+        adding: usize,
+        capacity: usize,
+    },
+    #[error("cannot roll the KV cache back to {to}: it holds {len} tokens")]
+    BadRollback { to: usize, len: usize },
+    #[error("the model has no chat template")]
+    NoChatTemplate,
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    #[error("invalid {name}: {reason}")]
+    InvalidParam { name: &'static str, reason: String },
+    #[error("draft and target tokenizers differ: {detail}")]
+    TokenizerMismatch { detail: String },
+    #[error("no draft model was loaded (pass --draft PATH)")]
+    NoDraft,
+    #[error("thread pool: {0}")]
+    ThreadPool(String),
+    #[error("tensor '{name}': {reason}")]
+    BadTensor { name: String, reason: String },
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

@@ -1,0 +1,138 @@
+//! Autoregressive generation with one model: prefill, then one token per forward pass.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+use crate::model::{Logits, Model};
+use crate::sampler::{Sampler, SamplingParams};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateConfig {
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Stop at the model's end-of-generation tokens.
+    pub stop_at_eog: bool,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            max_tokens: 128,
+            sampling: SamplingParams::greedy(),
+            stop_at_eog: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An end-of-generation token was produced (it is part of `tokens`).
+    EndOfGeneration,
+    MaxTokens,
+    /// The model's context is full.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GenerateStats {
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    /// Decode steps (forward passes after the prefill) per second.
+    pub decode_tokens_per_s: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub tokens: Vec<u32>,
+    pub stop: StopReason,
+    pub stats: GenerateStats,
+}
+
+/// Checks a prompt against the model and returns the cache capacity the request needs.
+pub fn plan_capacity(model: &Model, prompt: &[u32], max_tokens: usize) -> Result<usize> {
+    if prompt.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    let context = model.config.context_length;
+    if prompt.len() >= context {
+        return Err(EngineError::PromptTooLong {
+            prompt: prompt.len(),
+            context,
+        });
+    }
+    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= model.vocab_size()) {
+        return Err(EngineError::InvalidToken {
+            id,
+            vocab: model.vocab_size(),
+        });
+    }
+    Ok((prompt.len() + max_tokens).min(context))
+}
+
+/// Generates up to `cfg.max_tokens` tokens after `prompt`. `on_token` sees each token as it is
+/// produced and returns false to stop.
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
+    cfg.sampling.validate()?;
+    let capacity = plan_capacity(model, prompt, cfg.max_tokens)?;
+    let mut cache = model.new_cache(capacity);
+    let mut sampler = Sampler::new(cfg.sampling);
+    let mut stats = GenerateStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    let mut tokens = Vec::new();
+    if cfg.max_tokens == 0 {
+        return Ok(Generation {
+            tokens,
+            stop: StopReason::MaxTokens,
+            stats,
+        });
+    }
+    let t0 = Instant::now();
+    let mut logits = model.forward(prompt, &mut cache, Logits::Last)?;
+    stats.prefill_s = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let mut steps = 0usize;
+    let stop = loop {
+        let tok = sampler.sample(&logits, model.valid_mask()).token;
+        tokens.push(tok);
+        if !on_token(tok) {
+            break StopReason::Cancelled;
+        }
+        if cfg.stop_at_eog && model.tokenizer.is_eog(tok) {
+            break StopReason::EndOfGeneration;
+        }
+        if tokens.len() >= cfg.max_tokens {
+            break StopReason::MaxTokens;
+        }
+        if cache.len() >= cache.capacity() {
+            break StopReason::ContextFull;
+        }
+        logits = model.forward(&[tok], &mut cache, Logits::Last)?;
+        steps += 1;
+    };
+    stats.decode_s = t1.elapsed().as_secs_f64();
+    stats.generated_tokens = tokens.len();
+    stats.decode_tokens_per_s = if stats.decode_s > 0.0 {
+        steps as f64 / stats.decode_s
+    } else {
+        0.0
+    };
+    Ok(Generation {
+        tokens,
+        stop,
+        stats,
+    })
+}

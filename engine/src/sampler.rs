@@ -1,0 +1,275 @@
+//! Sampling: greedy, temperature, top-k and top-p, seeded and reproducible. The sampler hands
+//! back the distribution it sampled from, not just the token, because verification needs it.
+//!
+//! Order of shaping (as in Hugging Face and vLLM): mask invalid ids, divide by the temperature,
+//! keep the top k, then the smallest set whose probability reaches top-p.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{EngineError, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// 0 means no top-k cut.
+    pub top_k: usize,
+    /// 1 means no top-p cut.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams::greedy()
+    }
+}
+
+impl SamplingParams {
+    pub fn greedy() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
+            return Err(EngineError::InvalidParam {
+                name: "temperature",
+                reason: format!("{} must be a finite number ≥ 0", self.temperature),
+            });
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(EngineError::InvalidParam {
+                name: "top-p",
+                reason: format!("{} must be in (0, 1]", self.top_p),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A probability distribution over the (padded) vocabulary; zero outside its support.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Distribution {
+    pub probs: Vec<f32>,
+}
+
+impl Distribution {
+    /// Shapes `logits` by `params`; ids with `valid[id] == false` get probability 0.
+    pub fn from_logits(logits: &[f32], params: &SamplingParams, valid: &[bool]) -> Distribution {
+        let n = logits.len();
+        let is_valid = |i: usize| valid.get(i).copied().unwrap_or(false);
+        let mut probs = vec![0f32; n];
+        if params.is_greedy() {
+            if let Some(best) = argmax_valid(logits, valid) {
+                probs[best as usize] = 1.0;
+            }
+            return Distribution { probs };
+        }
+        let inv_t = 1.0 / params.temperature;
+        let max = (0..n)
+            .filter(|&i| is_valid(i))
+            .map(|i| logits[i] * inv_t)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f64;
+        for i in 0..n {
+            if is_valid(i) {
+                let p = ((logits[i] * inv_t - max) as f64).exp();
+                probs[i] = p as f32;
+                sum += p;
+            }
+        }
+        if sum == 0.0 || !sum.is_finite() {
+            return Distribution { probs };
+        }
+        let inv = (1.0 / sum) as f32;
+        probs.iter_mut().for_each(|p| *p *= inv);
+        let cut_k = params.top_k > 0 && params.top_k < n;
+        if cut_k || params.top_p < 1.0 {
+            // Candidates by descending probability, ties by id.
+            let mut order: Vec<u32> = (0..n as u32).filter(|&i| probs[i as usize] > 0.0).collect();
+            order.sort_by(|&a, &b| {
+                probs[b as usize]
+                    .total_cmp(&probs[a as usize])
+                    .then(a.cmp(&b))
+            });
+            let mut keep = if cut_k {
+                params.top_k.min(order.len())
+            } else {
+                order.len()
+            };
+            if params.top_p < 1.0 {
+                let mut cum = 0f32;
+                for (i, &id) in order[..keep].iter().enumerate() {
+                    cum += probs[id as usize];
+                    if cum >= params.top_p {
+                        keep = i + 1;
+                        break;
+                    }
+                }
+            }
+            let mut kept = vec![0f32; n];
+            let mut s = 0f32;
+            for &id in &order[..keep] {
+                kept[id as usize] = probs[id as usize];
+                s += probs[id as usize];
+            }
+            let inv = 1.0 / s;
+            kept.iter_mut().for_each(|p| *p *= inv);
+            probs = kept;
+        }
+        Distribution { probs }
+    }
+
+    /// The most probable id (lowest id on ties).
+    pub fn argmax(&self) -> u32 {
+        let mut best = 0;
+        for (i, &p) in self.probs.iter().enumerate() {
+            if p > self.probs[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+
+    pub fn prob(&self, id: u32) -> f32 {
+        self.probs.get(id as usize).copied().unwrap_or(0.0)
+    }
+
+    /// The id at which the cumulative probability first exceeds `u` in [0, 1).
+    pub fn quantile(&self, u: f32) -> u32 {
+        let mut cum = 0f32;
+        let mut last = 0;
+        for (i, &p) in self.probs.iter().enumerate() {
+            if p > 0.0 {
+                cum += p;
+                last = i;
+                if u < cum {
+                    return i as u32;
+                }
+            }
+        }
+        last as u32
+    }
+}
+
+/// The valid id with the largest logit (lowest id on ties).
+pub fn argmax_valid(logits: &[f32], valid: &[bool]) -> Option<u32> {
+    let mut best: Option<usize> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if valid.get(i).copied().unwrap_or(false) && best.is_none_or(|b| l > logits[b]) {
+            best = Some(i);
+        }
+    }
+    best.map(|b| b as u32)
+}
+
+/// A seeded sampler.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    pub params: SamplingParams,
+    rng: ChaCha8Rng,
+}
+
+/// One sampled token and the distribution it was drawn from.
+#[derive(Debug, Clone)]
+pub struct Sampled {
+    pub token: u32,
+    pub dist: Distribution,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Sampler {
+        Sampler {
+            params,
+            rng: ChaCha8Rng::seed_from_u64(params.seed),
+        }
+    }
+
+    /// A uniform draw in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.random::<f32>()
+    }
+
+    pub fn sample(&mut self, logits: &[f32], valid: &[bool]) -> Sampled {
+        let dist = Distribution::from_logits(logits, &self.params, valid);
+        let token = if self.params.is_greedy() {
+            dist.argmax()
+        } else {
+            let u = self.uniform();
+            dist.quantile(u)
+        };
+        Sampled { token, dist }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(t: f32, k: usize, p: f32) -> SamplingParams {
+        SamplingParams {
+            temperature: t,
+            top_k: k,
+            top_p: p,
+            seed: 1,
+        }
+    }
+
+    #[test]
+    fn greedy_skips_invalid_ids() {
+        let logits = [1.0, 5.0, 3.0, 3.0];
+        let valid = [true, false, true, true];
+        let s = Sampler::new(SamplingParams::greedy()).sample(&logits, &valid);
+        assert_eq!(s.token, 2);
+        assert_eq!(s.dist.prob(2), 1.0);
+    }
+
+    #[test]
+    fn temperature_top_k_top_p_shape_the_distribution() {
+        let logits = [2.0, 1.0, 0.0, -1.0];
+        let valid = [true; 4];
+        let d = Distribution::from_logits(&logits, &params(1.0, 0, 1.0), &valid);
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        for i in 0..4 {
+            assert!((d.probs[i] - logits[i].exp() / z).abs() < 1e-6);
+        }
+        let k2 = Distribution::from_logits(&logits, &params(1.0, 2, 1.0), &valid);
+        assert!(k2.probs[2] == 0.0 && k2.probs[3] == 0.0);
+        assert!((k2.probs[0] + k2.probs[1] - 1.0).abs() < 1e-6);
+        // p0 = 0.64, so top-p 0.5 keeps one token and 0.9 keeps two.
+        let p5 = Distribution::from_logits(&logits, &params(1.0, 0, 0.5), &valid);
+        assert_eq!(p5.probs[0], 1.0);
+        let p9 = Distribution::from_logits(&logits, &params(1.0, 0, 0.9), &valid);
+        assert!(p9.probs[1] > 0.0 && p9.probs[2] == 0.0);
+    }
+
+    #[test]
+    fn seeded_sampling_is_reproducible_and_follows_probabilities() {
+        let logits = [0.0, (3.0f32).ln()];
+        let valid = [true; 2];
+        let mut a = Sampler::new(params(1.0, 0, 1.0));
+        let mut b = Sampler::new(params(1.0, 0, 1.0));
+        let xs: Vec<u32> = (0..4000).map(|_| a.sample(&logits, &valid).token).collect();
+        let ys: Vec<u32> = (0..4000).map(|_| b.sample(&logits, &valid).token).collect();
+        assert_eq!(xs, ys);
+        let ones = xs.iter().filter(|&&t| t == 1).count() as f64 / 4000.0;
+        assert!((ones - 0.75).abs() < 0.03, "{ones}");
+    }
+
+    #[test]
+    fn bad_params_are_rejected() {
+        assert!(params(-1.0, 0, 1.0).validate().is_err());
+        assert!(params(1.0, 0, 0.0).validate().is_err());
+        assert!(params(f32::NAN, 0, 1.0).validate().is_err());
+    }
+}

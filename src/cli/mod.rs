@@ -1,0 +1,95 @@
+//! The `cascade` command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod generate;
+mod inspect;
+mod perplexity;
+mod tokenize;
+
+pub use generate::GenerateArgs;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Engine(#[from] cascade_engine::EngineError),
+    #[error(transparent)]
+    Weights(#[from] cascade_weights::WeightsError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("fetching models: {0}")]
+    Fetch(String),
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cascade",
+    version,
+    about = "Speculative inference: a small draft proposes, a large target verifies."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt.
+    Generate(GenerateArgs),
+    /// Print the token ids of a text.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Perplexity of a text file (llama.cpp's convention).
+    Perplexity(perplexity::PerplexityArgs),
+    /// Describe a model file or folder.
+    Inspect(inspect::InspectArgs),
+    /// Fetch the default model pair if missing and run a generation on it.
+    Demo(demo::DemoArgs),
+}
+
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    init_tracing();
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Demo(a) => demo::run(a),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CASCADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A spinner on stderr while something loads (hidden when stderr is not a terminal).
+pub(crate) fn spinner(msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+pub(crate) fn print_json(v: &serde_json::Value) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v).map_err(std::io::Error::other)?;
+    writeln!(out)?;
+    Ok(())
+}
