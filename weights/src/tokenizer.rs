@@ -462,6 +462,13 @@ impl Tokenizer {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// Writes the tokenizer as a Hugging Face `tokenizer.json`.
+    pub fn save_json(&self, path: &Path) -> Result<()> {
+        self.inner
+            .save(path, false)
+            .map_err(|e| tok_err(format!("saving {}: {e}", path.display())))
+    }
+
     pub fn merges(&self) -> &[String] {
         &self.merges
     }

@@ -1,0 +1,142 @@
+//! Helpers shared by the integration tests: fixture models on disk and the `cascade` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use cascade::engine::fixture::{self, FixtureSpec};
+use cascade::weights::{canonical_name, GgufHeader, OpenOptions, WeightStore};
+
+/// Writes a fixture GGUF into `dir` and returns its path.
+pub fn write_fixture(dir: &Path, name: &str, spec: &FixtureSpec) -> PathBuf {
+    let path = dir.join(name);
+    fixture::write(spec, &path).expect("write fixture");
+    path
+}
+
+/// The Hugging Face name of a canonical (GGUF) tensor name.
+fn hf_name(gguf: &str) -> String {
+    let candidates = [
+        "model.embed_tokens.weight".to_string(),
+        "model.norm.weight".to_string(),
+        "lm_head.weight".to_string(),
+    ];
+    if let Some(c) = candidates
+        .iter()
+        .find(|c| canonical_name(c).as_deref() == Some(gguf))
+    {
+        return c.clone();
+    }
+    let layer: usize = gguf
+        .split('.')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("layer tensor");
+    for suffix in [
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.q_proj.bias",
+        "self_attn.k_proj.bias",
+        "self_attn.v_proj.bias",
+        "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight",
+        "mlp.up_proj.weight",
+        "mlp.down_proj.weight",
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+    ] {
+        let hf = format!("model.layers.{layer}.{suffix}");
+        if canonical_name(&hf).as_deref() == Some(gguf) {
+            return hf;
+        }
+    }
+    panic!("no HF name for {gguf}");
+}
+
+/// Converts an F32 Qwen2 fixture GGUF into a Hugging Face folder (config.json, model.safetensors,
+/// tokenizer.json) holding the same weights.
+pub fn hf_folder_from_gguf(gguf: &Path, spec: &FixtureSpec, dir: &Path) -> PathBuf {
+    use safetensors::tensor::{Dtype, TensorView};
+    std::fs::create_dir_all(dir).unwrap();
+    let bytes = std::fs::read(gguf).unwrap();
+    let header = GgufHeader::parse(gguf, &bytes).unwrap();
+    let mut views = Vec::new();
+    for t in &header.tensors {
+        assert_eq!(t.dtype.name(), "F32", "HF conversion takes F32 fixtures");
+        let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        let data = &bytes[t.offset as usize..(t.offset + t.n_bytes) as usize];
+        views.push((
+            hf_name(&t.name),
+            TensorView::new(Dtype::F32, shape, data).unwrap(),
+        ));
+    }
+    let st = safetensors::tensor::serialize(views, None).unwrap();
+    std::fs::write(dir.join("model.safetensors"), st).unwrap();
+    let store = WeightStore::new();
+    let model = store.open_model(gguf, &OpenOptions::default()).unwrap();
+    let c = &model.config;
+    let config = serde_json::json!({
+        "architectures": ["Qwen2ForCausalLM"],
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "rms_norm_eps": c.rms_eps,
+        "rope_theta": c.rope_theta,
+        "max_position_embeddings": c.context_length,
+        "vocab_size": c.vocab_size,
+        "tie_word_embeddings": spec.tied,
+    });
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    model
+        .tokenizer
+        .save_json(&dir.join("tokenizer.json"))
+        .unwrap();
+    let tok_cfg = serde_json::json!({
+        "bos_token": "<|im_start|>",
+        "eos_token": "<|im_end|>",
+        "add_bos_token": false,
+        "chat_template": fixture::CHATML_TEMPLATE,
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tok_cfg.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+/// Runs the `cascade` binary.
+pub fn cascade(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cascade"))
+        .args(args)
+        .output()
+        .expect("run cascade")
+}
+
+/// Asserts the command failed cleanly: exit code 1, an `error:` line containing `needle`, no panic.
+pub fn assert_clean_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(stderr.contains("error:"), "no error line: {stderr}");
+    assert!(stderr.contains(needle), "expected '{needle}' in: {stderr}");
+}
+
+/// Where the real models are (scripts/fetch-models puts them there).
+pub fn models_dir() -> PathBuf {
+    cascade::models::models_dir()
+}
+
+/// The path of a real model file, or a panic telling how to fetch it.
+pub fn real_model(file: &str) -> PathBuf {
+    let p = models_dir().join(file);
+    assert!(
+        p.exists(),
+        "{} is missing: run `scripts/fetch-models all` first (or set CASCADE_MODELS)",
+        p.display()
+    );
+    p
+}
