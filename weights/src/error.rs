@@ -25,7 +25,7 @@ pub enum WeightsError {
         needed: u64,
         len: u64,
     },
-    #[error("{path}: corrupt header: {reason}")]
+    #[error("{path}: corrupt or truncated header: {reason}")]
     Corrupt { path: PathBuf, reason: String },
     #[error(
         "{path}: tensor '{name}' spans bytes {start}..{end} but the data section ends at {len}"
