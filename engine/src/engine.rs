@@ -80,10 +80,13 @@ impl Engine {
         let target = Model::load(&store, &cfg.target, &opts)?;
         let draft = match &cfg.draft {
             Some(p) => {
-                let d = Model::load(&store, p, &opts)?;
+                let mut d = Model::load(&store, p, &opts)?;
                 if let Some(detail) = target.tokenizer.first_difference(&d.tokenizer) {
                     return Err(EngineError::TokenizerMismatch { detail });
                 }
+                // Identical tokenizers: keep one copy in memory.
+                d.tokenizer = target.tokenizer.clone();
+                d.files.tokenizer = target.tokenizer.clone();
                 Some(d)
             }
             None => None,

@@ -114,7 +114,8 @@ pub struct ModelFiles {
     pub format: ModelFormat,
     pub config: ModelConfig,
     pub tokenizer: Tokenizer,
-    /// GGUF metadata (empty for safetensors folders), for `inspect`.
+    /// GGUF metadata (empty for safetensors folders), for `inspect`. Arrays of more than 256
+    /// values (the vocabulary) are replaced by their length.
     pub metadata: BTreeMap<String, Value>,
     tensors: HashMap<String, TensorView>,
 }
@@ -230,6 +231,15 @@ impl WeightStore {
         }
         let config = ModelConfig::from_gguf(&header.metadata, &tensors)?;
         let tokenizer = Tokenizer::from_gguf(&header.metadata)?;
+        // The tokenizer now owns the vocabulary; keep only a summary of the large arrays.
+        let mut metadata = header.metadata;
+        for v in metadata.values_mut() {
+            if let Value::Array(a) = v {
+                if a.len() > 256 {
+                    *v = Value::U64(a.len() as u64);
+                }
+            }
+        }
         Ok(ModelFiles {
             path: path.to_path_buf(),
             format: ModelFormat::Gguf {
@@ -237,7 +247,7 @@ impl WeightStore {
             },
             config,
             tokenizer,
-            metadata: header.metadata,
+            metadata,
             tensors,
         })
     }

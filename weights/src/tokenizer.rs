@@ -48,7 +48,7 @@ const GPT2_SPLIT: &str =
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 /// Names of end-of-generation tokens recognised besides the declared EOS/EOT ids (as llama.cpp does).
-const EOG_NAMES: [&str; 7] = [
+const EOG_NAMES: [&str; 13] = [
     "<|endoftext|>",
     "<|im_end|>",
     "<|eot_id|>",
@@ -56,15 +56,28 @@ const EOG_NAMES: [&str; 7] = [
     "<end_of_turn>",
     "<|end_of_text|>",
     "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<end_of_utterance>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
 ];
 
-#[derive(Debug, Clone)]
-pub struct Tokenizer {
+/// The large, immutable parts of a tokenizer, shared by every clone.
+#[derive(Debug)]
+struct Vocab {
     inner: tokenizers::Tokenizer,
     token_bytes: Vec<Vec<u8>>,
     kinds: Vec<TokenKind>,
     /// Merges, for comparing two models' tokenizers.
     merges: Vec<String>,
+}
+
+/// A tokenizer; cloning it is cheap (the vocabulary is shared).
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    vocab: std::sync::Arc<Vocab>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     /// Prepend BOS when encoding a prompt.
@@ -259,10 +272,12 @@ impl Tokenizer {
         eog.sort_unstable();
         eog.dedup();
         Ok(Tokenizer {
-            inner,
-            token_bytes,
-            kinds,
-            merges,
+            vocab: std::sync::Arc::new(Vocab {
+                inner,
+                token_bytes,
+                kinds,
+                merges,
+            }),
             bos,
             eos,
             add_bos: m
@@ -343,10 +358,12 @@ impl Tokenizer {
         let source = path.display().to_string();
         if let Some(b) = base {
             return Ok(Tokenizer {
-                inner,
-                token_bytes,
-                kinds,
-                merges,
+                vocab: std::sync::Arc::new(Vocab {
+                    inner,
+                    token_bytes,
+                    kinds,
+                    merges,
+                }),
                 bos: b.bos,
                 eos: b.eos,
                 add_bos: b.add_bos,
@@ -379,10 +396,12 @@ impl Tokenizer {
         eog.sort_unstable();
         eog.dedup();
         Ok(Tokenizer {
-            inner,
-            token_bytes,
-            kinds,
-            merges,
+            vocab: std::sync::Arc::new(Vocab {
+                inner,
+                token_bytes,
+                kinds,
+                merges,
+            }),
             bos,
             eos,
             add_bos: cfg
@@ -402,6 +421,7 @@ impl Tokenizer {
     /// `add_bos` prepends BOS when the tokenizer asks for it.
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>> {
         let enc = self
+            .vocab
             .inner
             .encode_fast(text, false)
             .map_err(|e| tok_err(format!("encoding failed: {e}")))?;
@@ -417,18 +437,19 @@ impl Tokenizer {
 
     /// Number of token ids the tokenizer knows (the real vocabulary, without padding rows).
     pub fn n_vocab(&self) -> usize {
-        self.token_bytes.len()
+        self.vocab.token_bytes.len()
     }
 
     /// Whether `id` may ever be produced: a known token that is not marked unused.
     pub fn is_valid(&self, id: u32) -> bool {
-        self.kinds
+        self.vocab
+            .kinds
             .get(id as usize)
             .is_some_and(|k| *k != TokenKind::Unused)
     }
 
     pub fn kind(&self, id: u32) -> Option<TokenKind> {
-        self.kinds.get(id as usize).copied()
+        self.vocab.kinds.get(id as usize).copied()
     }
 
     /// End-of-generation tokens (EOS, EOT and end-of-turn tokens).
@@ -442,7 +463,8 @@ impl Tokenizer {
 
     /// The raw bytes of one token (for control tokens, their text).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        self.token_bytes
+        self.vocab
+            .token_bytes
             .get(id as usize)
             .map(Vec::as_slice)
             .unwrap_or(&[])
@@ -450,7 +472,7 @@ impl Tokenizer {
 
     /// The token's string as stored in the vocabulary.
     pub fn token_str(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        self.vocab.inner.id_to_token(id)
     }
 
     /// Decodes ids to text (invalid UTF-8 becomes U+FFFD).
@@ -464,13 +486,19 @@ impl Tokenizer {
 
     /// Writes the tokenizer as a Hugging Face `tokenizer.json`.
     pub fn save_json(&self, path: &Path) -> Result<()> {
-        self.inner
+        self.vocab
+            .inner
             .save(path, false)
             .map_err(|e| tok_err(format!("saving {}: {e}", path.display())))
     }
 
     pub fn merges(&self) -> &[String] {
-        &self.merges
+        &self.vocab.merges
+    }
+
+    /// Whether two tokenizers share one vocabulary in memory.
+    pub fn shares_vocab_with(&self, other: &Tokenizer) -> bool {
+        std::sync::Arc::ptr_eq(&self.vocab, &other.vocab)
     }
 
     /// The first difference between two tokenizers' vocabularies, merges or special ids, if any.
@@ -493,20 +521,15 @@ impl Tokenizer {
                 other.n_vocab()
             ));
         }
-        if let Some(i) = (0..self.merges.len().min(other.merges.len()))
-            .find(|&i| self.merges[i] != other.merges[i])
-        {
+        let (ma, mb) = (self.merges(), other.merges());
+        if let Some(i) = (0..ma.len().min(mb.len())).find(|&i| ma[i] != mb[i]) {
             return Some(format!(
                 "merge {i} is '{}' in one and '{}' in the other",
-                self.merges[i], other.merges[i]
+                ma[i], mb[i]
             ));
         }
-        if self.merges.len() != other.merges.len() {
-            return Some(format!(
-                "{} and {} merges",
-                self.merges.len(),
-                other.merges.len()
-            ));
+        if ma.len() != mb.len() {
+            return Some(format!("{} and {} merges", ma.len(), mb.len()));
         }
         if self.bos != other.bos || self.eos != other.eos {
             return Some(format!(
