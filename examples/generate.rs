@@ -4,12 +4,16 @@
 
 use std::io::Write;
 
-use cascade::engine::{Engine, EngineConfig, GenerateConfig, Message, Prompt, Request, Role, SamplingParams};
+use cascade::engine::{
+    Engine, EngineConfig, GenerateConfig, Message, Prompt, Request, Role, SamplingParams,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let model = args.next().ok_or("usage: generate MODEL.gguf [PROMPT]")?;
-    let prompt = args.next().unwrap_or_else(|| "Write a haiku about Rust.".into());
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "Write a haiku about Rust.".into());
 
     let engine = Engine::load(&EngineConfig {
         target: model.into(),
@@ -33,6 +37,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         print!("{piece}");
         let _ = std::io::stdout().flush();
     })?;
-    println!("\n[{} tokens, {:.1} tokens/s]", out.tokens.len(), out.stats.decode_tokens_per_s);
+    println!(
+        "\n[{} tokens, {:.1} tokens/s]",
+        out.tokens.len(),
+        out.stats.decode_tokens_per_s
+    );
     Ok(())
 }

@@ -10,7 +10,14 @@ fn bench(c: &mut Criterion) {
     let (rows, cols) = (8960, 1536);
     let mut g = c.benchmark_group("matmul_8960x1536");
     g.sample_size(20);
-    for dtype in [DType::Q4K, DType::Q6K, DType::Q5_0, DType::Q8_0, DType::Q4_1, DType::F16] {
+    for dtype in [
+        DType::Q4K,
+        DType::Q6K,
+        DType::Q5_0,
+        DType::Q8_0,
+        DType::Q4_1,
+        DType::F16,
+    ] {
         for n in [1usize, 8] {
             let (data, x) = matmul_case(dtype, rows, cols, n, 1);
             let w = QMatrix::new(dtype, &data, rows, cols).unwrap();

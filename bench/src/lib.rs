@@ -5,7 +5,13 @@ use cascade_kernels::quant::random_data;
 use cascade_weights::DType;
 
 /// Random weights `[rows, cols]` of `dtype` and `n` activation rows, reproducible from `seed`.
-pub fn matmul_case(dtype: DType, rows: usize, cols: usize, n: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+pub fn matmul_case(
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    seed: u64,
+) -> (Vec<u8>, Vec<f32>) {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         s ^= s << 13;
@@ -14,6 +20,8 @@ pub fn matmul_case(dtype: DType, rows: usize, cols: usize, n: usize, seed: u64) 
         s
     };
     let data = random_data(dtype, rows * cols, 0.01, &mut next);
-    let x = (0..n * cols).map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5).collect();
+    let x = (0..n * cols)
+        .map(|_| (next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+        .collect();
     (data, x)
 }

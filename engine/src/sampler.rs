@@ -240,8 +240,8 @@ mod tests {
         let valid = [true; 4];
         let d = Distribution::from_logits(&logits, &params(1.0, 0, 1.0), &valid);
         let z: f32 = logits.iter().map(|l| l.exp()).sum();
-        for i in 0..4 {
-            assert!((d.probs[i] - logits[i].exp() / z).abs() < 1e-6);
+        for (p, l) in d.probs.iter().zip(logits) {
+            assert!((p - l.exp() / z).abs() < 1e-6);
         }
         let k2 = Distribution::from_logits(&logits, &params(1.0, 2, 1.0), &valid);
         assert!(k2.probs[2] == 0.0 && k2.probs[3] == 0.0);

@@ -22,7 +22,7 @@ pub struct QMatrix<'a> {
 
 impl<'a> QMatrix<'a> {
     pub fn new(dtype: DType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
-        if cols % dtype.block_len() != 0 || data.len() != dtype.bytes_for(rows * cols) {
+        if !cols.is_multiple_of(dtype.block_len()) || data.len() != dtype.bytes_for(rows * cols) {
             return Err(KernelError::Shape {
                 op: "QMatrix",
                 detail: format!(
@@ -68,6 +68,13 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 // SAFETY: as above; no two tasks touch the same element.
 unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer; a method so closures capture the whole (Send) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// Fixed-order dot product of two equal-length slices: 16 independent lanes, summed pairwise.
 #[inline(always)]
@@ -116,7 +123,6 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Resul
     let n_tasks = w.rows.div_ceil(ROWS_PER_TASK);
     let (rows, cols) = (w.rows, w.cols);
     (0..n_tasks).into_par_iter().for_each(|task| {
-        let out_ptr = out_ptr;
         let mut buf = [0f32; SEGMENT];
         let mut acc = [0f32; TOKEN_TILE];
         for r in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(rows) {
@@ -137,7 +143,7 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Resul
                 }
                 for (t, a) in acc[..nt].iter().enumerate() {
                     // SAFETY: (t0 + t, r) is in bounds (checked above) and written by this task only.
-                    unsafe { *out_ptr.0.add((t0 + t) * rows + r) = *a };
+                    unsafe { *out_ptr.get().add((t0 + t) * rows + r) = *a };
                 }
             }
         }

@@ -126,8 +126,9 @@ def main():
             past += 1
         runs.append({"prompt": run["prompt"], "prompt_ids": ids, "generated_ids": gen, "top5_first": top5})
         print(f"{key}: {run['prompt'][:30]!r} -> {len(gen)} tokens", file=sys.stderr, flush=True)
-    json.dump({"model": key, "file": m["file"], "implementation": "numpy float32 over gguf.quants.dequantize",
-               "runs": runs}, open(out, "w"))
+        # Written after every prompt, so a long run can be stopped with what it has.
+        json.dump({"model": key, "file": m["file"], "implementation": "numpy float32 over gguf.quants.dequantize",
+                   "runs": runs}, open(out, "w"))
 
 
 if __name__ == "__main__":

@@ -226,19 +226,23 @@ impl ModelConfig {
         {
             return bad(format!("zero-sized model: {self:?}"));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(format!(
                 "{} attention heads are not a multiple of {} KV heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || self.head_dim % 2 != 0 {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
             return bad(format!(
                 "head dimension {} must be even and positive",
                 self.head_dim
             ));
         }
-        if !(self.rms_eps > 0.0) || !(self.rope_theta > 0.0) {
+        if self.rms_eps.is_nan()
+            || self.rms_eps <= 0.0
+            || self.rope_theta.is_nan()
+            || self.rope_theta <= 0.0
+        {
             return bad("rms epsilon and rope theta must be positive".into());
         }
         Ok(())

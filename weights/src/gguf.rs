@@ -247,7 +247,7 @@ impl<'a> Cursor<'a> {
                     0 | 1 | 7 => 1,
                     2 | 3 => 2,
                     4..=6 => 4,
-                    8 | 9..=12 => 8,
+                    8..=12 => 8,
                     t => {
                         return Err(
                             self.corrupt(format!("key '{key}': unknown array element type {t}"))
@@ -351,9 +351,8 @@ impl GgufHeader {
                     ty: dtype.name(),
                 });
             }
-            let n_bytes = (n_elems / dtype.block_len() as u64)
-                .checked_mul(dtype.block_bytes() as u64)
-                .unwrap_or(u64::MAX);
+            let n_bytes =
+                (n_elems / dtype.block_len() as u64).saturating_mul(dtype.block_bytes() as u64);
             let start = data_offset.checked_add(rel);
             let end = start.and_then(|s| s.checked_add(n_bytes));
             match (start, end) {

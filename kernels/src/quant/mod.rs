@@ -73,7 +73,12 @@ pub fn dequant_q8_0(b: &[u8], y: &mut [f32]) {
 pub fn dequantize(dtype: DType, src: &[u8], y: &mut [f32]) {
     let bl = dtype.block_len();
     let bb = dtype.block_bytes();
-    debug_assert_eq!(src.len(), dtype.bytes_for(y.len()));
+    // Checked always: the length facts also let the compiler drop bounds checks in the loops below.
+    assert_eq!(
+        src.len(),
+        dtype.bytes_for(y.len()),
+        "dequantize: {dtype} byte count"
+    );
     match dtype {
         DType::F32 => {
             for (o, c) in y.iter_mut().zip(src.chunks_exact(4)) {
