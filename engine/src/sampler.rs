@@ -246,11 +246,15 @@ mod tests {
         let k2 = Distribution::from_logits(&logits, &params(1.0, 2, 1.0), &valid);
         assert!(k2.probs[2] == 0.0 && k2.probs[3] == 0.0);
         assert!((k2.probs[0] + k2.probs[1] - 1.0).abs() < 1e-6);
-        // p0 = 0.64, so top-p 0.5 keeps one token and 0.9 keeps two.
+        // Probabilities 0.644, 0.237, 0.087, 0.032 (cumulative 0.644, 0.881, 0.968): top-p 0.5
+        // keeps one token, 0.85 keeps two, 0.9 keeps three.
         let p5 = Distribution::from_logits(&logits, &params(1.0, 0, 0.5), &valid);
         assert_eq!(p5.probs[0], 1.0);
+        let p85 = Distribution::from_logits(&logits, &params(1.0, 0, 0.85), &valid);
+        assert!(p85.probs[1] > 0.0 && p85.probs[2] == 0.0);
         let p9 = Distribution::from_logits(&logits, &params(1.0, 0, 0.9), &valid);
-        assert!(p9.probs[1] > 0.0 && p9.probs[2] == 0.0);
+        assert!(p9.probs[2] > 0.0 && p9.probs[3] == 0.0);
+        assert!((p9.probs[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 
     #[test]
