@@ -141,3 +141,9 @@ fn qwen_draft_matches_numpy_and_llama_cpp() {
     let (agree, _, total) = check_llama_cpp("qwen-draft", 10);
     assert!(agree * 100 >= total * 95, "{agree}/{total}");
 }
+
+#[test]
+fn qwen_target_matches_llama_cpp() {
+    let (agree, _, total) = check_llama_cpp("qwen-target", 10);
+    assert!(agree * 100 >= total * 95, "{agree}/{total}");
+}
