@@ -10,18 +10,12 @@
 
 mod common;
 
+use common::ids;
+
 use cascade::engine::{generate, GenerateConfig, Logits, Model};
 use cascade::weights::{OpenOptions, WeightStore};
 
 const TIE: f32 = 0.75;
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 fn llama_cpp() -> serde_json::Value {
     serde_json::from_str(include_str!("data/reference/greedy.json")).unwrap()

@@ -3,18 +3,12 @@
 
 mod common;
 
+use common::ids;
+
 use cascade::weights::{OpenOptions, Tokenizer, WeightStore};
 
 fn reference() -> serde_json::Value {
     serde_json::from_str(include_str!("data/reference/tokenize.json")).unwrap()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn check(tok: &Tokenizer, key: &str) {

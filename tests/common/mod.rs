@@ -140,3 +140,12 @@ pub fn real_model(file: &str) -> PathBuf {
     );
     p
 }
+
+/// A JSON array of token ids from a reference file.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
