@@ -141,3 +141,13 @@ fn qwen_target_matches_llama_cpp() {
     let (agree, _, total) = check_llama_cpp("qwen-target", 10);
     assert!(agree * 100 >= total * 95, "{agree}/{total}");
 }
+
+#[test]
+fn qwen_target_matches_numpy() {
+    // The numpy pass over the 1.5B model is slow; the reference holds the prompts it finished.
+    check_numpy(
+        "qwen-target",
+        include_str!("data/reference/numpy-qwen-target.json"),
+        10,
+    );
+}
