@@ -4,8 +4,8 @@ mod common;
 
 use cascade::engine::fixture::FixtureSpec;
 use cascade::engine::{
-    generate, Engine, EngineConfig, GenerateConfig, Logits, Model, Prompt, Request, Role,
-    SamplingParams,
+    generate, Engine, EngineConfig, GenerateConfig, Logits, Model, Precision, Prompt, Request,
+    Role, SamplingParams,
 };
 use cascade::weights::{Architecture, DType, OpenOptions, WeightStore};
 
@@ -80,40 +80,58 @@ fn rollback_gives_bitwise_the_same_logits() {
 
 #[test]
 fn batched_forward_equals_one_token_at_a_time() {
+    // Lossless speculation rests on this: a token's logits are bitwise the same whether it is
+    // computed alone, in a batch, after a split, or with another thread count; on both paths.
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
     for dtype in [
         DType::Q8_0,
         DType::Q4K,
+        DType::Q5K,
         DType::Q6K,
         DType::Q5_0,
         DType::Q4_1,
         DType::F32,
     ] {
-        let spec = FixtureSpec {
-            hidden: 256,
-            ffn: 512,
-            n_heads: 4,
-            n_kv_heads: 2,
-            dtype,
-            embd_dtype: dtype,
-            ..Default::default()
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let path = common::write_fixture(dir.path(), "m.gguf", &spec);
-        let model = load(&path);
-        let tokens = prompt_ids(&model);
-        let v = model.vocab_size();
-        let mut c1 = model.new_cache(64);
-        let all = model.forward(&tokens, &mut c1, Logits::All).unwrap();
-        let mut c2 = model.new_cache(64);
-        for (i, &t) in tokens.iter().enumerate() {
-            let one = model.forward(&[t], &mut c2, Logits::Last).unwrap();
-            assert_eq!(one, all[i * v..(i + 1) * v], "{dtype} position {i}");
+        for precision in [Precision::Int8, Precision::F32] {
+            let spec = FixtureSpec {
+                hidden: 256,
+                ffn: 512,
+                n_heads: 4,
+                n_kv_heads: 2,
+                dtype,
+                embd_dtype: dtype,
+                ..Default::default()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let path = common::write_fixture(dir.path(), "m.gguf", &spec);
+            let mut model = load(&path);
+            model.set_precision(precision);
+            let tokens = prompt_ids(&model);
+            let v = model.vocab_size();
+            let mut c1 = model.new_cache(64);
+            let all = model.forward(&tokens, &mut c1, Logits::All).unwrap();
+            let mut c2 = model.new_cache(64);
+            for (i, &t) in tokens.iter().enumerate() {
+                let one = model.forward(&[t], &mut c2, Logits::Last).unwrap();
+                assert_eq!(
+                    one,
+                    all[i * v..(i + 1) * v],
+                    "{dtype} {precision:?} position {i}"
+                );
+            }
+            // A split in the middle (prefill 3, then a batch of the rest) gives the same logits.
+            let mut c3 = model.new_cache(64);
+            model.forward(&tokens[..3], &mut c3, Logits::Last).unwrap();
+            let rest = model.forward(&tokens[3..], &mut c3, Logits::All).unwrap();
+            assert_eq!(rest, all[3 * v..], "{dtype} {precision:?} split");
+            let mut c4 = model.new_cache(64);
+            let single =
+                one_thread.install(|| model.forward(&tokens, &mut c4, Logits::All).unwrap());
+            assert_eq!(single, all, "{dtype} {precision:?} with one thread");
         }
-        // A split in the middle (prefill 3, then a batch of the rest) gives the same logits too.
-        let mut c3 = model.new_cache(64);
-        model.forward(&tokens[..3], &mut c3, Logits::Last).unwrap();
-        let rest = model.forward(&tokens[3..], &mut c3, Logits::All).unwrap();
-        assert_eq!(rest, all[3 * v..], "{dtype} split");
     }
 }
 

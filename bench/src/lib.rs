@@ -1,8 +1,11 @@
-//! cascade-bench: criterion micro-benchmarks of the kernels (`cargo bench -p cascade-bench`).
-//! The workload runner behind `cascade bench` lands with the CPU-kernels work.
+//! cascade-bench: the workload runner behind `cascade bench` (forward passes, the machine's
+//! floors) and the criterion micro-benchmarks of the kernels (`cargo bench -p cascade-bench`).
 
 use cascade_kernels::quant::random_data;
 use cascade_weights::DType;
+
+pub mod forward;
+pub mod hardware;
 
 /// Random weights `[rows, cols]` of `dtype` and `n` activation rows, reproducible from `seed`.
 pub fn matmul_case(

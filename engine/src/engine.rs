@@ -9,7 +9,7 @@ use cascade_weights::{OpenOptions, StreamDecoder, WeightStore};
 use crate::chat::{self, Message};
 use crate::error::{EngineError, Result};
 use crate::generate::{generate, GenerateConfig, GenerateStats, StopReason};
-use crate::model::Model;
+use crate::model::{Model, Precision};
 use crate::perplexity::{perplexity, PerplexityResult};
 
 #[derive(Debug, Clone, Default)]
@@ -21,6 +21,8 @@ pub struct EngineConfig {
     pub tokenizer: Option<PathBuf>,
     /// Worker threads (default: all cores).
     pub threads: Option<usize>,
+    /// How activations enter the matrix products (default: 8-bit integer).
+    pub precision: Precision,
 }
 
 /// Which loaded model runs a request.
@@ -77,10 +79,12 @@ impl Engine {
         let opts = OpenOptions {
             tokenizer_json: cfg.tokenizer.clone(),
         };
-        let target = Model::load(&store, &cfg.target, &opts)?;
+        let mut target = Model::load(&store, &cfg.target, &opts)?;
+        target.set_precision(cfg.precision);
         let draft = match &cfg.draft {
             Some(p) => {
                 let mut d = Model::load(&store, p, &opts)?;
+                d.set_precision(cfg.precision);
                 if let Some(detail) = target.tokenizer.first_difference(&d.tokenizer) {
                     return Err(EngineError::TokenizerMismatch { detail });
                 }

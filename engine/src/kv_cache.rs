@@ -1,6 +1,7 @@
 //! The KV cache of one sequence: sized to the request, rolled back to any earlier length.
 
 use crate::error::{EngineError, Result};
+use crate::scratch::Scratch;
 
 /// Keys and values of every layer, `[position][kv_dim]` each, for up to `capacity` positions.
 #[derive(Debug, Clone)]
@@ -11,6 +12,8 @@ pub struct KvCache {
     len: usize,
     capacity: usize,
     committed: usize,
+    /// The sequence's forward-pass buffers, kept so that decoding does not allocate.
+    pub(crate) scratch: Scratch,
 }
 
 impl KvCache {
@@ -22,6 +25,7 @@ impl KvCache {
             len: 0,
             capacity,
             committed: 0,
+            scratch: Scratch::default(),
         }
     }
 

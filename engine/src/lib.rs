@@ -10,12 +10,13 @@ pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
 pub mod sampler;
+mod scratch;
 
 pub use chat::Message;
 pub use engine::{Completion, Engine, EngineConfig, Prompt, Request, Role};
 pub use error::{EngineError, Result};
 pub use generate::{generate, GenerateConfig, GenerateStats, Generation, StopReason};
 pub use kv_cache::KvCache;
-pub use model::{Logits, Model};
+pub use model::{Logits, Model, Precision};
 pub use perplexity::{perplexity, PerplexityResult};
 pub use sampler::{Distribution, Sampled, Sampler, SamplingParams};

@@ -5,13 +5,26 @@ use std::path::Path;
 
 use cascade_kernels::ops::{self, AttentionShape};
 use cascade_kernels::quant::dequantize;
-use cascade_kernels::{matmul, QMatrix};
+use cascade_kernels::{matmul, matmul_q8, Kernel, QMatrix};
 use cascade_weights::{
     DType, ModelConfig, ModelFiles, OpenOptions, TensorView, Tokenizer, WeightStore,
 };
 
 use crate::error::{EngineError, Result};
 use crate::kv_cache::KvCache;
+use crate::scratch::{sized, Scratch, SharedInput};
+
+/// How activations enter the matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Quantized to 8-bit blocks and multiplied with integer dot products (as llama.cpp does):
+    /// the fast path. Weight types without an integer kernel use the f32 path.
+    #[default]
+    Int8,
+    /// Kept in f32; weights dequantized block by block. Exact up to float rounding: the path the
+    /// numpy reference checks.
+    F32,
+}
 
 /// Which positions of a forward pass get logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +63,7 @@ pub struct Model {
     layers: Vec<Layer>,
     /// `valid[id]`: the id may be sampled (false for padding rows and unused tokens).
     valid: Vec<bool>,
+    precision: Precision,
 }
 
 fn small_f32(t: &TensorView, len: usize) -> Result<Vec<f32>> {
@@ -141,7 +155,37 @@ impl Model {
             output_norm,
             layers,
             valid,
+            precision: Precision::default(),
         })
+    }
+
+    /// Sets how activations enter the matrix products.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// `out = x · Wᵀ` for `n` rows of `x`, with `input` caching the quantized `x`.
+    fn project(
+        &self,
+        w: &TensorView,
+        input: &mut SharedInput,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let m = qmat(w);
+        match (self.precision, Kernel::of(m.dtype)) {
+            (Precision::Int8, Some(kernel)) => {
+                let acts = input.get(kernel.act_block(), x, n, m.cols);
+                matmul_q8(&m, acts, out)?;
+            }
+            _ => matmul(&m, x, n, out)?,
+        }
+        Ok(())
     }
 
     /// Rows of the logits (the padded vocabulary).
@@ -170,57 +214,75 @@ impl Model {
     /// Runs `tokens` through the model on top of `cache`, appends them to the cache, and returns
     /// logits `[n][vocab_size]` for the positions `want` selects.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, want: Logits) -> Result<Vec<f32>> {
-        let c = &self.config;
         let n = tokens.len();
         if n == 0 {
             return Err(EngineError::EmptyPrompt);
         }
         cache.reserve(n)?;
+        if let Some(&id) = tokens
+            .iter()
+            .find(|&&id| id as usize >= self.config.vocab_size)
+        {
+            return Err(EngineError::InvalidToken {
+                id,
+                vocab: self.config.vocab_size,
+            });
+        }
+        let mut scratch = std::mem::take(&mut cache.scratch);
+        let result = self.forward_with(tokens, cache, want, &mut scratch);
+        cache.scratch = scratch;
+        result
+    }
+
+    fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        want: Logits,
+        s: &mut Scratch,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n = tokens.len();
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
         let past = cache.len();
         let positions: Vec<usize> = (past..past + n).collect();
 
         let embd = qmat(&self.embd);
-        let mut x = vec![0f32; n * h];
+        let x = sized(&mut s.x, n * h);
         for (t, &id) in tokens.iter().enumerate() {
-            if id as usize >= c.vocab_size {
-                return Err(EngineError::InvalidToken {
-                    id,
-                    vocab: c.vocab_size,
-                });
-            }
             embd.dequant_row(id as usize, &mut x[t * h..(t + 1) * h]);
         }
-
-        let mut xn = vec![0f32; n * h];
-        let mut q = vec![0f32; n * qd];
-        let mut k = vec![0f32; n * kvd];
-        let mut v = vec![0f32; n * kvd];
-        let mut attn = vec![0f32; n * qd];
-        let mut proj = vec![0f32; n * h];
-        let mut gate = vec![0f32; n * ff];
-        let mut up = vec![0f32; n * ff];
+        sized(&mut s.xn, n * h);
+        sized(&mut s.q, n * qd);
+        sized(&mut s.k, n * kvd);
+        sized(&mut s.v, n * kvd);
+        sized(&mut s.attn, n * qd);
+        sized(&mut s.proj, n * h);
+        sized(&mut s.gate, n * ff);
+        sized(&mut s.up, n * ff);
+        sized(&mut s.scores, ops::attention_scratch(n, past, c.n_heads));
         let shape = AttentionShape {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
         };
         for (l, layer) in self.layers.iter().enumerate() {
-            ops::rms_norm(&x, &layer.attn_norm, c.rms_eps, &mut xn);
-            matmul(&qmat(&layer.wq), &xn, n, &mut q)?;
-            matmul(&qmat(&layer.wk), &xn, n, &mut k)?;
-            matmul(&qmat(&layer.wv), &xn, n, &mut v)?;
+            ops::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn);
+            s.input.reset();
+            self.project(&layer.wq, &mut s.input, &s.xn, n, &mut s.q)?;
+            self.project(&layer.wk, &mut s.input, &s.xn, n, &mut s.k)?;
+            self.project(&layer.wv, &mut s.input, &s.xn, n, &mut s.v)?;
             if let Some(b) = &layer.bq {
-                ops::add_bias(&mut q, b);
+                ops::add_bias(&mut s.q, b);
             }
             if let Some(b) = &layer.bk {
-                ops::add_bias(&mut k, b);
+                ops::add_bias(&mut s.k, b);
             }
             if let Some(b) = &layer.bv {
-                ops::add_bias(&mut v, b);
+                ops::add_bias(&mut s.v, b);
             }
             ops::rope(
-                &mut q,
+                &mut s.q,
                 c.n_heads,
                 c.head_dim,
                 &positions,
@@ -228,25 +290,28 @@ impl Model {
                 c.rope_style,
             );
             ops::rope(
-                &mut k,
+                &mut s.k,
                 c.n_kv_heads,
                 c.head_dim,
                 &positions,
                 c.rope_theta,
                 c.rope_style,
             );
-            cache.write(l, &k, &v);
+            cache.write(l, &s.k, &s.v);
             let (kc, vc) = cache.layer(l, past + n);
-            ops::attention(&q, kc, vc, past, shape, &mut attn);
-            matmul(&qmat(&layer.wo), &attn, n, &mut proj)?;
-            ops::add_assign(&mut x, &proj);
+            ops::attention(&s.q, kc, vc, past, shape, &mut s.attn, &mut s.scores);
+            s.input.reset();
+            self.project(&layer.wo, &mut s.input, &s.attn, n, &mut s.proj)?;
+            ops::add_assign(&mut s.x, &s.proj);
 
-            ops::rms_norm(&x, &layer.ffn_norm, c.rms_eps, &mut xn);
-            matmul(&qmat(&layer.w_gate), &xn, n, &mut gate)?;
-            matmul(&qmat(&layer.w_up), &xn, n, &mut up)?;
-            ops::silu_mul(&mut gate, &up);
-            matmul(&qmat(&layer.w_down), &gate, n, &mut proj)?;
-            ops::add_assign(&mut x, &proj);
+            ops::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn);
+            s.input.reset();
+            self.project(&layer.w_gate, &mut s.input, &s.xn, n, &mut s.gate)?;
+            self.project(&layer.w_up, &mut s.input, &s.xn, n, &mut s.up)?;
+            ops::silu_mul(&mut s.gate, &s.up);
+            s.input.reset();
+            self.project(&layer.w_down, &mut s.input, &s.gate, n, &mut s.proj)?;
+            ops::add_assign(&mut s.x, &s.proj);
         }
         cache.advance(n);
 
@@ -256,11 +321,38 @@ impl Model {
             Logits::From(f) => f.min(n - 1),
         };
         let m = n - from;
-        let mut last = vec![0f32; m * h];
-        ops::rms_norm(&x[from * h..], &self.output_norm, c.rms_eps, &mut last);
+        let last = &mut s.xn[..m * h];
+        ops::rms_norm(&s.x[from * h..], &self.output_norm, c.rms_eps, last);
         let mut logits = vec![0f32; m * c.vocab_size];
-        matmul(&qmat(&self.output), &last, m, &mut logits)?;
+        s.input.reset();
+        self.project(&self.output, &mut s.input, &s.xn[..m * h], m, &mut logits)?;
         Ok(logits)
+    }
+
+    /// Bytes of the matrices one decode step reads: every weight but the embedding table, of
+    /// which a step reads one row.
+    pub fn step_weight_bytes(&self) -> usize {
+        let embd = if self.config.tied_embeddings {
+            0
+        } else {
+            self.embd.bytes().len()
+        };
+        self.weight_bytes() - embd
+    }
+
+    /// Multiply-adds of the matrix products per token (attention excluded).
+    pub fn matmul_params(&self) -> usize {
+        let l = &self.layers;
+        let per_layer: usize = l
+            .iter()
+            .map(|x| {
+                [&x.wq, &x.wk, &x.wv, &x.wo, &x.w_gate, &x.w_up, &x.w_down]
+                    .iter()
+                    .map(|t| t.n_elements())
+                    .sum::<usize>()
+            })
+            .sum();
+        per_layer + self.output.n_elements()
     }
 
     /// Bytes of the weights this model reads per token (every matrix once).

@@ -1,11 +1,16 @@
 //! cascade-kernels: the hot loops. Quantized matrix products that read weights in place from the
-//! mapping, and the per-row kernels of a transformer layer. CPU implementations; each is
-//! batch-invariant (a row's result never depends on the other rows of its call).
+//! mapping (in f32, or with activations quantized to 8 bits and integer dot products), and the
+//! per-row kernels of a transformer layer. Each is batch-invariant: a row's result never depends
+//! on the other rows of its call or on the thread count.
 
 pub mod error;
 pub mod matmul;
 pub mod ops;
+pub mod q8;
+pub mod qdot;
 pub mod quant;
 
 pub use error::{KernelError, Result};
 pub use matmul::{matmul, matmul_reference, QMatrix};
+pub use q8::{ActBlock, Q8Acts};
+pub use qdot::{matmul_q8, matmul_q8_with, Isa, Kernel};

@@ -67,7 +67,10 @@ pub fn rope(
 ) {
     let half = head_dim / 2;
     let theta_scale = theta.powf(-2.0 / head_dim as f32);
-    let mut cs = vec![(0f32, 0f32); half];
+    // Stack space for the angles: head dimensions up to 512 (every model family we load).
+    assert!(half <= 256, "rope: head_dim {head_dim} exceeds 512");
+    let mut cs_buf = [(0f32, 0f32); 256];
+    let cs = &mut cs_buf[..half];
     for (t, tok) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
         let mut angle = positions[t] as f32;
         for c in cs.iter_mut() {
@@ -98,8 +101,17 @@ pub struct AttentionShape {
 
 /// Causal attention of `n_tokens` query rows (at positions `past..past + n_tokens`) over a cache
 /// holding `past + n_tokens` keys and values, each row `[n_kv_heads * head_dim]`.
-/// `q` and `out` are `[n_tokens][n_heads * head_dim]`.
-pub fn attention(q: &[f32], k: &[f32], v: &[f32], past: usize, s: AttentionShape, out: &mut [f32]) {
+/// `q` and `out` are `[n_tokens][n_heads * head_dim]`; `scores` is scratch space of at least
+/// [`attention_scratch`] values. Each (token, head) is one task with a fixed order of operations.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    past: usize,
+    s: AttentionShape,
+    out: &mut [f32],
+    scores: &mut [f32],
+) {
     let AttentionShape {
         n_heads,
         n_kv_heads,
@@ -109,23 +121,34 @@ pub fn attention(q: &[f32], k: &[f32], v: &[f32], past: usize, s: AttentionShape
     let kv_dim = n_kv_heads * head_dim;
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    out.par_chunks_mut(head_dim).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / n_heads, i % n_heads);
-        let kvh = h / group;
-        let qh = &q[t * q_dim + h * head_dim..][..head_dim];
-        let n_keys = past + t + 1;
-        let mut scores: Vec<f32> = (0..n_keys)
-            .map(|j| dot(qh, &k[j * kv_dim + kvh * head_dim..][..head_dim]) * scale)
-            .collect();
-        softmax(&mut scores);
-        o.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            let vr = &v[j * kv_dim + kvh * head_dim..][..head_dim];
-            for (a, &b) in o.iter_mut().zip(vr) {
-                *a += p * b;
+    let n_tokens = out.len() / q_dim;
+    let stride = past + n_tokens;
+    out.par_chunks_mut(head_dim)
+        .zip(scores[..n_tokens * n_heads * stride].par_chunks_mut(stride))
+        .enumerate()
+        .for_each(|(i, (o, sc))| {
+            let (t, h) = (i / n_heads, i % n_heads);
+            let kvh = h / group;
+            let qh = &q[t * q_dim + h * head_dim..][..head_dim];
+            let n_keys = past + t + 1;
+            let sc = &mut sc[..n_keys];
+            for (j, s) in sc.iter_mut().enumerate() {
+                *s = dot(qh, &k[j * kv_dim + kvh * head_dim..][..head_dim]) * scale;
             }
-        }
-    });
+            softmax(sc);
+            o.fill(0.0);
+            for (j, &p) in sc.iter().enumerate() {
+                let vr = &v[j * kv_dim + kvh * head_dim..][..head_dim];
+                for (a, &b) in o.iter_mut().zip(vr) {
+                    *a += p * b;
+                }
+            }
+        });
+}
+
+/// Scratch values [`attention`] needs for `n_tokens` queries over `past + n_tokens` keys.
+pub fn attention_scratch(n_tokens: usize, past: usize, n_heads: usize) -> usize {
+    n_tokens * n_heads * (past + n_tokens)
 }
 
 #[cfg(test)]
@@ -167,7 +190,7 @@ mod tests {
         let k = [0.5, 0.5];
         let v = [2.0, 3.0];
         let mut out = [0.0; 4];
-        attention(&q, &k, &v, 0, s, &mut out);
+        attention(&q, &k, &v, 0, s, &mut out, &mut [0.0; 2]);
         assert_eq!(out, [2.0, 3.0, 2.0, 3.0]);
     }
 

@@ -31,6 +31,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         draft: Some(draft),
         tokenizer: None,
         threads: a.threads,
+        precision: Default::default(),
     });
     pb.finish_and_clear();
     let engine = engine?;

@@ -58,6 +58,9 @@ pub struct GenerateArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How activations enter the matrix products: int8 (fast, as llama.cpp) or f32 (exact).
+    #[arg(long, value_enum, default_value_t = super::PrecisionArg::Int8)]
+    pub precision: super::PrecisionArg,
     /// Use this tokenizer.json instead of the model's own tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -98,6 +101,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         draft: a.draft.clone(),
         tokenizer: a.tokenizer.clone(),
         threads: a.threads,
+        precision: a.precision.into(),
     });
     if let Some(pb) = pb {
         pb.finish_and_clear();

@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
+use cascade_engine::Precision;
+
+mod bench;
 mod demo;
 mod generate;
 mod inspect;
@@ -55,6 +58,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Fetch the default model pair if missing and run a generation on it.
     Demo(demo::DemoArgs),
+    /// Benchmarks: forward-pass timings and the machine's floors.
+    Bench(bench::BenchArgs),
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -65,6 +70,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Perplexity(a) => perplexity::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 
@@ -92,4 +98,22 @@ pub(crate) fn print_json(v: &serde_json::Value) -> Result<(), CliError> {
     serde_json::to_writer(&mut out, v).map_err(std::io::Error::other)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// `--precision`: how activations enter the matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    /// 8-bit activations, integer dot products.
+    Int8,
+    /// f32 activations.
+    F32,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::Int8 => Precision::Int8,
+            PrecisionArg::F32 => Precision::F32,
+        }
+    }
 }

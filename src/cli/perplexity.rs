@@ -21,6 +21,9 @@ pub struct PerplexityArgs {
     pub ctx: usize,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// How activations enter the matrix products: int8 (fast, as llama.cpp) or f32 (exact).
+    #[arg(long, value_enum, default_value_t = super::PrecisionArg::Int8)]
+    pub precision: super::PrecisionArg,
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     #[arg(long)]
@@ -40,6 +43,7 @@ pub fn run(a: PerplexityArgs) -> Result<(), CliError> {
         draft: None,
         tokenizer: a.tokenizer.clone(),
         threads: a.threads,
+        precision: a.precision.into(),
     })?;
     let t0 = std::time::Instant::now();
     let quiet = a.json;

@@ -232,9 +232,9 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) || self.head_dim > 512 {
             return bad(format!(
-                "head dimension {} must be even and positive",
+                "head dimension {} must be even, positive and at most 512",
                 self.head_dim
             ));
         }

@@ -4,7 +4,7 @@ use super::f16_at;
 
 /// Scale and min of sub-block `j` from the 12 packed bytes of Q4_K / Q5_K.
 #[inline(always)]
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {

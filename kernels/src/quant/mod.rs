@@ -6,6 +6,7 @@ use half::{bf16, f16};
 
 mod kquants;
 
+pub(crate) use kquants::scale_min_k4;
 pub use kquants::{dequant_q2k, dequant_q3k, dequant_q4k, dequant_q5k, dequant_q6k};
 
 #[inline(always)]

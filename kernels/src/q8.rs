@@ -1,0 +1,160 @@
+//! Activations quantized to 8-bit blocks for the integer matrix products.
+//!
+//! Each token row is cut into blocks of 32 values (for the 32-value weight types: Q4_0, Q4_1,
+//! Q5_0, Q5_1, Q8_0) or 256 values (for the K-quant super-blocks: Q4_K, Q5_K, Q6_K), as ggml's
+//! `block_q8_0` and `block_q8_K`. A block stores `q = round(x / d)` in `[-127, 127]` with
+//! `d = max|x| / 127`, plus the integer sum of every 16 `q`s, which the weight types with a
+//! minimum or an offset need. A row is quantized on its own, so the result never depends on the
+//! other rows of the batch.
+
+/// Block length of quantized activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActBlock {
+    /// 32 values per scale (ggml `q8_0`).
+    B32,
+    /// 256 values per scale (ggml `q8_K`).
+    B256,
+}
+
+impl ActBlock {
+    pub fn values(self) -> usize {
+        match self {
+            ActBlock::B32 => 32,
+            ActBlock::B256 => 256,
+        }
+    }
+}
+
+/// `n` token rows of `cols` values, quantized. Buffers are kept between calls.
+#[derive(Debug, Clone)]
+pub struct Q8Acts {
+    pub block: ActBlock,
+    pub n: usize,
+    pub cols: usize,
+    /// `[n][cols]` quantized values.
+    pub qs: Vec<i8>,
+    /// `[n][cols / block]` scales.
+    pub d: Vec<f32>,
+    /// `[n][cols / 16]` sums of 16 consecutive `qs` (at most 16 * 127 in magnitude).
+    pub sums16: Vec<i16>,
+    /// `[n][cols / 32]`: `d` of the value's block times the sum of the 32 `qs` (for weight types
+    /// whose blocks carry a minimum or an offset).
+    pub dsum32: Vec<f32>,
+}
+
+impl Default for Q8Acts {
+    fn default() -> Self {
+        Q8Acts::new(ActBlock::B32)
+    }
+}
+
+impl Q8Acts {
+    pub fn new(block: ActBlock) -> Q8Acts {
+        Q8Acts {
+            block,
+            n: 0,
+            cols: 0,
+            qs: Vec::new(),
+            d: Vec::new(),
+            sums16: Vec::new(),
+            dsum32: Vec::new(),
+        }
+    }
+
+    /// Quantizes `x` = `[n][cols]`; `cols` must be a multiple of the block length.
+    pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize) {
+        let bl = self.block.values();
+        assert!(
+            cols.is_multiple_of(bl) && x.len() == n * cols,
+            "Q8Acts::quantize: [{n}, {cols}] with blocks of {bl}, {} values",
+            x.len()
+        );
+        self.n = n;
+        self.cols = cols;
+        self.qs.resize(n * cols, 0);
+        self.d.resize(n * cols / bl, 0.0);
+        self.sums16.resize(n * cols / 16, 0);
+        self.dsum32.resize(n * cols / 32, 0.0);
+        for (b, xb) in x.chunks_exact(bl).enumerate() {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            self.d[b] = d;
+            let qb = &mut self.qs[b * bl..(b + 1) * bl];
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+            }
+            for (i, s) in qb.chunks_exact(16).enumerate() {
+                self.sums16[b * bl / 16 + i] = s.iter().map(|&q| q as i16).sum();
+            }
+            for i in 0..bl / 32 {
+                let s = self.sums16[b * bl / 16 + 2 * i] as i32
+                    + self.sums16[b * bl / 16 + 2 * i + 1] as i32;
+                self.dsum32[b * bl / 32 + i] = d * s as f32;
+            }
+        }
+    }
+
+    /// Quantized values of token `t`.
+    pub fn row(&self, t: usize) -> &[i8] {
+        &self.qs[t * self.cols..(t + 1) * self.cols]
+    }
+
+    /// Scales of token `t`.
+    pub fn scales(&self, t: usize) -> &[f32] {
+        let nb = self.cols / self.block.values();
+        &self.d[t * nb..(t + 1) * nb]
+    }
+
+    /// Sums of 16 of token `t`.
+    pub fn sums16(&self, t: usize) -> &[i16] {
+        let n = self.cols / 16;
+        &self.sums16[t * n..(t + 1) * n]
+    }
+
+    /// `d * Σq` per 32 values of token `t`.
+    pub fn dsum32(&self, t: usize) -> &[f32] {
+        let n = self.cols / 32;
+        &self.dsum32[t * n..(t + 1) * n]
+    }
+
+    /// The values as the products see them: `q * d` (for tests).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let bl = self.block.values();
+        self.qs
+            .iter()
+            .enumerate()
+            .map(|(i, &q)| q as f32 * self.d[i / bl])
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_error_is_half_a_step() {
+        let x: Vec<f32> = (0..512)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        for block in [ActBlock::B32, ActBlock::B256] {
+            let mut a = Q8Acts::new(block);
+            a.quantize(&x, 2, 256);
+            let y = a.dequantize();
+            for (i, (u, v)) in x.iter().zip(&y).enumerate() {
+                let d = a.d[i / block.values()];
+                assert!((u - v).abs() <= 0.5 * d + 1e-6, "{block:?} {i}: {u} vs {v}");
+            }
+            let s: i16 = a.row(1)[..16].iter().map(|&q| q as i16).sum();
+            assert_eq!(a.sums16(1)[0], s);
+        }
+    }
+
+    #[test]
+    fn zero_rows_quantize_to_zero() {
+        let mut a = Q8Acts::new(ActBlock::B32);
+        a.quantize(&[0.0; 64], 1, 64);
+        assert!(a.qs.iter().all(|&q| q == 0) && a.d.iter().all(|&d| d == 0.0));
+    }
+}

@@ -1,0 +1,268 @@
+//! Integer matrix products: quantized weights read in place from the mapping, times activations
+//! quantized to 8-bit blocks ([`Q8Acts`]), with AVX-512 VNNI, AVX2 or portable code picked at
+//! run time.
+//!
+//! Every output element is computed by one thread, from its weight row and its token's
+//! activations only, in a fixed order: a row's result is bitwise the same for any batch size,
+//! any thread count and any of the three code paths.
+
+use std::sync::OnceLock;
+
+use cascade_weights::DType;
+use rayon::prelude::*;
+
+use crate::error::{KernelError, Result};
+use crate::matmul::QMatrix;
+use crate::q8::{ActBlock, Q8Acts};
+
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// Weight types with an integer product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+    Q8_0,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+impl Kernel {
+    /// The integer kernel of `dtype`, if it has one.
+    pub fn of(dtype: DType) -> Option<Kernel> {
+        Some(match dtype {
+            DType::Q4_0 => Kernel::Q4_0,
+            DType::Q4_1 => Kernel::Q4_1,
+            DType::Q5_0 => Kernel::Q5_0,
+            DType::Q5_1 => Kernel::Q5_1,
+            DType::Q8_0 => Kernel::Q8_0,
+            DType::Q4K => Kernel::Q4K,
+            DType::Q5K => Kernel::Q5K,
+            DType::Q6K => Kernel::Q6K,
+            _ => return None,
+        })
+    }
+
+    pub fn dtype(self) -> DType {
+        match self {
+            Kernel::Q4_0 => DType::Q4_0,
+            Kernel::Q4_1 => DType::Q4_1,
+            Kernel::Q5_0 => DType::Q5_0,
+            Kernel::Q5_1 => DType::Q5_1,
+            Kernel::Q8_0 => DType::Q8_0,
+            Kernel::Q4K => DType::Q4K,
+            Kernel::Q5K => DType::Q5K,
+            Kernel::Q6K => DType::Q6K,
+        }
+    }
+
+    /// The activation blocks this kernel multiplies with.
+    pub fn act_block(self) -> ActBlock {
+        match self {
+            Kernel::Q4K | Kernel::Q5K | Kernel::Q6K => ActBlock::B256,
+            _ => ActBlock::B32,
+        }
+    }
+}
+
+/// A weight matrix with an integer kernel.
+pub(crate) struct WeightBlocks<'a> {
+    pub kind: Kernel,
+    pub m: &'a QMatrix<'a>,
+}
+
+impl WeightBlocks<'_> {
+    #[inline(always)]
+    pub fn row(&self, r: usize) -> &[u8] {
+        self.m.row(r)
+    }
+}
+
+/// Instruction set of the integer products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust, any CPU.
+    Portable,
+    /// AVX2 + FMA + F16C (`vpmaddubsw`, `vpmaddwd`).
+    Avx2,
+    /// AVX-512 VNNI on 256-bit vectors (`vpdpbusd`, `vpdpwssd`).
+    Vnni,
+}
+
+impl Isa {
+    /// The best instruction set this CPU has (detected once). `CASCADE_ISA=portable|avx2|vnni`
+    /// asks for a lower one, e.g. to compare paths; a higher one than the CPU has is ignored.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let have = Isa::detected();
+            match std::env::var("CASCADE_ISA").ok().as_deref() {
+                Some("portable") => Isa::Portable,
+                Some("avx2") if have != Isa::Portable => Isa::Avx2,
+                _ => have,
+            }
+        })
+    }
+
+    /// What the CPU supports.
+    pub fn detected() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            let vnni = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni");
+            if avx2 && vnni {
+                return Isa::Vnni;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every path this CPU can run, lowest first.
+    pub fn available() -> Vec<Isa> {
+        match Isa::detected() {
+            Isa::Portable => vec![Isa::Portable],
+            Isa::Avx2 => vec![Isa::Portable, Isa::Avx2],
+            Isa::Vnni => vec![Isa::Portable, Isa::Avx2, Isa::Vnni],
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Vnni => "avx512-vnni",
+        }
+    }
+}
+
+/// Weight rows handed to one task.
+const ROWS_PER_TASK: usize = 16;
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: used only to write disjoint output elements (one task per weight-row range) while the
+// output slice is borrowed mutably for the whole parallel region.
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above; no two tasks touch the same element.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `out[t * w.rows + r] = Σ_c acts[t][c] · W[r][c]` with the best instruction set.
+pub fn matmul_q8(w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> Result<()> {
+    matmul_q8_with(Isa::best(), w, acts, out)
+}
+
+/// [`matmul_q8`] on a chosen instruction set (which the CPU must have: see [`Isa::available`]).
+pub fn matmul_q8_with(isa: Isa, w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> Result<()> {
+    let kind = Kernel::of(w.dtype).ok_or_else(|| KernelError::Shape {
+        op: "matmul_q8",
+        detail: format!("{} has no integer kernel", w.dtype),
+    })?;
+    if acts.block != kind.act_block() || acts.cols != w.cols || out.len() != acts.n * w.rows {
+        return Err(KernelError::Shape {
+            op: "matmul_q8",
+            detail: format!(
+                "W {} [{}, {}] needs {:?} activations of {} columns; got {:?} [{}, {}], out {}",
+                w.dtype,
+                w.rows,
+                w.cols,
+                kind.act_block(),
+                w.cols,
+                acts.block,
+                acts.n,
+                acts.cols,
+                out.len()
+            ),
+        });
+    }
+    if isa != Isa::Portable && !Isa::available().contains(&isa) {
+        return Err(KernelError::Shape {
+            op: "matmul_q8",
+            detail: format!("this CPU cannot run the {} path", isa.name()),
+        });
+    }
+    let wb = WeightBlocks { kind, m: w };
+    let n = acts.n;
+    let rows = w.rows;
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    let n_tasks = rows.div_ceil(ROWS_PER_TASK);
+    (0..n_tasks).into_par_iter().for_each(|task| {
+        let r0 = task * ROWS_PER_TASK;
+        let r1 = (r0 + ROWS_PER_TASK).min(rows);
+        // Small per-task buffer: at most ROWS_PER_TASK rows times the batch.
+        let mut local = [0f32; ROWS_PER_TASK * 64];
+        let mut heap;
+        let buf: &mut [f32] = if (r1 - r0) * n <= local.len() {
+            &mut local[..(r1 - r0) * n]
+        } else {
+            heap = vec![0f32; (r1 - r0) * n];
+            &mut heap
+        };
+        match isa {
+            Isa::Portable => portable::rows(&wb, acts, r0, r1, buf),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` was checked against the CPU's features above.
+            Isa::Avx2 => unsafe { x86::rows_avx2(&wb, acts, r0, r1, buf) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Vnni => unsafe { x86::rows_vnni(&wb, acts, r0, r1, buf) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => portable::rows(&wb, acts, r0, r1, buf),
+        }
+        for r in r0..r1 {
+            for t in 0..n {
+                // SAFETY: (t, r) is in bounds (out.len() == n * rows, checked above) and row r
+                // belongs to this task only.
+                unsafe { *out_ptr.get().add(t * rows + r) = buf[(r - r0) * n + t] };
+            }
+        }
+    });
+    Ok(())
+}
+
+/// 8-bit multiply-adds per iteration of [`peak_loop`].
+pub const PEAK_MACS_PER_ITER: u64 = 8 * 32;
+
+/// `iters` iterations of a register-only integer dot-product loop on the best instruction set:
+/// times it to measure the integer units' peak.
+pub fn peak_loop(iters: u64) -> i64 {
+    match Isa::best() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `best` only returns instruction sets the CPU has.
+        Isa::Vnni => unsafe { x86::peak_vnni(iters) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe { x86::peak_avx2(iters) },
+        _ => {
+            let mut acc = [0i32; 8];
+            for i in 0..iters {
+                for (l, a) in acc.iter_mut().enumerate() {
+                    let w = std::hint::black_box((i as i32 + l as i32) & 0x7f);
+                    *a = a.wrapping_add(32 * w);
+                }
+            }
+            acc.iter().map(|&v| v as i64).sum()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

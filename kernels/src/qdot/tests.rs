@@ -1,0 +1,167 @@
+use super::*;
+use crate::matmul::matmul_reference;
+use crate::quant::random_data;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const KINDS: [Kernel; 8] = [
+    Kernel::Q4_0,
+    Kernel::Q4_1,
+    Kernel::Q5_0,
+    Kernel::Q5_1,
+    Kernel::Q8_0,
+    Kernel::Q4K,
+    Kernel::Q5K,
+    Kernel::Q6K,
+];
+
+fn case(kind: Kernel, rows: usize, cols: usize, n: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let data = random_data(kind.dtype(), rows * cols, 0.02, || rng.random());
+    let x = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+    (data, x)
+}
+
+fn acts(kind: Kernel, x: &[f32], n: usize, cols: usize) -> Q8Acts {
+    let mut a = Q8Acts::new(kind.act_block());
+    a.quantize(x, n, cols);
+    a
+}
+
+#[test]
+fn every_kernel_equals_the_reference_on_the_quantized_activations() {
+    // Against an f64 product of the dequantized weights and the dequantized activations, the only
+    // difference left is float rounding.
+    for kind in KINDS {
+        let (rows, cols, n) = (21, 768, 3);
+        let (data, x) = case(kind, rows, cols, n, 3);
+        let w = QMatrix::new(kind.dtype(), &data, rows, cols).unwrap();
+        let a = acts(kind, &x, n, cols);
+        let want = matmul_reference(&w, &a.dequantize(), n);
+        for isa in Isa::available() {
+            let mut out = vec![0f32; n * rows];
+            matmul_q8_with(isa, &w, &a, &mut out).unwrap();
+            for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                    "{kind:?} {isa:?} output {i}: {g} vs {r}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn quantizing_the_activations_costs_little_accuracy() {
+    // Against the exact product of the float activations, the error is that of 8-bit
+    // activations: well under 1% of the output's scale.
+    for kind in KINDS {
+        let (rows, cols, n) = (32, 1024, 2);
+        let (data, x) = case(kind, rows, cols, n, 5);
+        let w = QMatrix::new(kind.dtype(), &data, rows, cols).unwrap();
+        let want = matmul_reference(&w, &x, n);
+        let mut out = vec![0f32; n * rows];
+        matmul_q8(&w, &acts(kind, &x, n, cols), &mut out).unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = out
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (g, r)| m.max((g - r).abs()));
+        assert!(
+            err <= 0.01 * scale,
+            "{kind:?}: error {err} against scale {scale}"
+        );
+    }
+}
+
+#[test]
+fn simd_paths_equal_the_portable_twin_bitwise() {
+    for kind in KINDS {
+        let (rows, cols, n) = (19, 512, 5);
+        let (data, x) = case(kind, rows, cols, n, 9);
+        let w = QMatrix::new(kind.dtype(), &data, rows, cols).unwrap();
+        let a = acts(kind, &x, n, cols);
+        let mut base = vec![0f32; n * rows];
+        matmul_q8_with(Isa::Portable, &w, &a, &mut base).unwrap();
+        for isa in Isa::available() {
+            let mut out = vec![0f32; n * rows];
+            matmul_q8_with(isa, &w, &a, &mut out).unwrap();
+            assert_eq!(
+                out.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                base.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{kind:?} on {isa:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn rows_are_batch_and_thread_invariant() {
+    for kind in KINDS {
+        let (rows, cols) = (40, 512);
+        // 20 tokens: more than one tile of 16.
+        let (data, x) = case(kind, rows, cols, 20, 13);
+        let w = QMatrix::new(kind.dtype(), &data, rows, cols).unwrap();
+        for isa in Isa::available() {
+            let mut full = vec![0f32; 20 * rows];
+            matmul_q8_with(isa, &w, &acts(kind, &x, 20, cols), &mut full).unwrap();
+            for t in [0, 7, 15, 19] {
+                let mut one = vec![0f32; rows];
+                let xt = &x[t * cols..(t + 1) * cols];
+                matmul_q8_with(isa, &w, &acts(kind, xt, 1, cols), &mut one).unwrap();
+                assert_eq!(
+                    one,
+                    full[t * rows..(t + 1) * rows],
+                    "{kind:?} {isa:?} token {t}"
+                );
+            }
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut other = vec![0f32; 20 * rows];
+                pool.install(|| {
+                    matmul_q8_with(isa, &w, &acts(kind, &x, 20, cols), &mut other).unwrap()
+                });
+                assert_eq!(other, full, "{kind:?} {isa:?} with {threads} threads");
+            }
+        }
+    }
+}
+
+#[test]
+fn extreme_values_do_not_overflow() {
+    // All-maximal quants and activations at full scale: the integer sums must stay exact.
+    for kind in KINDS {
+        let (rows, cols) = (2, 512);
+        let dtype = kind.dtype();
+        let mut data = random_data(dtype, rows * cols, 0.02, || u64::MAX);
+        let w = QMatrix::new(dtype, &data, rows, cols).unwrap();
+        let x: Vec<f32> = (0..cols)
+            .map(|c| if c % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let a = acts(kind, &x, 1, cols);
+        let want = matmul_reference(&w, &a.dequantize(), 1);
+        let mut out = vec![0f32; rows];
+        matmul_q8(&w, &a, &mut out).unwrap();
+        for (g, r) in out.iter().zip(&want) {
+            assert!(
+                (g - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                "{kind:?}: {g} vs {r}"
+            );
+        }
+        data.clear();
+    }
+}
+
+#[test]
+fn mismatched_activations_are_an_error() {
+    let (data, x) = case(Kernel::Q4K, 4, 256, 1, 1);
+    let w = QMatrix::new(DType::Q4K, &data, 4, 256).unwrap();
+    let a = acts(Kernel::Q8_0, &x, 1, 256);
+    assert!(matmul_q8(&w, &a, &mut [0.0; 4]).is_err());
+    let f = vec![0u8; 4 * 256 * 4];
+    let wf = QMatrix::new(DType::F32, &f, 4, 256).unwrap();
+    assert!(matmul_q8(&wf, &acts(Kernel::Q4K, &x, 1, 256), &mut [0.0; 4]).is_err());
+}

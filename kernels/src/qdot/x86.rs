@@ -1,0 +1,505 @@
+//! AVX2 and AVX-512 VNNI integer products. One generic body per weight type, compiled twice:
+//! `VNNI = true` under `avx512vnni` (`vpdpbusd` / `vpdpwssd`), `VNNI = false` under plain AVX2
+//! (`vpmaddubsw` + `vpmaddwd`). Both compute exactly the integer sums and float operations of
+//! the portable twin (`portable.rs`), so all three agree bitwise.
+//!
+//! Loop order: for each weight row, for each tile of up to `TILE` tokens, for each block:
+//! unpack the block once into registers, then dot it with every token of the tile. A row is
+//! read from memory once per call and reused from L1 by later tiles.
+
+use std::arch::x86_64::*;
+
+use super::{Kernel, WeightBlocks};
+use crate::q8::Q8Acts;
+use crate::quant::f16_at;
+
+const TILE: usize = 16;
+
+/// `acc + Σ_{k<4} w[4l+k] * a[4l+k]` per i32 lane, `w` unsigned, `a` signed.
+#[inline(always)]
+unsafe fn dot4<const VNNI: bool>(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(acc, w, a)
+    } else {
+        let p = _mm256_maddubs_epi16(w, a);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+    }
+}
+
+/// `acc + Σ_{k<4} w[4l+k] * a[4l+k] * sc[..]` with 16-bit scales per pair of bytes.
+#[inline(always)]
+unsafe fn dot4_scaled<const VNNI: bool>(
+    acc: __m256i,
+    w: __m256i,
+    a: __m256i,
+    sc: __m256i,
+) -> __m256i {
+    let p = _mm256_maddubs_epi16(w, a);
+    if VNNI {
+        _mm256_dpwssd_epi32(acc, p, sc)
+    } else {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, sc))
+    }
+}
+
+/// The portable twin's summation tree: `(v0+v4 + v2+v6) + (v1+v5 + v3+v7)`.
+#[inline(always)]
+unsafe fn hsum8(v: __m256) -> f32 {
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1)))
+}
+
+#[inline(always)]
+unsafe fn load(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// 16 bytes of nibbles into 32 values: low nibbles first, then high nibbles.
+#[inline(always)]
+unsafe fn nibbles32(p: *const u8) -> __m256i {
+    let x = _mm_loadu_si128(p as *const __m128i);
+    let v = _mm256_set_m128i(_mm_srli_epi16(x, 4), x);
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+}
+
+/// Bit `i` of the 32-bit little-endian word at `p` as `0x10` in byte `i`.
+#[inline(always)]
+unsafe fn bits32_as_16(p: *const u8) -> __m256i {
+    let x = u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    let set = _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// One 32-value block: values (unsigned, or signed for Q8_0), scale and minimum.
+#[inline(always)]
+unsafe fn unpack_b32(kind: Kernel, b: *const u8) -> (__m256i, f32, f32) {
+    let s = std::slice::from_raw_parts(b, 4);
+    match kind {
+        Kernel::Q4_0 => {
+            let d = f16_at(s, 0);
+            (nibbles32(b.add(2)), d, -8.0 * d)
+        }
+        Kernel::Q4_1 => (nibbles32(b.add(4)), f16_at(s, 0), f16_at(s, 2)),
+        Kernel::Q5_0 => {
+            let d = f16_at(s, 0);
+            let q = _mm256_or_si256(nibbles32(b.add(6)), bits32_as_16(b.add(2)));
+            (q, d, -16.0 * d)
+        }
+        Kernel::Q5_1 => {
+            let q = _mm256_or_si256(nibbles32(b.add(8)), bits32_as_16(b.add(4)));
+            (q, f16_at(s, 0), f16_at(s, 2))
+        }
+        Kernel::Q8_0 => (load(b.add(2)), f16_at(s, 0), 0.0),
+        Kernel::Q4K | Kernel::Q5K | Kernel::Q6K => unreachable!("not a 32-value block type"),
+    }
+}
+
+/// Eight f32 at `p`, or the first `n` of them and zeros.
+#[inline(always)]
+unsafe fn load8_padded(p: *const f32, n: usize) -> __m256 {
+    if n == 8 {
+        _mm256_loadu_ps(p)
+    } else {
+        let mut buf = [0f32; 8];
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+        _mm256_loadu_ps(buf.as_ptr())
+    }
+}
+
+#[inline(always)]
+unsafe fn rows_b32<const VNNI: bool>(
+    kind: Kernel,
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    let (n, cols) = (a.n, a.cols);
+    let bb = kind.dtype().block_bytes();
+    let nb = cols / 32;
+    let signed = kind == Kernel::Q8_0;
+    let mut accf0 = [_mm256_setzero_ps(); TILE];
+    let mut accf1 = [_mm256_setzero_ps(); TILE];
+    let mut accm = [_mm256_setzero_ps(); TILE];
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut qa = [_mm256_setzero_si256(); 8];
+    let mut sarr = [0f32; 8];
+    for r in r0..r1 {
+        let row = w.row(r).as_ptr();
+        for t0 in (0..n).step_by(TILE) {
+            let nt = TILE.min(n - t0);
+            accf0[..nt].fill(_mm256_setzero_ps());
+            accf1[..nt].fill(_mm256_setzero_ps());
+            accm[..nt].fill(_mm256_setzero_ps());
+            for g in 0..nb.div_ceil(8) {
+                let nblk = 8.min(nb - 8 * g);
+                let mut dw = [0f32; 8];
+                let mut mw = [0f32; 8];
+                for i in 0..nblk {
+                    let (qi, d, m) = unpack_b32(kind, row.add((8 * g + i) * bb));
+                    q[i] = qi;
+                    qa[i] = if signed { _mm256_sign_epi8(qi, qi) } else { qi };
+                    dw[i] = d;
+                    mw[i] = m;
+                }
+                let dwv = _mm256_loadu_ps(dw.as_ptr());
+                let mwv = _mm256_loadu_ps(mw.as_ptr());
+                for t in 0..nt {
+                    let tt = t0 + t;
+                    let dav = load8_padded(a.d.as_ptr().add(tt * nb + 8 * g), nblk);
+                    _mm256_storeu_ps(sarr.as_mut_ptr(), _mm256_mul_ps(dwv, dav));
+                    let ap = a.qs.as_ptr().add(tt * cols + 256 * g) as *const u8;
+                    let (mut f0, mut f1) = (accf0[t], accf1[t]);
+                    for i in 0..nblk {
+                        let av = load(ap.add(32 * i));
+                        let av = if signed {
+                            _mm256_sign_epi8(av, q[i])
+                        } else {
+                            av
+                        };
+                        let isum = dot4::<VNNI>(_mm256_setzero_si256(), qa[i], av);
+                        let sv = _mm256_broadcast_ss(&*sarr.as_ptr().add(i));
+                        if i % 2 == 0 {
+                            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sv, f0);
+                        } else {
+                            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sv, f1);
+                        }
+                    }
+                    accf0[t] = f0;
+                    accf1[t] = f1;
+                    if !signed {
+                        let dsv = load8_padded(a.dsum32.as_ptr().add(tt * nb + 8 * g), nblk);
+                        accm[t] = _mm256_fmadd_ps(mwv, dsv, accm[t]);
+                    }
+                }
+            }
+            for t in 0..nt {
+                out[(r - r0) * n + t0 + t] =
+                    hsum8(_mm256_add_ps(accf0[t], accf1[t])) + hsum8(accm[t]);
+            }
+        }
+    }
+}
+
+const KMASK1: u32 = 0x3f3f_3f3f;
+const KMASK2: u32 = 0x0f0f_0f0f;
+const KMASK3: u32 = 0x0303_0303;
+
+/// Q4_K / Q5_K packed 6-bit scales and mins (12 bytes at `p`) as 16-bit lanes: scales in
+/// lanes 0..8, mins in lanes 8..16 (ggml's `utmp` unpacking).
+#[inline(always)]
+unsafe fn k4_scales_mins(p: *const u8) -> __m256i {
+    let mut u = [0u32; 4];
+    std::ptr::copy_nonoverlapping(p, u.as_mut_ptr() as *mut u8, 12);
+    u[3] = ((u[2] >> 4) & KMASK2) | (((u[1] >> 6) & KMASK3) << 4);
+    let aux = u[1] & KMASK1;
+    u[1] = (u[2] & KMASK2) | (((u[0] >> 6) & KMASK3) << 4);
+    u[2] = aux;
+    u[0] &= KMASK1;
+    _mm256_cvtepu8_epi16(_mm_set_epi32(
+        u[3] as i32,
+        u[2] as i32,
+        u[1] as i32,
+        u[0] as i32,
+    ))
+}
+
+/// Shuffle that broadcasts 16-bit lane `j` of a 128-bit lane.
+#[inline(always)]
+unsafe fn bcast16_mask(j: usize) -> __m256i {
+    let lo = (2 * j) as i8;
+    let hi = (2 * j + 1) as i8;
+    _mm256_setr_epi8(
+        lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo,
+        hi, lo, hi, lo, hi, lo, hi, lo, hi,
+    )
+}
+
+/// Q4_K (`FIVE = false`) and Q5_K rows.
+#[inline(always)]
+unsafe fn rows_q45k<const VNNI: bool, const FIVE: bool>(
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    let (n, cols) = (a.n, a.cols);
+    let bb = if FIVE { 176 } else { 144 };
+    let nb = cols / 256;
+    let low = _mm256_set1_epi8(0x0f);
+    let one = _mm256_set1_epi8(1);
+    let masks = [
+        bcast16_mask(0),
+        bcast16_mask(1),
+        bcast16_mask(2),
+        bcast16_mask(3),
+        bcast16_mask(4),
+        bcast16_mask(5),
+        bcast16_mask(6),
+        bcast16_mask(7),
+    ];
+    let mut accf = [_mm256_setzero_ps(); TILE];
+    let mut accm = [_mm256_setzero_ps(); TILE];
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut scv = [_mm256_setzero_si256(); 8];
+    for r in r0..r1 {
+        let row = w.row(r).as_ptr();
+        for t0 in (0..n).step_by(TILE) {
+            let nt = TILE.min(n - t0);
+            accf[..nt].fill(_mm256_setzero_ps());
+            accm[..nt].fill(_mm256_setzero_ps());
+            for b in 0..nb {
+                let blk = row.add(b * bb);
+                let head = std::slice::from_raw_parts(blk, 4);
+                let d = f16_at(head, 0);
+                let dmin = f16_at(head, 2);
+                let sm = k4_scales_mins(blk.add(4));
+                let sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
+                for j in 0..8 {
+                    scv[j] = _mm256_shuffle_epi8(sc, masks[j]);
+                }
+                let mn = _mm256_extracti128_si256(sm, 1);
+                let mins16 =
+                    _mm256_set_m128i(_mm_unpackhi_epi16(mn, mn), _mm_unpacklo_epi16(mn, mn));
+                let qs = blk.add(if FIVE { 48 } else { 16 });
+                let qh = if FIVE {
+                    load(blk.add(16))
+                } else {
+                    _mm256_setzero_si256()
+                };
+                for jj in 0..4 {
+                    let x = load(qs.add(32 * jj));
+                    let mut lo = _mm256_and_si256(x, low);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
+                    if FIVE {
+                        let sh_lo = _mm_cvtsi32_si128(2 * jj as i32);
+                        let sh_hi = _mm_cvtsi32_si128(2 * jj as i32 + 1);
+                        let hl = _mm256_and_si256(_mm256_srl_epi16(qh, sh_lo), one);
+                        let hh = _mm256_and_si256(_mm256_srl_epi16(qh, sh_hi), one);
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(hl, 4));
+                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(hh, 4));
+                    }
+                    q[2 * jj] = lo;
+                    q[2 * jj + 1] = hi;
+                }
+                for t in 0..nt {
+                    let tt = t0 + t;
+                    let ap = a.qs.as_ptr().add(tt * cols + 256 * b) as *const u8;
+                    let mut i0 = _mm256_setzero_si256();
+                    let mut i1 = _mm256_setzero_si256();
+                    for j in (0..8).step_by(2) {
+                        i0 = dot4_scaled::<VNNI>(i0, q[j], load(ap.add(32 * j)), scv[j]);
+                        i1 = dot4_scaled::<VNNI>(
+                            i1,
+                            q[j + 1],
+                            load(ap.add(32 * j + 32)),
+                            scv[j + 1],
+                        );
+                    }
+                    let isum = _mm256_add_epi32(i0, i1);
+                    let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b);
+                    let mprod = _mm256_madd_epi16(mins16, load(s16 as *const u8));
+                    let da = *a.d.get_unchecked(tt * nb + b);
+                    accf[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * da), accf[t]);
+                    accm[t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(mprod),
+                        _mm256_set1_ps(-(dmin * da)),
+                        accm[t],
+                    );
+                }
+            }
+            for t in 0..nt {
+                out[(r - r0) * n + t0 + t] = hsum8(accf[t]) + hsum8(accm[t]);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn rows_q6k<const VNNI: bool>(
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    let (n, cols) = (a.n, a.cols);
+    let nb = cols / 256;
+    let low = _mm256_set1_epi8(0x0f);
+    let three = _mm256_set1_epi8(3);
+    // Byte shuffles picking scale 2g eight times, then scale 2g + 1 eight times.
+    let pair = |g: usize| {
+        let (x, y) = ((2 * g) as i8, (2 * g + 1) as i8);
+        _mm_setr_epi8(x, x, x, x, x, x, x, x, y, y, y, y, y, y, y, y)
+    };
+    let masks = [
+        pair(0),
+        pair(1),
+        pair(2),
+        pair(3),
+        pair(4),
+        pair(5),
+        pair(6),
+        pair(7),
+    ];
+    let mut accf = [_mm256_setzero_ps(); TILE];
+    let mut accm = [_mm256_setzero_ps(); TILE];
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut scv = [_mm256_setzero_si256(); 8];
+    for r in r0..r1 {
+        let row = w.row(r).as_ptr();
+        for t0 in (0..n).step_by(TILE) {
+            let nt = TILE.min(n - t0);
+            accf[..nt].fill(_mm256_setzero_ps());
+            accm[..nt].fill(_mm256_setzero_ps());
+            for b in 0..nb {
+                let blk = row.add(b * 210);
+                let d = f16_at(std::slice::from_raw_parts(blk.add(208), 2), 0);
+                let sc8 = _mm_loadu_si128(blk.add(192) as *const __m128i);
+                let sc16 = _mm256_cvtepi8_epi16(sc8);
+                for g in 0..8 {
+                    scv[g] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, masks[g]));
+                }
+                for h in 0..2 {
+                    let ql0 = load(blk.add(64 * h));
+                    let ql1 = load(blk.add(64 * h + 32));
+                    let qh = load(blk.add(128 + 32 * h));
+                    let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, three), 4);
+                    let h1 =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4);
+                    let h2 =
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4);
+                    let h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), _mm256_set1_epi8(0x30));
+                    q[4 * h] = _mm256_or_si256(_mm256_and_si256(ql0, low), h0);
+                    q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low), h1);
+                    q[4 * h + 2] =
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), h2);
+                    q[4 * h + 3] =
+                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), h3);
+                }
+                for t in 0..nt {
+                    let tt = t0 + t;
+                    let ap = a.qs.as_ptr().add(tt * cols + 256 * b) as *const u8;
+                    let mut i0 = _mm256_setzero_si256();
+                    let mut i1 = _mm256_setzero_si256();
+                    for g in (0..8).step_by(2) {
+                        i0 = dot4_scaled::<VNNI>(i0, q[g], load(ap.add(32 * g)), scv[g]);
+                        i1 = dot4_scaled::<VNNI>(
+                            i1,
+                            q[g + 1],
+                            load(ap.add(32 * g + 32)),
+                            scv[g + 1],
+                        );
+                    }
+                    let isum = _mm256_add_epi32(i0, i1);
+                    let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b);
+                    let mprod = _mm256_madd_epi16(sc16, load(s16 as *const u8));
+                    let da = *a.d.get_unchecked(tt * nb + b);
+                    accf[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * da), accf[t]);
+                    accm[t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(mprod),
+                        _mm256_set1_ps(-(d * da) * 32.0),
+                        accm[t],
+                    );
+                }
+            }
+            for t in 0..nt {
+                out[(r - r0) * n + t0 + t] = hsum8(accf[t]) + hsum8(accm[t]);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn rows_any<const VNNI: bool>(
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    match w.kind {
+        Kernel::Q4K => rows_q45k::<VNNI, false>(w, a, r0, r1, out),
+        Kernel::Q5K => rows_q45k::<VNNI, true>(w, a, r0, r1, out),
+        Kernel::Q6K => rows_q6k::<VNNI>(w, a, r0, r1, out),
+        k => rows_b32::<VNNI>(k, w, a, r0, r1, out),
+    }
+}
+
+/// AVX2 path. Caller guarantees the CPU has AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn rows_avx2(
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: the caller checked the features this function is compiled for.
+    unsafe { rows_any::<false>(w, a, r0, r1, out) }
+}
+
+/// AVX-512 VNNI path. Caller guarantees AVX2, FMA, F16C, AVX-512 F/BW/VL and VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn rows_vnni(
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: the caller checked the features this function is compiled for.
+    unsafe { rows_any::<true>(w, a, r0, r1, out) }
+}
+
+/// Register-only loop of 8 independent 32-way 8-bit dot products per iteration: the peak rate
+/// of the integer units (for `cascade bench`'s fraction of the floor).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn peak_vnni(iters: u64) -> i64 {
+    // Opaque operands, so the loop cannot be folded.
+    let w = _mm256_set1_epi8(std::hint::black_box(3));
+    let a = _mm256_set1_epi8(std::hint::black_box(-1));
+    let mut acc = [_mm256_setzero_si256(); 8];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_dpbusd_epi32(*v, w, a);
+        }
+    }
+    let mut s = 0i64;
+    for v in acc {
+        s += _mm256_extract_epi32(v, 0) as i64;
+    }
+    s
+}
+
+/// [`peak_vnni`] with AVX2's `vpmaddubsw` + `vpmaddwd` pair.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn peak_avx2(iters: u64) -> i64 {
+    // Opaque operands, so the loop cannot be folded.
+    let w = _mm256_set1_epi8(std::hint::black_box(3));
+    let a = _mm256_set1_epi8(std::hint::black_box(-1));
+    let mut acc = [_mm256_setzero_si256(); 8];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = dot4::<false>(*v, w, a);
+        }
+    }
+    let mut s = 0i64;
+    for v in acc {
+        s += _mm256_extract_epi32(v, 0) as i64;
+    }
+    s
+}
