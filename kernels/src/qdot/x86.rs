@@ -115,6 +115,99 @@ unsafe fn load8_padded(p: *const f32, n: usize) -> __m256 {
     }
 }
 
+/// The f16 at byte `at` of block `i` of a group, as raw bits (0 past the group's end).
+#[inline(always)]
+unsafe fn h16(p: *const u8, bb: usize, i: usize, at: usize, nblk: usize) -> i16 {
+    if i < nblk {
+        (p.add(i * bb + at) as *const i16).read_unaligned()
+    } else {
+        0
+    }
+}
+
+/// Scales and minimums of up to eight consecutive 32-value blocks as f32 vectors (zero lanes
+/// past `nblk`), built in registers.
+#[inline(always)]
+unsafe fn scales8(kind: Kernel, p: *const u8, nblk: usize) -> (__m256, __m256) {
+    let bb = kind.dtype().block_bytes();
+    let h = |at: usize| {
+        _mm256_cvtph_ps(_mm_set_epi16(
+            h16(p, bb, 7, at, nblk),
+            h16(p, bb, 6, at, nblk),
+            h16(p, bb, 5, at, nblk),
+            h16(p, bb, 4, at, nblk),
+            h16(p, bb, 3, at, nblk),
+            h16(p, bb, 2, at, nblk),
+            h16(p, bb, 1, at, nblk),
+            h16(p, bb, 0, at, nblk),
+        ))
+    };
+    let d = h(0);
+    let m = match kind {
+        Kernel::Q4_0 => _mm256_mul_ps(_mm256_set1_ps(-8.0), d),
+        Kernel::Q5_0 => _mm256_mul_ps(_mm256_set1_ps(-16.0), d),
+        Kernel::Q4_1 | Kernel::Q5_1 => h(2),
+        _ => _mm256_setzero_ps(),
+    };
+    (d, m)
+}
+
+/// One group of `N` blocks (8, or fewer at the end of a row) for every token of the tile.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn group_b32<const VNNI: bool, const N: usize>(
+    kind: Kernel,
+    blk: *const u8,
+    a: &Q8Acts,
+    g: usize,
+    t0: usize,
+    nt: usize,
+    accf0: &mut [__m256; TILE],
+    accf1: &mut [__m256; TILE],
+    accm: &mut [__m256; TILE],
+) {
+    let (cols, nb) = (a.cols, a.cols / 32);
+    let bb = kind.dtype().block_bytes();
+    let signed = kind == Kernel::Q8_0;
+    let mut q = [_mm256_setzero_si256(); 8];
+    let mut qa = [_mm256_setzero_si256(); 8];
+    for i in 0..N {
+        let (qi, _, _) = unpack_b32(kind, blk.add(i * bb));
+        q[i] = qi;
+        qa[i] = if signed { _mm256_sign_epi8(qi, qi) } else { qi };
+    }
+    let (dwv, mwv) = scales8(kind, blk, N);
+    let mut sarr = [0f32; 8];
+    for t in 0..nt {
+        let tt = t0 + t;
+        let dav = load8_padded(a.d.as_ptr().add(tt * nb + 8 * g), N);
+        _mm256_storeu_ps(sarr.as_mut_ptr(), _mm256_mul_ps(dwv, dav));
+        let ap = a.qs.as_ptr().add(tt * cols + 256 * g) as *const u8;
+        let (mut f0, mut f1) = (accf0[t], accf1[t]);
+        for i in 0..N {
+            let av = load(ap.add(32 * i));
+            let av = if signed {
+                _mm256_sign_epi8(av, q[i])
+            } else {
+                av
+            };
+            let isum = dot4::<VNNI>(_mm256_setzero_si256(), qa[i], av);
+            let sv = _mm256_broadcast_ss(&*sarr.as_ptr().add(i));
+            if i % 2 == 0 {
+                f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sv, f0);
+            } else {
+                f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sv, f1);
+            }
+        }
+        accf0[t] = f0;
+        accf1[t] = f1;
+        if !signed {
+            let dsv = load8_padded(a.dsum32.as_ptr().add(tt * nb + 8 * g), N);
+            accm[t] = _mm256_fmadd_ps(mwv, dsv, accm[t]);
+        }
+    }
+}
+
 #[inline(always)]
 unsafe fn rows_b32<const VNNI: bool>(
     kind: Kernel,
@@ -124,16 +217,12 @@ unsafe fn rows_b32<const VNNI: bool>(
     r1: usize,
     out: &mut [f32],
 ) {
-    let (n, cols) = (a.n, a.cols);
+    let n = a.n;
     let bb = kind.dtype().block_bytes();
-    let nb = cols / 32;
-    let signed = kind == Kernel::Q8_0;
+    let nb = a.cols / 32;
     let mut accf0 = [_mm256_setzero_ps(); TILE];
     let mut accf1 = [_mm256_setzero_ps(); TILE];
     let mut accm = [_mm256_setzero_ps(); TILE];
-    let mut q = [_mm256_setzero_si256(); 8];
-    let mut qa = [_mm256_setzero_si256(); 8];
-    let mut sarr = [0f32; 8];
     for r in r0..r1 {
         let row = w.row(r).as_ptr();
         for t0 in (0..n).step_by(TILE) {
@@ -142,45 +231,18 @@ unsafe fn rows_b32<const VNNI: bool>(
             accf1[..nt].fill(_mm256_setzero_ps());
             accm[..nt].fill(_mm256_setzero_ps());
             for g in 0..nb.div_ceil(8) {
-                let nblk = 8.min(nb - 8 * g);
-                let mut dw = [0f32; 8];
-                let mut mw = [0f32; 8];
-                for i in 0..nblk {
-                    let (qi, d, m) = unpack_b32(kind, row.add((8 * g + i) * bb));
-                    q[i] = qi;
-                    qa[i] = if signed { _mm256_sign_epi8(qi, qi) } else { qi };
-                    dw[i] = d;
-                    mw[i] = m;
-                }
-                let dwv = _mm256_loadu_ps(dw.as_ptr());
-                let mwv = _mm256_loadu_ps(mw.as_ptr());
-                for t in 0..nt {
-                    let tt = t0 + t;
-                    let dav = load8_padded(a.d.as_ptr().add(tt * nb + 8 * g), nblk);
-                    _mm256_storeu_ps(sarr.as_mut_ptr(), _mm256_mul_ps(dwv, dav));
-                    let ap = a.qs.as_ptr().add(tt * cols + 256 * g) as *const u8;
-                    let (mut f0, mut f1) = (accf0[t], accf1[t]);
-                    for i in 0..nblk {
-                        let av = load(ap.add(32 * i));
-                        let av = if signed {
-                            _mm256_sign_epi8(av, q[i])
-                        } else {
-                            av
-                        };
-                        let isum = dot4::<VNNI>(_mm256_setzero_si256(), qa[i], av);
-                        let sv = _mm256_broadcast_ss(&*sarr.as_ptr().add(i));
-                        if i % 2 == 0 {
-                            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sv, f0);
-                        } else {
-                            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sv, f1);
-                        }
-                    }
-                    accf0[t] = f0;
-                    accf1[t] = f1;
-                    if !signed {
-                        let dsv = load8_padded(a.dsum32.as_ptr().add(tt * nb + 8 * g), nblk);
-                        accm[t] = _mm256_fmadd_ps(mwv, dsv, accm[t]);
-                    }
+                let blk = row.add(8 * g * bb);
+                let (f0, f1, m) = (&mut accf0, &mut accf1, &mut accm);
+                // Constant group sizes, so each case is fully unrolled with its blocks in registers.
+                match nb - 8 * g {
+                    1 => group_b32::<VNNI, 1>(kind, blk, a, g, t0, nt, f0, f1, m),
+                    2 => group_b32::<VNNI, 2>(kind, blk, a, g, t0, nt, f0, f1, m),
+                    3 => group_b32::<VNNI, 3>(kind, blk, a, g, t0, nt, f0, f1, m),
+                    4 => group_b32::<VNNI, 4>(kind, blk, a, g, t0, nt, f0, f1, m),
+                    5 => group_b32::<VNNI, 5>(kind, blk, a, g, t0, nt, f0, f1, m),
+                    6 => group_b32::<VNNI, 6>(kind, blk, a, g, t0, nt, f0, f1, m),
+                    7 => group_b32::<VNNI, 7>(kind, blk, a, g, t0, nt, f0, f1, m),
+                    _ => group_b32::<VNNI, 8>(kind, blk, a, g, t0, nt, f0, f1, m),
                 }
             }
             for t in 0..nt {
