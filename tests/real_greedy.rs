@@ -50,7 +50,7 @@ fn check_numpy(key: &str, reference: &str, runs: usize) {
     let r: serde_json::Value = serde_json::from_str(reference).unwrap();
     let model = load(key, Precision::F32);
     let pool = pool();
-    for run in r["runs"].as_array().unwrap().iter().take(runs) {
+    for run in first_runs(&r["runs"], runs) {
         let prompt = ids(&run["prompt_ids"]);
         let want = ids(&run["generated_ids"]);
         let cfg = GenerateConfig {
@@ -66,15 +66,12 @@ fn check_numpy(key: &str, reference: &str, runs: usize) {
             run["prompt"]
         );
     }
-    let runs: Vec<serde_json::Value> = r["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(runs)
-        .cloned()
-        .collect();
     let int8 = load(key, Precision::Int8);
-    let (agree, _, total) = teacher_forced(&int8, &runs, &format!("{key} int8 vs numpy"));
+    let (agree, _, total) = teacher_forced(
+        &int8,
+        first_runs(&r["runs"], runs),
+        &format!("{key} int8 vs numpy"),
+    );
     assert!(
         agree * 100 >= total * 95,
         "{key} int8 vs numpy: {agree}/{total}"
@@ -86,14 +83,17 @@ fn check_numpy(key: &str, reference: &str, runs: usize) {
 fn check_llama_cpp(key: &str, runs: usize) -> (usize, usize, usize) {
     let r = llama_cpp();
     let model = load(key, Precision::Int8);
-    let runs: Vec<serde_json::Value> = r["models"][key]["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .take(runs)
-        .cloned()
-        .collect();
-    teacher_forced(&model, &runs, &format!("{key} vs llama.cpp"))
+    teacher_forced(
+        &model,
+        first_runs(&r["models"][key]["runs"], runs),
+        &format!("{key} vs llama.cpp"),
+    )
+}
+
+/// The first `n` runs of a reference file's run list.
+fn first_runs(runs: &serde_json::Value, n: usize) -> &[serde_json::Value] {
+    let all = runs.as_array().unwrap();
+    &all[..n.min(all.len())]
 }
 
 /// Feeds each run's continuation through `model` and compares our argmax with the run's token

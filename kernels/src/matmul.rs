@@ -61,8 +61,9 @@ const TOKEN_TILE: usize = 32;
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 16;
 
+/// An output pointer shared by the tasks of one product (here and in `qdot`).
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(crate) struct SyncPtr(pub(crate) *mut f32);
 // SAFETY: the pointer is only used to write disjoint output elements, one task per weight row
 // range, while the owning slice is borrowed mutably for the whole parallel region.
 unsafe impl Send for SyncPtr {}
@@ -71,7 +72,7 @@ unsafe impl Sync for SyncPtr {}
 
 impl SyncPtr {
     /// The pointer; a method so closures capture the whole (Send) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

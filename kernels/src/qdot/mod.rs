@@ -12,7 +12,7 @@ use cascade_weights::DType;
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
-use crate::matmul::QMatrix;
+use crate::matmul::{QMatrix, SyncPtr};
 use crate::q8::{ActBlock, Q8Acts};
 
 mod portable;
@@ -83,8 +83,8 @@ impl WeightBlocks<'_> {
     }
 }
 
-/// Instruction set of the integer products.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Instruction set of the integer products, ordered: a CPU that runs one runs the lower ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// Plain Rust, any CPU.
     Portable,
@@ -109,8 +109,13 @@ impl Isa {
         })
     }
 
-    /// What the CPU supports.
+    /// What the CPU supports (probed once).
     pub fn detected() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(Isa::probe)
+    }
+
+    fn probe() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2")
@@ -132,11 +137,10 @@ impl Isa {
 
     /// Every path this CPU can run, lowest first.
     pub fn available() -> Vec<Isa> {
-        match Isa::detected() {
-            Isa::Portable => vec![Isa::Portable],
-            Isa::Avx2 => vec![Isa::Portable, Isa::Avx2],
-            Isa::Vnni => vec![Isa::Portable, Isa::Avx2, Isa::Vnni],
-        }
+        [Isa::Portable, Isa::Avx2, Isa::Vnni]
+            .into_iter()
+            .filter(|&i| i <= Isa::detected())
+            .collect()
     }
 
     pub fn name(self) -> &'static str {
@@ -150,20 +154,6 @@ impl Isa {
 
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 16;
-
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-// SAFETY: used only to write disjoint output elements (one task per weight-row range) while the
-// output slice is borrowed mutably for the whole parallel region.
-unsafe impl Send for SyncPtr {}
-// SAFETY: as above; no two tasks touch the same element.
-unsafe impl Sync for SyncPtr {}
-
-impl SyncPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// `out[t * w.rows + r] = Σ_c acts[t][c] · W[r][c]` with the best instruction set.
 pub fn matmul_q8(w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> Result<()> {
@@ -193,7 +183,7 @@ pub fn matmul_q8_with(isa: Isa, w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> 
             ),
         });
     }
-    if isa != Isa::Portable && !Isa::available().contains(&isa) {
+    if isa > Isa::detected() {
         return Err(KernelError::Shape {
             op: "matmul_q8",
             detail: format!("this CPU cannot run the {} path", isa.name()),

@@ -79,26 +79,16 @@ unsafe fn bits32_as_16(p: *const u8) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// One 32-value block: values (unsigned, or signed for Q8_0), scale and minimum.
+/// The quants of one 32-value block (unsigned, or signed for Q8_0); its scale and minimum come
+/// from [`scales8`].
 #[inline(always)]
-unsafe fn unpack_b32(kind: Kernel, b: *const u8) -> (__m256i, f32, f32) {
-    let s = std::slice::from_raw_parts(b, 4);
+unsafe fn unpack_b32(kind: Kernel, b: *const u8) -> __m256i {
     match kind {
-        Kernel::Q4_0 => {
-            let d = f16_at(s, 0);
-            (nibbles32(b.add(2)), d, -8.0 * d)
-        }
-        Kernel::Q4_1 => (nibbles32(b.add(4)), f16_at(s, 0), f16_at(s, 2)),
-        Kernel::Q5_0 => {
-            let d = f16_at(s, 0);
-            let q = _mm256_or_si256(nibbles32(b.add(6)), bits32_as_16(b.add(2)));
-            (q, d, -16.0 * d)
-        }
-        Kernel::Q5_1 => {
-            let q = _mm256_or_si256(nibbles32(b.add(8)), bits32_as_16(b.add(4)));
-            (q, f16_at(s, 0), f16_at(s, 2))
-        }
-        Kernel::Q8_0 => (load(b.add(2)), f16_at(s, 0), 0.0),
+        Kernel::Q4_0 => nibbles32(b.add(2)),
+        Kernel::Q4_1 => nibbles32(b.add(4)),
+        Kernel::Q5_0 => _mm256_or_si256(nibbles32(b.add(6)), bits32_as_16(b.add(2))),
+        Kernel::Q5_1 => _mm256_or_si256(nibbles32(b.add(8)), bits32_as_16(b.add(4))),
+        Kernel::Q8_0 => load(b.add(2)),
         Kernel::Q4K | Kernel::Q5K | Kernel::Q6K => unreachable!("not a 32-value block type"),
     }
 }
@@ -172,7 +162,7 @@ unsafe fn group_b32<const VNNI: bool, const N: usize>(
     let mut q = [_mm256_setzero_si256(); 8];
     let mut qa = [_mm256_setzero_si256(); 8];
     for i in 0..N {
-        let (qi, _, _) = unpack_b32(kind, blk.add(i * bb));
+        let qi = unpack_b32(kind, blk.add(i * bb));
         q[i] = qi;
         qa[i] = if signed { _mm256_sign_epi8(qi, qi) } else { qi };
     }
@@ -276,150 +266,149 @@ unsafe fn k4_scales_mins(p: *const u8) -> __m256i {
     ))
 }
 
-/// Shuffle that broadcasts 16-bit lane `j` of a 128-bit lane.
-#[inline(always)]
-unsafe fn bcast16_mask(j: usize) -> __m256i {
-    let lo = (2 * j) as i8;
-    let hi = (2 * j + 1) as i8;
-    _mm256_setr_epi8(
-        lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo, hi, lo,
-        hi, lo, hi, lo, hi, lo, hi, lo, hi,
-    )
+/// Byte shuffles, one per group `j`, that broadcast 16-bit lane `j` of a 128-bit lane
+/// (Q4_K/Q5_K scales). Tables, so that building them costs one load, not 32 inserts.
+static BCAST16: [[u8; 32]; 8] = {
+    let mut t = [[0u8; 32]; 8];
+    let mut j = 0;
+    while j < 8 {
+        let mut k = 0;
+        while k < 32 {
+            t[j][k] = (2 * j + k % 2) as u8;
+            k += 1;
+        }
+        j += 1;
+    }
+    t
+};
+
+/// Byte shuffles, one per group `g`, that pick byte `2g` eight times then `2g + 1` eight times
+/// (Q6_K scales).
+static PAIR8: [[u8; 16]; 8] = {
+    let mut t = [[0u8; 16]; 8];
+    let mut g = 0;
+    while g < 8 {
+        let mut k = 0;
+        while k < 16 {
+            t[g][k] = (2 * g + k / 8) as u8;
+            k += 1;
+        }
+        g += 1;
+    }
+    t
+};
+
+/// One K-quant super-block unpacked: eight groups of 32 quants, each group's 16-bit scale
+/// vector, the 16-bit factors of the minimum (Q4_K, Q5_K) or offset (Q6_K) term per pair of
+/// 16-value sums, and the float factors: `accf += isum * d * d_a`,
+/// `accm += mprod * -(dm * d_a) * m_mul`.
+struct SuperBlock {
+    q: [__m256i; 8],
+    scv: [__m256i; 8],
+    mfac: __m256i,
+    d: f32,
+    dm: f32,
+    m_mul: f32,
 }
 
-/// Q4_K (`FIVE = false`) and Q5_K rows.
+/// Q4_K (`FIVE = false`) and Q5_K super-blocks.
 #[inline(always)]
-unsafe fn rows_q45k<const VNNI: bool, const FIVE: bool>(
-    w: &WeightBlocks,
-    a: &Q8Acts,
-    r0: usize,
-    r1: usize,
-    out: &mut [f32],
-) {
-    let (n, cols) = (a.n, a.cols);
-    let bb = if FIVE { 176 } else { 144 };
-    let nb = cols / 256;
+unsafe fn unpack_q45k<const FIVE: bool>(blk: *const u8) -> SuperBlock {
     let low = _mm256_set1_epi8(0x0f);
     let one = _mm256_set1_epi8(1);
-    let masks = [
-        bcast16_mask(0),
-        bcast16_mask(1),
-        bcast16_mask(2),
-        bcast16_mask(3),
-        bcast16_mask(4),
-        bcast16_mask(5),
-        bcast16_mask(6),
-        bcast16_mask(7),
-    ];
-    let mut accf = [_mm256_setzero_ps(); TILE];
-    let mut accm = [_mm256_setzero_ps(); TILE];
-    let mut q = [_mm256_setzero_si256(); 8];
+    let head = std::slice::from_raw_parts(blk, 4);
+    let sm = k4_scales_mins(blk.add(4));
+    let sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
     let mut scv = [_mm256_setzero_si256(); 8];
-    for r in r0..r1 {
-        let row = w.row(r).as_ptr();
-        for t0 in (0..n).step_by(TILE) {
-            let nt = TILE.min(n - t0);
-            accf[..nt].fill(_mm256_setzero_ps());
-            accm[..nt].fill(_mm256_setzero_ps());
-            for b in 0..nb {
-                let blk = row.add(b * bb);
-                let head = std::slice::from_raw_parts(blk, 4);
-                let d = f16_at(head, 0);
-                let dmin = f16_at(head, 2);
-                let sm = k4_scales_mins(blk.add(4));
-                let sc = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
-                for j in 0..8 {
-                    scv[j] = _mm256_shuffle_epi8(sc, masks[j]);
-                }
-                let mn = _mm256_extracti128_si256(sm, 1);
-                let mins16 =
-                    _mm256_set_m128i(_mm_unpackhi_epi16(mn, mn), _mm_unpacklo_epi16(mn, mn));
-                let qs = blk.add(if FIVE { 48 } else { 16 });
-                let qh = if FIVE {
-                    load(blk.add(16))
-                } else {
-                    _mm256_setzero_si256()
-                };
-                for jj in 0..4 {
-                    let x = load(qs.add(32 * jj));
-                    let mut lo = _mm256_and_si256(x, low);
-                    let mut hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
-                    if FIVE {
-                        let sh_lo = _mm_cvtsi32_si128(2 * jj as i32);
-                        let sh_hi = _mm_cvtsi32_si128(2 * jj as i32 + 1);
-                        let hl = _mm256_and_si256(_mm256_srl_epi16(qh, sh_lo), one);
-                        let hh = _mm256_and_si256(_mm256_srl_epi16(qh, sh_hi), one);
-                        lo = _mm256_or_si256(lo, _mm256_slli_epi16(hl, 4));
-                        hi = _mm256_or_si256(hi, _mm256_slli_epi16(hh, 4));
-                    }
-                    q[2 * jj] = lo;
-                    q[2 * jj + 1] = hi;
-                }
-                for t in 0..nt {
-                    let tt = t0 + t;
-                    let ap = a.qs.as_ptr().add(tt * cols + 256 * b) as *const u8;
-                    let mut i0 = _mm256_setzero_si256();
-                    let mut i1 = _mm256_setzero_si256();
-                    for j in (0..8).step_by(2) {
-                        i0 = dot4_scaled::<VNNI>(i0, q[j], load(ap.add(32 * j)), scv[j]);
-                        i1 = dot4_scaled::<VNNI>(
-                            i1,
-                            q[j + 1],
-                            load(ap.add(32 * j + 32)),
-                            scv[j + 1],
-                        );
-                    }
-                    let isum = _mm256_add_epi32(i0, i1);
-                    let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b);
-                    let mprod = _mm256_madd_epi16(mins16, load(s16 as *const u8));
-                    let da = *a.d.get_unchecked(tt * nb + b);
-                    accf[t] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * da), accf[t]);
-                    accm[t] = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(mprod),
-                        _mm256_set1_ps(-(dmin * da)),
-                        accm[t],
-                    );
-                }
-            }
-            for t in 0..nt {
-                out[(r - r0) * n + t0 + t] = hsum8(accf[t]) + hsum8(accm[t]);
-            }
+    for (j, v) in scv.iter_mut().enumerate() {
+        *v = _mm256_shuffle_epi8(sc, load(BCAST16[j].as_ptr()));
+    }
+    let mn = _mm256_extracti128_si256(sm, 1);
+    let mins16 = _mm256_set_m128i(_mm_unpackhi_epi16(mn, mn), _mm_unpacklo_epi16(mn, mn));
+    let qs = blk.add(if FIVE { 48 } else { 16 });
+    let qh = if FIVE {
+        load(blk.add(16))
+    } else {
+        _mm256_setzero_si256()
+    };
+    let mut q = [_mm256_setzero_si256(); 8];
+    for jj in 0..4 {
+        let x = load(qs.add(32 * jj));
+        let mut lo = _mm256_and_si256(x, low);
+        let mut hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), low);
+        if FIVE {
+            let sh_lo = _mm_cvtsi32_si128(2 * jj as i32);
+            let sh_hi = _mm_cvtsi32_si128(2 * jj as i32 + 1);
+            let hl = _mm256_and_si256(_mm256_srl_epi16(qh, sh_lo), one);
+            let hh = _mm256_and_si256(_mm256_srl_epi16(qh, sh_hi), one);
+            lo = _mm256_or_si256(lo, _mm256_slli_epi16(hl, 4));
+            hi = _mm256_or_si256(hi, _mm256_slli_epi16(hh, 4));
         }
+        q[2 * jj] = lo;
+        q[2 * jj + 1] = hi;
+    }
+    SuperBlock {
+        q,
+        scv,
+        mfac: mins16,
+        d: f16_at(head, 0),
+        dm: f16_at(head, 2),
+        m_mul: 1.0,
     }
 }
 
+/// Q6_K super-blocks.
 #[inline(always)]
-unsafe fn rows_q6k<const VNNI: bool>(
+unsafe fn unpack_q6k(blk: *const u8) -> SuperBlock {
+    let low = _mm256_set1_epi8(0x0f);
+    let three = _mm256_set1_epi8(3);
+    let d = f16_at(std::slice::from_raw_parts(blk.add(208), 2), 0);
+    let sc8 = _mm_loadu_si128(blk.add(192) as *const __m128i);
+    let mut scv = [_mm256_setzero_si256(); 8];
+    for (g, v) in scv.iter_mut().enumerate() {
+        // Scale 2g for the group's first 16 values, scale 2g + 1 for the second 16.
+        let pick = _mm_loadu_si128(PAIR8[g].as_ptr() as *const __m128i);
+        *v = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
+    }
+    let mut q = [_mm256_setzero_si256(); 8];
+    for h in 0..2 {
+        let ql0 = load(blk.add(64 * h));
+        let ql1 = load(blk.add(64 * h + 32));
+        let qh = load(blk.add(128 + 32 * h));
+        let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, three), 4);
+        let h1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4);
+        let h2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4);
+        let h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), _mm256_set1_epi8(0x30));
+        q[4 * h] = _mm256_or_si256(_mm256_and_si256(ql0, low), h0);
+        q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low), h1);
+        q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), h2);
+        q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), h3);
+    }
+    SuperBlock {
+        q,
+        scv,
+        mfac: _mm256_cvtepi8_epi16(sc8),
+        d,
+        dm: d,
+        m_mul: 32.0,
+    }
+}
+
+/// Rows of a K-quant type with `bb`-byte super-blocks unpacked by `unpack`.
+#[inline(always)]
+unsafe fn rows_kquant<const VNNI: bool>(
     w: &WeightBlocks,
     a: &Q8Acts,
     r0: usize,
     r1: usize,
     out: &mut [f32],
+    bb: usize,
+    unpack: impl Fn(*const u8) -> SuperBlock,
 ) {
     let (n, cols) = (a.n, a.cols);
     let nb = cols / 256;
-    let low = _mm256_set1_epi8(0x0f);
-    let three = _mm256_set1_epi8(3);
-    // Byte shuffles picking scale 2g eight times, then scale 2g + 1 eight times.
-    let pair = |g: usize| {
-        let (x, y) = ((2 * g) as i8, (2 * g + 1) as i8);
-        _mm_setr_epi8(x, x, x, x, x, x, x, x, y, y, y, y, y, y, y, y)
-    };
-    let masks = [
-        pair(0),
-        pair(1),
-        pair(2),
-        pair(3),
-        pair(4),
-        pair(5),
-        pair(6),
-        pair(7),
-    ];
     let mut accf = [_mm256_setzero_ps(); TILE];
     let mut accm = [_mm256_setzero_ps(); TILE];
-    let mut q = [_mm256_setzero_si256(); 8];
-    let mut scv = [_mm256_setzero_si256(); 8];
     for r in r0..r1 {
         let row = w.row(r).as_ptr();
         for t0 in (0..n).step_by(TILE) {
@@ -427,55 +416,27 @@ unsafe fn rows_q6k<const VNNI: bool>(
             accf[..nt].fill(_mm256_setzero_ps());
             accm[..nt].fill(_mm256_setzero_ps());
             for b in 0..nb {
-                let blk = row.add(b * 210);
-                let d = f16_at(std::slice::from_raw_parts(blk.add(208), 2), 0);
-                let sc8 = _mm_loadu_si128(blk.add(192) as *const __m128i);
-                let sc16 = _mm256_cvtepi8_epi16(sc8);
-                for g in 0..8 {
-                    scv[g] = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, masks[g]));
-                }
-                for h in 0..2 {
-                    let ql0 = load(blk.add(64 * h));
-                    let ql1 = load(blk.add(64 * h + 32));
-                    let qh = load(blk.add(128 + 32 * h));
-                    let h0 = _mm256_slli_epi16(_mm256_and_si256(qh, three), 4);
-                    let h1 =
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), three), 4);
-                    let h2 =
-                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), three), 4);
-                    let h3 = _mm256_and_si256(_mm256_srli_epi16(qh, 2), _mm256_set1_epi8(0x30));
-                    q[4 * h] = _mm256_or_si256(_mm256_and_si256(ql0, low), h0);
-                    q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(ql1, low), h1);
-                    q[4 * h + 2] =
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low), h2);
-                    q[4 * h + 3] =
-                        _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low), h3);
-                }
+                let sb = unpack(row.add(b * bb));
                 for t in 0..nt {
                     let tt = t0 + t;
                     let ap = a.qs.as_ptr().add(tt * cols + 256 * b) as *const u8;
+                    // Two independent chains, so the dot products do not wait on each other.
                     let mut i0 = _mm256_setzero_si256();
                     let mut i1 = _mm256_setzero_si256();
-                    for g in (0..8).step_by(2) {
-                        i0 = dot4_scaled::<VNNI>(i0, q[g], load(ap.add(32 * g)), scv[g]);
-                        i1 = dot4_scaled::<VNNI>(
-                            i1,
-                            q[g + 1],
-                            load(ap.add(32 * g + 32)),
-                            scv[g + 1],
-                        );
+                    for j in (0..8).step_by(2) {
+                        let (a0, a1) = (load(ap.add(32 * j)), load(ap.add(32 * j + 32)));
+                        i0 = dot4_scaled::<VNNI>(i0, sb.q[j], a0, sb.scv[j]);
+                        i1 = dot4_scaled::<VNNI>(i1, sb.q[j + 1], a1, sb.scv[j + 1]);
                     }
                     let isum = _mm256_add_epi32(i0, i1);
                     let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b);
-                    let mprod = _mm256_madd_epi16(sc16, load(s16 as *const u8));
+                    let mprod = _mm256_madd_epi16(sb.mfac, load(s16 as *const u8));
                     let da = *a.d.get_unchecked(tt * nb + b);
+                    let (fd, fm) = (sb.d * da, -(sb.dm * da) * sb.m_mul);
                     accf[t] =
-                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * da), accf[t]);
-                    accm[t] = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(mprod),
-                        _mm256_set1_ps(-(d * da) * 32.0),
-                        accm[t],
-                    );
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(fd), accf[t]);
+                    accm[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(mprod), _mm256_set1_ps(fm), accm[t]);
                 }
             }
             for t in 0..nt {
@@ -494,9 +455,9 @@ unsafe fn rows_any<const VNNI: bool>(
     out: &mut [f32],
 ) {
     match w.kind {
-        Kernel::Q4K => rows_q45k::<VNNI, false>(w, a, r0, r1, out),
-        Kernel::Q5K => rows_q45k::<VNNI, true>(w, a, r0, r1, out),
-        Kernel::Q6K => rows_q6k::<VNNI>(w, a, r0, r1, out),
+        Kernel::Q4K => rows_kquant::<VNNI>(w, a, r0, r1, out, 144, |b| unpack_q45k::<false>(b)),
+        Kernel::Q5K => rows_kquant::<VNNI>(w, a, r0, r1, out, 176, |b| unpack_q45k::<true>(b)),
+        Kernel::Q6K => rows_kquant::<VNNI>(w, a, r0, r1, out, 210, |b| unpack_q6k(b)),
         k => rows_b32::<VNNI>(k, w, a, r0, r1, out),
     }
 }
