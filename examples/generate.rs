@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use cascade::engine::{
-    Engine, EngineConfig, GenerateConfig, Message, Prompt, Request, Role, SamplingParams,
+    Engine, EngineConfig, GenerateConfig, Message, Mode, Prompt, Request, SamplingParams,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let request = Request {
         prompt: Prompt::Chat(vec![Message::user(prompt)]),
-        role: Role::Target,
+        mode: Mode::Target,
         config: GenerateConfig {
             max_tokens: 64,
             sampling: SamplingParams {

@@ -4,9 +4,9 @@
 //! This crate is the facade: it re-exports the engine API and hosts the `cascade` command.
 //!
 //! ```no_run
-//! use cascade::engine::{Engine, EngineConfig, GenerateConfig, Prompt, Request, Role};
+//! use cascade::engine::{Engine, EngineConfig, GenerateConfig, Mode, Prompt, Request};
 //! let engine = Engine::load(&EngineConfig { target: "model.gguf".into(), ..Default::default() })?;
-//! let req = Request { prompt: Prompt::Text("def fib(n):".into()), role: Role::Target, config: GenerateConfig::default() };
+//! let req = Request { prompt: Prompt::Text("def fib(n):".into()), mode: Mode::Target, config: GenerateConfig::default() };
 //! let out = engine.generate(&req, |piece| print!("{piece}"))?;
 //! println!("\n{} tokens", out.tokens.len());
 //! # Ok::<(), cascade::engine::EngineError>(())

@@ -4,8 +4,8 @@ mod common;
 
 use cascade::engine::fixture::FixtureSpec;
 use cascade::engine::{
-    generate, Engine, EngineConfig, GenerateConfig, Logits, Model, Precision, Prompt, Request,
-    Role, SamplingParams,
+    generate, Engine, EngineConfig, GenerateConfig, Logits, Mode, Model, Precision, Prompt,
+    Request, Role, SamplingParams,
 };
 use cascade::weights::{Architecture, DType, OpenOptions, WeightStore};
 
@@ -33,7 +33,7 @@ fn generation_is_deterministic_and_thread_invariant() {
         .unwrap();
         let req = Request {
             prompt: Prompt::Text("the weather in the hills".into()),
-            role: Role::Target,
+            mode: Mode::Target,
             config: GenerateConfig {
                 max_tokens: 24,
                 stop_at_eog: false,

@@ -11,6 +11,7 @@ use crate::error::{EngineError, Result};
 use crate::generate::{generate, GenerateConfig, GenerateStats, StopReason};
 use crate::model::{Model, Precision};
 use crate::perplexity::{perplexity, PerplexityResult};
+use crate::speculative::{generate_speculative, ModelProposer, ProposerKind, SpecConfig};
 
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
@@ -42,10 +43,42 @@ pub enum Prompt {
     Tokens(Vec<u32>),
 }
 
+/// How a request decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The target alone.
+    Target,
+    /// The draft alone (for comparison: cheapest, not the target's quality).
+    Draft,
+    /// Lossless speculative decoding: the output is the target's own.
+    Exact(SpecConfig),
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Mode::Target
+    }
+}
+
+impl Mode {
+    /// Exact speculative decoding with the draft model and an adaptive draft length.
+    pub fn exact() -> Mode {
+        Mode::Exact(SpecConfig::default())
+    }
+
+    /// The model whose tokens (and tokenizer) the request uses.
+    pub fn role(&self) -> Role {
+        match self {
+            Mode::Draft => Role::Draft,
+            Mode::Target | Mode::Exact(_) => Role::Target,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Request {
     pub prompt: Prompt,
-    pub role: Role,
+    pub mode: Mode,
     pub config: GenerateConfig,
 }
 
@@ -89,8 +122,10 @@ impl Engine {
                     return Err(EngineError::TokenizerMismatch { detail });
                 }
                 // Identical tokenizers: keep one copy in memory.
-                d.tokenizer = target.tokenizer.clone();
-                d.files.tokenizer = target.tokenizer.clone();
+                if d.tokenizer.n_vocab() == target.tokenizer.n_vocab() {
+                    d.tokenizer = target.tokenizer.clone();
+                    d.files.tokenizer = target.tokenizer.clone();
+                }
                 Some(d)
             }
             None => None,
@@ -163,23 +198,45 @@ impl Engine {
         req: &Request,
         mut on_text: impl FnMut(&str) + Send,
     ) -> Result<Completion> {
-        let model = self.model(req.role)?;
-        let prompt = self.encode(req.role, &req.prompt)?;
+        let role = req.mode.role();
+        let model = self.model(role)?;
+        let prompt = self.encode(role, &req.prompt)?;
         let tok = &model.tokenizer;
         let mut text = String::new();
         let mut stream = StreamDecoder::new();
-        let gen = self.install(|| {
-            generate(model, &prompt, &req.config, |id| {
-                if !(req.config.stop_at_eog && tok.is_eog(id)) {
-                    let piece = stream.push(tok, id);
-                    if !piece.is_empty() {
-                        on_text(&piece);
-                        text.push_str(&piece);
-                    }
+        let on_token = |id| {
+            if !(req.config.stop_at_eog && tok.is_eog(id)) {
+                let piece = stream.push(tok, id);
+                if !piece.is_empty() {
+                    on_text(&piece);
+                    text.push_str(&piece);
                 }
-                true
-            })
-        })?;
+            }
+            true
+        };
+        let gen = match &req.mode {
+            Mode::Target | Mode::Draft => {
+                self.install(|| generate(model, &prompt, &req.config, on_token))?
+            }
+            Mode::Exact(spec) => {
+                spec.validate()?;
+                let cfg = &req.config;
+                match spec.proposer {
+                    ProposerKind::DraftModel => {
+                        let draft = self.draft.as_ref().ok_or(EngineError::NoDraft)?;
+                        // The draft needs room for the prompt, the output and one round's drafts.
+                        let capacity = prompt.len() + cfg.max_tokens + spec.draft_len.max() + 1;
+                        let mut p = ModelProposer::new(draft, model, capacity, cfg.stop_at_eog);
+                        self.install(|| {
+                            generate_speculative(model, &mut p, &prompt, cfg, spec, on_token)
+                        })?
+                    }
+                    ProposerKind::Ngram(mut p) => self.install(|| {
+                        generate_speculative(model, &mut p, &prompt, cfg, spec, on_token)
+                    })?,
+                }
+            }
+        };
         let rest = stream.finish();
         if !rest.is_empty() {
             on_text(&rest);

@@ -38,14 +38,37 @@ pub enum StopReason {
     Cancelled,
 }
 
+/// What a request cost. Speculative fields stay zero (or empty) for single-model decoding,
+/// except `target_passes` and `verify_s`, which then count its plain decode steps.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GenerateStats {
     pub prompt_tokens: usize,
     pub generated_tokens: usize,
     pub prefill_s: f64,
+    /// Everything after the prefill: drafting, verification, sampling.
     pub decode_s: f64,
-    /// Decode steps (forward passes after the prefill) per second.
+    /// Tokens emitted after the prefill's token, per second of `decode_s`.
     pub decode_tokens_per_s: f64,
+    /// Forward passes of the decoding model after the prefill.
+    pub target_passes: usize,
+    /// Tokens proposed by the draft (model or prompt lookup).
+    pub drafted: usize,
+    /// Drafted tokens the verifier kept.
+    pub accepted: usize,
+    /// `accepted / drafted`.
+    pub acceptance_rate: f64,
+    /// `accepted / target_passes`: drafted tokens kept per target pass (each pass also adds one
+    /// token of the target's own).
+    pub mean_accepted_per_pass: f64,
+    /// Entry i: of the rounds that drafted at least i + 1 tokens, the fraction whose token at
+    /// position i was accepted (vLLM's per-position acceptance).
+    pub per_position_acceptance: Vec<f64>,
+    /// Seconds spent proposing (draft forwards, catch-ups, lookup).
+    pub draft_s: f64,
+    /// Seconds spent in target passes after the prefill and their verification.
+    pub verify_s: f64,
+    /// Entry k: rounds that drafted k tokens (0 = a plain decode step).
+    pub draft_lengths: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +153,8 @@ pub fn generate(
     } else {
         0.0
     };
+    stats.target_passes = steps;
+    stats.verify_s = stats.decode_s;
     Ok(Generation {
         tokens,
         stop,

@@ -11,12 +11,16 @@ pub mod model;
 pub mod perplexity;
 pub mod sampler;
 mod scratch;
+pub mod speculative;
 
 pub use chat::Message;
-pub use engine::{Completion, Engine, EngineConfig, Prompt, Request, Role};
+pub use engine::{Completion, Engine, EngineConfig, Mode, Prompt, Request, Role};
 pub use error::{EngineError, Result};
 pub use generate::{generate, GenerateConfig, GenerateStats, Generation, StopReason};
 pub use kv_cache::KvCache;
 pub use model::{Logits, Model, Precision};
 pub use perplexity::{perplexity, PerplexityResult};
 pub use sampler::{Distribution, Sampled, Sampler, SamplingParams};
+pub use speculative::{
+    generate_speculative, DraftLen, NgramProposer, ProposerKind, SpecConfig, MAX_DRAFT_LEN,
+};

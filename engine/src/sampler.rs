@@ -195,6 +195,11 @@ impl Sampler {
         }
     }
 
+    /// The random source (verification draws from it too, so one seed fixes a whole request).
+    pub fn rng(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
+
     /// A uniform draw in [0, 1).
     pub fn uniform(&mut self) -> f32 {
         self.rng.random::<f32>()

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use clap::Args;
 
-use cascade_engine::{Engine, EngineConfig, GenerateConfig, Message, Prompt, Request, Role};
+use cascade_engine::{Engine, EngineConfig, GenerateConfig, Message, Mode, Prompt, Request};
 
 use super::{spinner, CliError};
 use crate::models::{ensure_default_pair, models_dir};
@@ -49,7 +49,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
     eprintln!("> {}\n", a.prompt);
     let req = Request {
         prompt: Prompt::Chat(vec![Message::user(a.prompt.clone())]),
-        role: Role::Target,
+        mode: Mode::Target,
         config: GenerateConfig {
             max_tokens: a.max_tokens,
             ..Default::default()

@@ -7,17 +7,56 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use cascade_engine::{
-    Engine, EngineConfig, GenerateConfig, Message, Prompt, Request, Role, SamplingParams,
+    DraftLen, Engine, EngineConfig, GenerateConfig, Message, Mode, NgramProposer, Prompt,
+    ProposerKind, Request, SamplingParams, SpecConfig, MAX_DRAFT_LEN,
 };
 
 use super::{print_json, spinner, CliError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
+pub enum ModeArg {
     /// Decode with the target alone.
     Target,
     /// Decode with the draft alone.
     Draft,
+    /// Lossless speculative decoding: the draft proposes, the target verifies; the output is the
+    /// target's own (the default when --draft is given).
+    Exact,
+}
+
+/// `--draft`: a model file or folder, or `ngram` for prompt lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DraftArg {
+    Model(PathBuf),
+    Ngram,
+}
+
+fn parse_draft(s: &str) -> Result<DraftArg, String> {
+    match s {
+        "" => Err("needs a model path or 'ngram'".into()),
+        "ngram" => Ok(DraftArg::Ngram),
+        path => Ok(DraftArg::Model(PathBuf::from(path))),
+    }
+}
+
+/// `--draft-len`: a number of tokens per round, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DraftLenArg {
+    Fixed(usize),
+    Auto,
+}
+
+fn parse_draft_len(s: &str) -> Result<DraftLenArg, String> {
+    if s == "auto" {
+        return Ok(DraftLenArg::Auto);
+    }
+    let k: usize = s
+        .parse()
+        .map_err(|_| format!("'{s}' is neither a number of tokens nor 'auto'"))?;
+    if k == 0 || k > MAX_DRAFT_LEN {
+        return Err(format!("{k} tokens: must be between 1 and {MAX_DRAFT_LEN}"));
+    }
+    Ok(DraftLenArg::Fixed(k))
 }
 
 #[derive(Debug, Args)]
@@ -25,11 +64,19 @@ pub struct GenerateArgs {
     /// Target model: a .gguf file or a Hugging Face folder.
     #[arg(long)]
     pub target: PathBuf,
-    /// Draft model (same tokenizer as the target).
-    #[arg(long)]
-    pub draft: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Mode::Target)]
-    pub mode: Mode,
+    /// Draft model (same tokenizer as the target), or `ngram` for prompt lookup (no model).
+    #[arg(long, value_parser = parse_draft)]
+    pub draft: Option<DraftArg>,
+    /// How to decode (default: exact when --draft is given, else target).
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Tokens drafted per round: a number, or `auto` to adapt it per sequence from the observed
+    /// acceptance and the measured cost of draft and target passes.
+    #[arg(long, default_value = "auto", value_parser = parse_draft_len)]
+    pub draft_len: DraftLenArg,
+    /// The most tokens `--draft-len auto` drafts per round.
+    #[arg(long, default_value_t = 8)]
+    pub draft_max: usize,
     /// The prompt, used verbatim unless --chat.
     #[arg(
         long,
@@ -78,13 +125,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         })?,
         (None, None) => return Err(CliError::Usage("give --prompt or --prompt-file".into())),
     };
-    let role = match a.mode {
-        Mode::Target => Role::Target,
-        Mode::Draft if a.draft.is_none() => {
-            return Err(CliError::Usage("--mode draft needs --draft PATH".into()))
-        }
-        Mode::Draft => Role::Draft,
-    };
+    let mode = resolve_mode(&a)?;
     if a.threads == Some(0) {
         return Err(CliError::Usage("--threads must be at least 1".into()));
     }
@@ -98,7 +139,10 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     let pb = (!a.json).then(|| spinner("loading models"));
     let engine = Engine::load(&EngineConfig {
         target: a.target.clone(),
-        draft: a.draft.clone(),
+        draft: match &a.draft {
+            Some(DraftArg::Model(p)) => Some(p.clone()),
+            _ => None,
+        },
         tokenizer: a.tokenizer.clone(),
         threads: a.threads,
         precision: a.precision.into(),
@@ -114,7 +158,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     };
     let req = Request {
         prompt,
-        role,
+        mode,
         config: GenerateConfig {
             max_tokens: a.max_tokens,
             sampling,
@@ -130,30 +174,93 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         }
     })?;
     if a.json {
+        let mut stats = serde_json::to_value(&out.stats).map_err(std::io::Error::other)?;
+        stats["load_s"] = json!(engine.load_s);
         print_json(&json!({
             "text": out.text,
             "tokens": out.tokens,
             "prompt_tokens": out.prompt_tokens,
             "stop_reason": out.stop,
-            "mode": format!("{:?}", a.mode).to_lowercase(),
-            "stats": {
-                "load_s": engine.load_s,
-                "prefill_s": out.stats.prefill_s,
-                "decode_s": out.stats.decode_s,
-                "decode_tokens_per_s": out.stats.decode_tokens_per_s,
-                "generated_tokens": out.stats.generated_tokens,
-            }
+            "mode": mode_name(&mode),
+            "draft": match &a.draft {
+                Some(DraftArg::Model(p)) => json!(p),
+                Some(DraftArg::Ngram) => json!("ngram"),
+                None => json!(null),
+            },
+            "stats": stats,
         }))?;
     } else {
         println!();
+        let s = &out.stats;
         eprintln!(
             "[{} prompt tokens, {} generated, prefill {:.2}s, decode {:.2} tokens/s, stop: {:?}]",
-            out.prompt_tokens,
-            out.stats.generated_tokens,
-            out.stats.prefill_s,
-            out.stats.decode_tokens_per_s,
-            out.stop
+            out.prompt_tokens, s.generated_tokens, s.prefill_s, s.decode_tokens_per_s, out.stop
         );
+        if let Mode::Exact(_) = mode {
+            eprintln!(
+                "[{} target passes, {} drafted, {} accepted ({:.1}%), {:.2} accepted per pass, \
+                 draft {:.2}s, verify {:.2}s]",
+                s.target_passes,
+                s.drafted,
+                s.accepted,
+                100.0 * s.acceptance_rate,
+                s.mean_accepted_per_pass,
+                s.draft_s,
+                s.verify_s
+            );
+        }
     }
     Ok(())
+}
+
+fn mode_name(m: &Mode) -> &'static str {
+    match m {
+        Mode::Target => "target",
+        Mode::Draft => "draft",
+        Mode::Exact(_) => "exact",
+    }
+}
+
+/// The request's mode from `--mode`, `--draft`, `--draft-len` and `--draft-max`.
+fn resolve_mode(a: &GenerateArgs) -> Result<Mode, CliError> {
+    let asked = a.mode.unwrap_or(match a.draft {
+        Some(_) => ModeArg::Exact,
+        None => ModeArg::Target,
+    });
+    let draft_len = match a.draft_len {
+        DraftLenArg::Fixed(k) => DraftLen::Fixed(k),
+        DraftLenArg::Auto if a.draft_max == 0 || a.draft_max > MAX_DRAFT_LEN => {
+            return Err(CliError::Usage(format!(
+                "--draft-max {}: must be between 1 and {MAX_DRAFT_LEN}",
+                a.draft_max
+            )))
+        }
+        DraftLenArg::Auto => DraftLen::Auto { max: a.draft_max },
+    };
+    Ok(match (asked, &a.draft) {
+        (ModeArg::Target, _) => Mode::Target,
+        (ModeArg::Draft, Some(DraftArg::Model(_))) => Mode::Draft,
+        (ModeArg::Draft, Some(DraftArg::Ngram)) => {
+            return Err(CliError::Usage(
+                "--mode draft needs a draft model (--draft PATH), not ngram".into(),
+            ))
+        }
+        (ModeArg::Draft | ModeArg::Exact, None) => {
+            return Err(CliError::Usage(format!(
+                "--mode {} needs --draft PATH (a model) or --draft ngram",
+                if asked == ModeArg::Draft {
+                    "draft"
+                } else {
+                    "exact"
+                }
+            )))
+        }
+        (ModeArg::Exact, Some(d)) => Mode::Exact(SpecConfig {
+            draft_len,
+            proposer: match d {
+                DraftArg::Model(_) => ProposerKind::DraftModel,
+                DraftArg::Ngram => ProposerKind::Ngram(NgramProposer::default()),
+            },
+        }),
+    })
 }

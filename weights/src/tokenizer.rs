@@ -502,6 +502,8 @@ impl Tokenizer {
     }
 
     /// The first difference between two tokenizers' vocabularies, merges or special ids, if any.
+    /// Vocabularies of different lengths agree when the longer one's extra entries are padding
+    /// (unused tokens that can never be produced), as when one model pads its embedding further.
     pub fn first_difference(&self, other: &Tokenizer) -> Option<String> {
         let n = self.n_vocab().min(other.n_vocab());
         for i in 0..n {
@@ -513,12 +515,20 @@ impl Tokenizer {
                     String::from_utf8_lossy(b)
                 ));
             }
+            if self.is_valid(i as u32) != other.is_valid(i as u32) {
+                return Some(format!(
+                    "token {i} ({:?}) is unused in only one of them",
+                    String::from_utf8_lossy(a)
+                ));
+            }
         }
-        if self.n_vocab() != other.n_vocab() {
+        let longer = if self.n_vocab() > n { self } else { other };
+        if let Some(i) = (n..longer.n_vocab()).find(|&i| longer.is_valid(i as u32)) {
             return Some(format!(
-                "vocabulary sizes {} and {}",
+                "vocabulary sizes {} and {}: token {i} ({:?}) exists in only one",
                 self.n_vocab(),
-                other.n_vocab()
+                other.n_vocab(),
+                String::from_utf8_lossy(longer.token_bytes(i as u32))
             ));
         }
         let (ma, mb) = (self.merges(), other.merges());
@@ -535,6 +545,12 @@ impl Tokenizer {
             return Some(format!(
                 "special ids differ: bos {:?}/{:?}, eos {:?}/{:?}",
                 self.bos, other.bos, self.eos, other.eos
+            ));
+        }
+        if self.eog != other.eog {
+            return Some(format!(
+                "end-of-generation ids differ: {:?} and {:?}",
+                self.eog, other.eog
             ));
         }
         None

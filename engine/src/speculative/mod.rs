@@ -1,0 +1,242 @@
+//! Lossless speculative decoding: a proposer drafts tokens, the target scores them all in one
+//! forward pass, the verifier keeps a prefix and adds one token of the target's own. Greedy output
+//! is token for token the target's (the kernels are batch invariant, so a position's logits do not
+//! depend on how many tokens shared its pass); sampled output follows the target's distribution.
+//!
+//! Caches: the target's cache never holds the newest token (it is the first input of the next
+//! pass) and is rolled back to the accepted length after each pass; the draft model's cache is
+//! rolled back by its proposer to whatever part of it the target accepted.
+
+mod proposer;
+mod schedule;
+pub mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::time::Instant;
+
+use rand_chacha::ChaCha8Rng;
+
+pub use proposer::{ModelProposer, NgramProposer, Proposal, Proposer};
+pub use schedule::{Controller, DraftLen, MAX_DRAFT_LEN};
+pub use verify::{verify, DraftProbs, NextKind, Verdict};
+
+use crate::error::{EngineError, Result};
+use crate::generate::{plan_capacity, GenerateConfig, GenerateStats, Generation, StopReason};
+use crate::model::{Logits, Model};
+use crate::sampler::{Distribution, Sampler};
+
+/// Where drafted tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProposerKind {
+    /// The engine's draft model.
+    #[default]
+    DraftModel,
+    /// Prompt lookup: n-gram matches against the prompt and the text so far.
+    Ngram(NgramProposer),
+}
+
+/// How a speculative request drafts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpecConfig {
+    pub draft_len: DraftLen,
+    pub proposer: ProposerKind,
+}
+
+impl SpecConfig {
+    pub fn validate(&self) -> Result<()> {
+        let (name, k) = match self.draft_len {
+            DraftLen::Fixed(k) => ("draft length", k),
+            DraftLen::Auto { max } => ("maximum draft length", max),
+        };
+        if k == 0 || k > MAX_DRAFT_LEN {
+            return Err(EngineError::InvalidParam {
+                name,
+                reason: format!("{k} must be between 1 and {MAX_DRAFT_LEN}"),
+            });
+        }
+        if let ProposerKind::Ngram(n) = self.proposer {
+            if n.min_n == 0 || n.min_n > n.max_n {
+                return Err(EngineError::InvalidParam {
+                    name: "n-gram sizes",
+                    reason: format!("need 1 ≤ min ({}) ≤ max ({})", n.min_n, n.max_n),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The verifier's signature, so that tests can substitute a broken one and watch it fail.
+pub(crate) type VerifyFn = fn(&[Distribution], &[DraftProbs], &[u32], &mut ChaCha8Rng) -> Verdict;
+
+/// Generates up to `cfg.max_tokens` tokens after `prompt` with `target`, drafting with
+/// `proposer`. `on_token` sees each emitted token and returns false to stop.
+pub fn generate_speculative(
+    target: &Model,
+    proposer: &mut dyn Proposer,
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    spec: &SpecConfig,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
+    run(
+        target,
+        proposer,
+        prompt,
+        cfg,
+        spec,
+        verify::<ChaCha8Rng>,
+        on_token,
+    )
+}
+
+/// Per-position and per-round counters, turned into `GenerateStats` at the end.
+struct Counters {
+    drafted_at: Vec<usize>,
+    accepted_at: Vec<usize>,
+    rounds_by_len: Vec<usize>,
+}
+
+pub(crate) fn run(
+    target: &Model,
+    proposer: &mut dyn Proposer,
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    spec: &SpecConfig,
+    verify_fn: VerifyFn,
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
+    cfg.sampling.validate()?;
+    spec.validate()?;
+    let kmax = spec.draft_len.max();
+    // Room for the widest pass past the last emitted token; rolled back after each pass.
+    let capacity = plan_capacity(target, prompt, cfg.max_tokens + kmax + 1)?;
+    let mut cache = target.new_cache(capacity);
+    let mut sampler = Sampler::new(cfg.sampling);
+    let mut stats = GenerateStats {
+        prompt_tokens: prompt.len(),
+        ..Default::default()
+    };
+    let mut tokens = Vec::new();
+    if cfg.max_tokens == 0 {
+        return Ok(Generation {
+            tokens,
+            stop: StopReason::MaxTokens,
+            stats,
+        });
+    }
+    let valid = target.valid_mask();
+    let t0 = Instant::now();
+    let logits = target.forward(prompt, &mut cache, Logits::Last)?;
+    let first = sampler.sample(&logits, valid).token;
+    stats.prefill_s = t0.elapsed().as_secs_f64();
+
+    let t1 = Instant::now();
+    let mut ctrl = Controller::new(spec.draft_len, proposer.costly());
+    let mut n = Counters {
+        drafted_at: vec![0; kmax],
+        accepted_at: vec![0; kmax],
+        rounds_by_len: vec![0; kmax + 1],
+    };
+    let mut context = prompt.to_vec();
+    let mut new = vec![first];
+    let stop = 'rounds: loop {
+        for &t in &new {
+            tokens.push(t);
+            context.push(t);
+            if !on_token(t) {
+                break 'rounds StopReason::Cancelled;
+            }
+            if cfg.stop_at_eog && target.tokenizer.is_eog(t) {
+                break 'rounds StopReason::EndOfGeneration;
+            }
+            if tokens.len() >= cfg.max_tokens {
+                break 'rounds StopReason::MaxTokens;
+            }
+        }
+        if cache.len() >= cache.capacity() {
+            break StopReason::ContextFull;
+        }
+        // Never draft past the cache or past what the request still wants (a round emits up to
+        // k + 1 tokens).
+        let room = cache.capacity() - cache.len() - 1;
+        let k = ctrl
+            .choose()
+            .min(room)
+            .min(cfg.max_tokens - tokens.len() - 1);
+        let td = Instant::now();
+        let proposal = if k > 0 {
+            proposer.propose(&context, k, &mut sampler)?
+        } else {
+            Proposal::default()
+        };
+        let draft_s = td.elapsed().as_secs_f64();
+
+        let tv = Instant::now();
+        let base = cache.len();
+        let pending = *context.last().expect("a token was emitted");
+        let mut input = Vec::with_capacity(proposal.len() + 1);
+        input.push(pending);
+        input.extend_from_slice(&proposal.tokens);
+        let logits = target.forward(&input, &mut cache, Logits::All)?;
+        let vocab = target.vocab_size();
+        let p: Vec<Distribution> = logits
+            .chunks_exact(vocab)
+            .map(|row| Distribution::from_logits(row, &cfg.sampling, valid))
+            .collect();
+        let verdict = verify_fn(&p, &proposal.probs, &proposal.tokens, sampler.rng());
+        cache.rollback_to(base + 1 + verdict.accepted)?;
+        let verify_s = tv.elapsed().as_secs_f64();
+
+        let d = proposal.len();
+        ctrl.observe(d, verdict.accepted, draft_s, verify_s);
+        stats.target_passes += 1;
+        stats.drafted += d;
+        stats.accepted += verdict.accepted;
+        stats.draft_s += draft_s;
+        stats.verify_s += verify_s;
+        n.rounds_by_len[d] += 1;
+        for i in 0..d {
+            n.drafted_at[i] += 1;
+            n.accepted_at[i] += (i < verdict.accepted) as usize;
+        }
+        new.clear();
+        new.extend_from_slice(&proposal.tokens[..verdict.accepted]);
+        new.push(verdict.next);
+    };
+    stats.decode_s = t1.elapsed().as_secs_f64();
+    stats.generated_tokens = tokens.len();
+    finish_stats(&mut stats, &n);
+    Ok(Generation {
+        tokens,
+        stop,
+        stats,
+    })
+}
+
+fn finish_stats(s: &mut GenerateStats, n: &Counters) {
+    let ratio = |a: usize, b: usize| if b > 0 { a as f64 / b as f64 } else { 0.0 };
+    s.acceptance_rate = ratio(s.accepted, s.drafted);
+    s.mean_accepted_per_pass = ratio(s.accepted, s.target_passes);
+    s.decode_tokens_per_s = if s.decode_s > 0.0 {
+        s.generated_tokens.saturating_sub(1) as f64 / s.decode_s
+    } else {
+        0.0
+    };
+    let used = n
+        .drafted_at
+        .iter()
+        .rposition(|&d| d > 0)
+        .map_or(0, |i| i + 1);
+    s.per_position_acceptance = (0..used)
+        .map(|i| ratio(n.accepted_at[i], n.drafted_at[i]))
+        .collect();
+    let lens = n
+        .rounds_by_len
+        .iter()
+        .rposition(|&r| r > 0)
+        .map_or(0, |i| i + 1);
+    s.draft_lengths = n.rounds_by_len[..lens].to_vec();
+}

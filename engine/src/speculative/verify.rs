@@ -1,0 +1,241 @@
+//! The verifier: a pure function of the target's distributions, the draft's distributions, the
+//! drafted tokens and a random source. It is the only place that decides what is accepted.
+//!
+//! Rejection sampling (Leviathan et al., Chen et al.): the drafted token x at position i is kept
+//! with probability min(1, p_i(x) / q_i(x)); at the first rejection the next token is drawn from
+//! the normalised max(0, p_i − q_i); when every drafted token is kept, a bonus token is drawn from
+//! p_k. The emitted tokens then follow p exactly. With greedy shaping p and q are point masses,
+//! so this reduces to "keep while the drafted token is the target's argmax" without any draw.
+
+use rand::Rng;
+
+use crate::sampler::Distribution;
+
+/// The draft's distribution at one drafted position.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DraftProbs {
+    /// The shaped distribution the draft sampled its token from.
+    Dense(Distribution),
+    /// A deterministic proposal (greedy draft, prompt lookup): all mass on the drafted token.
+    Point,
+}
+
+impl DraftProbs {
+    /// q(id) given that `drafted` was proposed at this position.
+    pub fn prob(&self, drafted: u32, id: u32) -> f32 {
+        match self {
+            DraftProbs::Dense(d) => d.prob(id),
+            DraftProbs::Point => (id == drafted) as u32 as f32,
+        }
+    }
+}
+
+/// Where the token after the accepted ones came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextKind {
+    /// A drafted token was rejected; the target's residual chose this one instead.
+    Correction,
+    /// Every drafted token was accepted; the target adds one of its own.
+    Bonus,
+}
+
+/// The outcome of verifying one round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Drafted tokens kept, a prefix of the proposal.
+    pub accepted: usize,
+    /// The token emitted after them.
+    pub next: u32,
+    pub kind: NextKind,
+}
+
+/// Verifies `drafted` (k tokens, with the draft's `q` at each) against `p`: k + 1 target
+/// distributions, `p[i]` being the target's distribution for the position of `drafted[i]` and
+/// `p[k]` the one after the last drafted token.
+///
+/// # Panics
+/// If `p.len() != drafted.len() + 1` or `q.len() != drafted.len()` (a caller bug, not input).
+pub fn verify<R: Rng + ?Sized>(
+    p: &[Distribution],
+    q: &[DraftProbs],
+    drafted: &[u32],
+    rng: &mut R,
+) -> Verdict {
+    assert_eq!(
+        p.len(),
+        drafted.len() + 1,
+        "one target distribution per position"
+    );
+    assert_eq!(
+        q.len(),
+        drafted.len(),
+        "one draft distribution per drafted token"
+    );
+    for (i, (&x, qi)) in drafted.iter().zip(q).enumerate() {
+        let px = p[i].prob(x);
+        let qx = qi.prob(x, x);
+        // p ≥ q keeps for certain and p = 0 rejects for certain: no draw is spent on either, so
+        // greedy verification never touches the random source.
+        let keep = if px >= qx {
+            true
+        } else if px <= 0.0 {
+            false
+        } else {
+            rng.random::<f32>() * qx < px
+        };
+        if !keep {
+            return Verdict {
+                accepted: i,
+                next: sample_residual(&p[i], qi, x, rng),
+                kind: NextKind::Correction,
+            };
+        }
+    }
+    let last = &p[drafted.len()];
+    Verdict {
+        accepted: drafted.len(),
+        next: sample(last, rng),
+        kind: NextKind::Bonus,
+    }
+}
+
+/// A draw from `d`, without spending randomness on a point mass.
+pub fn sample<R: Rng + ?Sized>(d: &Distribution, rng: &mut R) -> u32 {
+    let mut support = d.probs.iter().enumerate().filter(|(_, &p)| p > 0.0);
+    if let (Some((only, _)), None) = (support.next(), support.next()) {
+        return only as u32;
+    }
+    d.quantile(rng.random::<f32>())
+}
+
+/// A draw from the normalised max(0, p − q) after `drafted` was rejected.
+fn sample_residual<R: Rng + ?Sized>(
+    p: &Distribution,
+    q: &DraftProbs,
+    drafted: u32,
+    rng: &mut R,
+) -> u32 {
+    let residual = |id: usize| (p.probs[id] - q.prob(drafted, id as u32)).max(0.0);
+    let (mut total, mut support, mut only) = (0f64, 0usize, 0usize);
+    for id in 0..p.probs.len() {
+        let r = residual(id);
+        if r > 0.0 {
+            total += r as f64;
+            support += 1;
+            only = id;
+        }
+    }
+    if support == 0 {
+        // p ≤ q everywhere yet x was rejected: only float rounding gets here. p itself is the
+        // right fallback (the residual is p's mass that q does not cover, here none).
+        return sample(p, rng);
+    }
+    if support == 1 {
+        return only as u32;
+    }
+    let u = rng.random::<f64>() * total;
+    let mut cum = 0f64;
+    for id in 0..p.probs.len() {
+        let r = residual(id);
+        if r > 0.0 {
+            cum += r as f64;
+            only = id;
+            if u < cum {
+                return id as u32;
+            }
+        }
+    }
+    only as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn dist(p: &[f32]) -> Distribution {
+        Distribution { probs: p.to_vec() }
+    }
+
+    fn point(n: usize, id: usize) -> Distribution {
+        let mut p = vec![0.0; n];
+        p[id] = 1.0;
+        dist(&p)
+    }
+
+    #[test]
+    fn greedy_keeps_while_the_draft_matches_the_argmax() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let p = [point(5, 1), point(5, 2), point(5, 3), point(5, 4)];
+        let q = vec![DraftProbs::Point; 3];
+        let all = verify(&p, &q, &[1, 2, 3], &mut rng);
+        assert_eq!(
+            all,
+            Verdict {
+                accepted: 3,
+                next: 4,
+                kind: NextKind::Bonus
+            }
+        );
+        let second_wrong = verify(&p, &q, &[1, 0, 3], &mut rng);
+        assert_eq!(
+            second_wrong,
+            Verdict {
+                accepted: 1,
+                next: 2,
+                kind: NextKind::Correction
+            }
+        );
+        let none = verify(&p[..1], &[], &[], &mut rng);
+        assert_eq!(none.next, 1);
+        assert_eq!(none.kind, NextKind::Bonus);
+        // Greedy verification spends no randomness.
+        let mut fresh = ChaCha8Rng::seed_from_u64(0);
+        assert_eq!(rng.random::<u64>(), fresh.random::<u64>());
+    }
+
+    #[test]
+    fn residual_excludes_what_the_draft_covered() {
+        // p = (0.5, 0.5, 0), q = (0, 1, 0) at the drafted token 1: p(1)/q(1) = 0.5. On rejection
+        // the residual max(0, p − q) = (0.5, 0, 0) can only give 0.
+        let p = [dist(&[0.5, 0.5, 0.0]), point(3, 2)];
+        let q = [DraftProbs::Dense(dist(&[0.0, 1.0, 0.0]))];
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let (mut kept, mut corrected_to_0) = (0, 0);
+        for _ in 0..20_000 {
+            let v = verify(&p, &q, &[1], &mut rng);
+            match v.kind {
+                NextKind::Bonus => {
+                    kept += 1;
+                    assert_eq!(v.next, 2);
+                }
+                NextKind::Correction => {
+                    assert_eq!(v.next, 0);
+                    corrected_to_0 += 1;
+                }
+            }
+        }
+        let rate = kept as f64 / 20_000.0;
+        assert!((rate - 0.5).abs() < 0.02, "{rate}");
+        assert_eq!(kept + corrected_to_0, 20_000);
+    }
+
+    #[test]
+    fn point_proposals_follow_the_target() {
+        // A lookup proposal (point mass) of token 0 against p = (0.2, 0.3, 0.5): the first emitted
+        // token must still be distributed as p.
+        let p = [dist(&[0.2, 0.3, 0.5]), dist(&[1.0, 0.0, 0.0])];
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut counts = [0usize; 3];
+        let n = 60_000;
+        for _ in 0..n {
+            let v = verify(&p, &[DraftProbs::Point], &[0], &mut rng);
+            let first = if v.accepted == 1 { 0 } else { v.next };
+            counts[first as usize] += 1;
+        }
+        for (c, e) in counts.iter().zip([0.2, 0.3, 0.5]) {
+            assert!((*c as f64 / n as f64 - e).abs() < 0.01, "{counts:?}");
+        }
+    }
+}
