@@ -4,7 +4,7 @@
 
 mod common;
 
-use cascade::engine::{Engine, EngineConfig, GenerateConfig, Prompt, Request, Role};
+use cascade::engine::{Engine, EngineConfig, GenerateConfig, Mode, Prompt, Request};
 
 fn status_kib(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -31,10 +31,10 @@ fn anonymous_memory_stays_small_next_to_the_weights() {
     assert_eq!(engine.store().mapped_files(), 2);
     let mut peak_anon = 0u64;
     let mut peak_file = 0u64;
-    for role in [Role::Target, Role::Draft] {
+    for mode in [Mode::Target, Mode::Draft, Mode::exact()] {
         let req = Request {
             prompt: Prompt::Text("fn main() {\n    let v: Vec<u32> = (0..10).collect();".into()),
-            role,
+            mode,
             config: GenerateConfig {
                 max_tokens: 12,
                 stop_at_eog: false,

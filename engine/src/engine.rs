@@ -11,7 +11,7 @@ use crate::error::{EngineError, Result};
 use crate::generate::{generate, GenerateConfig, GenerateStats, StopReason};
 use crate::model::{Model, Precision};
 use crate::perplexity::{perplexity, PerplexityResult};
-use crate::speculative::{generate_speculative, ModelProposer, ProposerKind, SpecConfig};
+use crate::speculative::{generate_speculative, ModelProposer, Proposer, SpecConfig};
 
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
@@ -44,20 +44,15 @@ pub enum Prompt {
 }
 
 /// How a request decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
     /// The target alone.
+    #[default]
     Target,
     /// The draft alone (for comparison: cheapest, not the target's quality).
     Draft,
     /// Lossless speculative decoding: the output is the target's own.
     Exact(SpecConfig),
-}
-
-impl Default for Mode {
-    fn default() -> Self {
-        Mode::Target
-    }
 }
 
 impl Mode {
@@ -221,20 +216,28 @@ impl Engine {
             Mode::Exact(spec) => {
                 spec.validate()?;
                 let cfg = &req.config;
-                match spec.proposer {
-                    ProposerKind::DraftModel => {
-                        let draft = self.draft.as_ref().ok_or(EngineError::NoDraft)?;
-                        // The draft needs room for the prompt, the output and one round's drafts.
-                        let capacity = prompt.len() + cfg.max_tokens + spec.draft_len.max() + 1;
-                        let mut p = ModelProposer::new(draft, model, capacity, cfg.stop_at_eog);
-                        self.install(|| {
-                            generate_speculative(model, &mut p, &prompt, cfg, spec, on_token)
-                        })?
-                    }
-                    ProposerKind::Ngram(mut p) => self.install(|| {
-                        generate_speculative(model, &mut p, &prompt, cfg, spec, on_token)
-                    })?,
+                let mut lookup = spec.lookup;
+                let mut draft = match (spec.draft_model, self.draft.as_ref()) {
+                    (false, _) => None,
+                    (true, None) => return Err(EngineError::NoDraft),
+                    // Room for the prompt, the output and one round's drafts.
+                    (true, Some(d)) => Some(ModelProposer::new(
+                        d,
+                        model,
+                        prompt.len() + cfg.max_tokens + spec.draft_len.max() + 1,
+                        cfg.stop_at_eog,
+                    )),
+                };
+                let mut proposers: Vec<&mut dyn Proposer> = Vec::new();
+                if let Some(l) = lookup.as_mut() {
+                    proposers.push(l);
                 }
+                if let Some(d) = draft.as_mut() {
+                    proposers.push(d);
+                }
+                self.install(|| {
+                    generate_speculative(model, &mut proposers, &prompt, cfg, spec, on_token)
+                })?
             }
         };
         let rest = stream.finish();

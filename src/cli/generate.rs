@@ -7,8 +7,8 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use cascade_engine::{
-    DraftLen, Engine, EngineConfig, GenerateConfig, Message, Mode, NgramProposer, Prompt,
-    ProposerKind, Request, SamplingParams, SpecConfig, MAX_DRAFT_LEN,
+    DraftLen, Engine, EngineConfig, GenerateConfig, Message, Mode, NgramProposer, Prompt, Request,
+    SamplingParams, SpecConfig, MAX_DRAFT_LEN,
 };
 
 use super::{print_json, spinner, CliError};
@@ -77,6 +77,10 @@ pub struct GenerateArgs {
     /// The most tokens `--draft-len auto` drafts per round.
     #[arg(long, default_value_t = 8)]
     pub draft_max: usize,
+    /// With a draft model, do not try prompt lookup first (each round otherwise drafts from an
+    /// n-gram match in the prompt and the text so far when there is one, for free).
+    #[arg(long)]
+    pub no_lookup: bool,
     /// The prompt, used verbatim unless --chat.
     #[arg(
         long,
@@ -255,12 +259,15 @@ fn resolve_mode(a: &GenerateArgs) -> Result<Mode, CliError> {
                 }
             )))
         }
+        (ModeArg::Exact, Some(DraftArg::Ngram)) if a.no_lookup => {
+            return Err(CliError::Usage(
+                "--draft ngram is prompt lookup: it cannot go with --no-lookup".into(),
+            ))
+        }
         (ModeArg::Exact, Some(d)) => Mode::Exact(SpecConfig {
             draft_len,
-            proposer: match d {
-                DraftArg::Model(_) => ProposerKind::DraftModel,
-                DraftArg::Ngram => ProposerKind::Ngram(NgramProposer::default()),
-            },
+            draft_model: matches!(d, DraftArg::Model(_)),
+            lookup: (!a.no_lookup).then(NgramProposer::default),
         }),
     })
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use rand_chacha::ChaCha8Rng;
 
 pub use proposer::{ModelProposer, NgramProposer, Proposal, Proposer};
-pub use schedule::{Controller, DraftLen, MAX_DRAFT_LEN};
+pub use schedule::{Controller, DraftLen, PassCosts, MAX_DRAFT_LEN};
 pub use verify::{verify, DraftProbs, NextKind, Verdict};
 
 use crate::error::{EngineError, Result};
@@ -27,21 +27,25 @@ use crate::generate::{plan_capacity, GenerateConfig, GenerateStats, Generation, 
 use crate::model::{Logits, Model};
 use crate::sampler::{Distribution, Sampler};
 
-/// Where drafted tokens come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ProposerKind {
-    /// The engine's draft model.
-    #[default]
-    DraftModel,
-    /// Prompt lookup: n-gram matches against the prompt and the text so far.
-    Ngram(NgramProposer),
-}
-
-/// How a speculative request drafts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a speculative request drafts. Each round asks prompt lookup first (free when it finds a
+/// match), then the draft model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecConfig {
     pub draft_len: DraftLen,
-    pub proposer: ProposerKind,
+    /// Draft with the engine's draft model.
+    pub draft_model: bool,
+    /// Prompt lookup: n-gram matches against the prompt and the text so far.
+    pub lookup: Option<NgramProposer>,
+}
+
+impl Default for SpecConfig {
+    fn default() -> Self {
+        SpecConfig {
+            draft_len: DraftLen::default(),
+            draft_model: true,
+            lookup: Some(NgramProposer::default()),
+        }
+    }
 }
 
 impl SpecConfig {
@@ -56,7 +60,13 @@ impl SpecConfig {
                 reason: format!("{k} must be between 1 and {MAX_DRAFT_LEN}"),
             });
         }
-        if let ProposerKind::Ngram(n) = self.proposer {
+        if !self.draft_model && self.lookup.is_none() {
+            return Err(EngineError::InvalidParam {
+                name: "proposer",
+                reason: "neither a draft model nor prompt lookup was asked for".into(),
+            });
+        }
+        if let Some(n) = self.lookup {
             if n.min_n == 0 || n.min_n > n.max_n {
                 return Err(EngineError::InvalidParam {
                     name: "n-gram sizes",
@@ -71,25 +81,20 @@ impl SpecConfig {
 /// The verifier's signature, so that tests can substitute a broken one and watch it fail.
 pub(crate) type VerifyFn = fn(&[Distribution], &[DraftProbs], &[u32], &mut ChaCha8Rng) -> Verdict;
 
-/// Generates up to `cfg.max_tokens` tokens after `prompt` with `target`, drafting with
-/// `proposer`. `on_token` sees each emitted token and returns false to stop.
+/// Generates up to `cfg.max_tokens` tokens after `prompt` with `target`. Each round asks the
+/// `proposers` in order and drafts with the first that proposes anything (with one draft length
+/// controller each, per `spec.draft_len`); with none it decodes one token plainly. `on_token`
+/// sees each emitted token and returns false to stop.
 pub fn generate_speculative(
     target: &Model,
-    proposer: &mut dyn Proposer,
+    proposers: &mut [&mut dyn Proposer],
     prompt: &[u32],
     cfg: &GenerateConfig,
     spec: &SpecConfig,
     on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
-    run(
-        target,
-        proposer,
-        prompt,
-        cfg,
-        spec,
-        verify::<ChaCha8Rng>,
-        on_token,
-    )
+    let verify_fn: VerifyFn = verify::<ChaCha8Rng>;
+    run(target, proposers, prompt, cfg, spec, verify_fn, on_token)
 }
 
 /// Per-position and per-round counters, turned into `GenerateStats` at the end.
@@ -101,7 +106,7 @@ struct Counters {
 
 pub(crate) fn run(
     target: &Model,
-    proposer: &mut dyn Proposer,
+    proposers: &mut [&mut dyn Proposer],
     prompt: &[u32],
     cfg: &GenerateConfig,
     spec: &SpecConfig,
@@ -134,7 +139,11 @@ pub(crate) fn run(
     stats.prefill_s = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let mut ctrl = Controller::new(spec.draft_len, proposer.costly());
+    let mut ctrls: Vec<Controller> = proposers
+        .iter()
+        .map(|p| Controller::new(spec.draft_len, p.costly()))
+        .collect();
+    let mut costs = PassCosts::new(kmax + 1);
     let mut n = Counters {
         drafted_at: vec![0; kmax],
         accepted_at: vec![0; kmax],
@@ -161,17 +170,22 @@ pub(crate) fn run(
         }
         // Never draft past the cache or past what the request still wants (a round emits up to
         // k + 1 tokens).
-        let room = cache.capacity() - cache.len() - 1;
-        let k = ctrl
-            .choose()
-            .min(room)
-            .min(cfg.max_tokens - tokens.len() - 1);
+        let room = (cache.capacity() - cache.len() - 1).min(cfg.max_tokens - tokens.len() - 1);
         let td = Instant::now();
-        let proposal = if k > 0 {
-            proposer.propose(&context, k, &mut sampler)?
-        } else {
-            Proposal::default()
-        };
+        let mut proposal = Proposal::default();
+        let mut used = None;
+        for (i, (p, ctrl)) in proposers.iter_mut().zip(&mut ctrls).enumerate() {
+            let k = ctrl.choose(&costs).min(room);
+            if k == 0 {
+                ctrl.observe_plain();
+                continue;
+            }
+            proposal = p.propose(&context, k, &mut sampler)?;
+            if !proposal.is_empty() {
+                used = Some(i);
+                break;
+            }
+        }
         let draft_s = td.elapsed().as_secs_f64();
 
         let tv = Instant::now();
@@ -191,7 +205,10 @@ pub(crate) fn run(
         let verify_s = tv.elapsed().as_secs_f64();
 
         let d = proposal.len();
-        ctrl.observe(d, verdict.accepted, draft_s, verify_s);
+        costs.observe(d + 1, verify_s);
+        if let Some(i) = used {
+            ctrls[i].observe(d, verdict.accepted, proposal.catch_up, draft_s);
+        }
         stats.target_passes += 1;
         stats.drafted += d;
         stats.accepted += verdict.accepted;

@@ -13,6 +13,9 @@ use super::verify::DraftProbs;
 pub struct Proposal {
     pub tokens: Vec<u32>,
     pub probs: Vec<DraftProbs>,
+    /// Context tokens the proposer had to process before drafting (the prompt on the first
+    /// round, the last emitted token or two afterwards; 0 for lookup).
+    pub catch_up: usize,
 }
 
 impl Proposal {
@@ -26,7 +29,7 @@ impl Proposal {
 }
 
 /// Proposes up to `k` tokens to follow `context` (the prompt and every token emitted so far).
-pub trait Proposer {
+pub trait Proposer: Send {
     fn propose(&mut self, context: &[u32], k: usize, sampler: &mut Sampler) -> Result<Proposal>;
 
     /// Whether proposals come with a cost worth weighing (a model forward per token).
@@ -93,6 +96,7 @@ impl Proposer for ModelProposer<'_> {
             return Ok(out);
         }
         let k = k.min(room - catch_up + 1);
+        out.catch_up = catch_up;
         let mut logits = self
             .model
             .forward(&context[keep..], &mut self.cache, Logits::Last)?;
@@ -159,7 +163,11 @@ impl Proposer for NgramProposer {
     fn propose(&mut self, context: &[u32], k: usize, _: &mut Sampler) -> Result<Proposal> {
         let tokens = self.lookup(context, k);
         let probs = vec![DraftProbs::Point; tokens.len()];
-        Ok(Proposal { tokens, probs })
+        Ok(Proposal {
+            tokens,
+            probs,
+            catch_up: 0,
+        })
     }
 
     fn costly(&self) -> bool {

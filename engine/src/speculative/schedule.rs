@@ -7,6 +7,8 @@
 //! most tokens per second; k = 0 is plain decoding (speculation would not pay). α is estimated
 //! from decayed counts of accepted and rejected positions; t_verify(n) from the passes of width n
 //! measured so far, with unmeasured widths interpolated (or extrapolated with a prior slope).
+//! Each proposer of a request has its own controller (prompt lookup drafts for free, the draft
+//! model does not); the pass costs are shared.
 
 /// `--draft-len`: a fixed number of drafted tokens per round, or adaptive up to `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,16 +58,54 @@ impl Ema {
     }
 }
 
-/// Chooses the draft length of each round.
+/// Measured seconds of target passes by width, shared by every proposer of a request.
+#[derive(Debug, Clone)]
+pub struct PassCosts {
+    /// Index n: a pass of n tokens.
+    t: Vec<Ema>,
+}
+
+impl PassCosts {
+    /// Room for passes of up to `max_width` tokens.
+    pub fn new(max_width: usize) -> PassCosts {
+        PassCosts {
+            t: vec![Ema::default(); max_width + 1],
+        }
+    }
+
+    pub fn observe(&mut self, width: usize, seconds: f64) {
+        if let Some(e) = self.t.get_mut(width) {
+            e.push(seconds);
+        }
+    }
+
+    /// Estimated seconds of a pass of `n` tokens.
+    fn cost(&self, n: usize) -> Option<f64> {
+        let known = |i: usize| self.t.get(i).and_then(|e| e.value);
+        if let Some(t) = known(n) {
+            return Some(t);
+        }
+        let lo = (1..n).rev().find_map(|i| known(i).map(|t| (i, t)));
+        let hi = (n + 1..self.t.len()).find_map(|i| known(i).map(|t| (i, t)));
+        let prior = |i: usize| 1.0 + PRIOR_SLOPE * (i as f64 - 1.0);
+        match (lo, hi) {
+            (Some((a, ta)), Some((b, tb))) => {
+                Some(ta + (tb - ta) * (n - a) as f64 / (b - a) as f64)
+            }
+            (Some((a, t)), None) | (None, Some((a, t))) => Some(t * prior(n) / prior(a)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// Chooses the draft length of one proposer's rounds.
 #[derive(Debug, Clone)]
 pub struct Controller {
     mode: DraftLen,
     accepted: f64,
     rejected: f64,
-    /// Seconds per drafted token (catch-up included).
+    /// Seconds per drafted token, from rounds without a long catch-up.
     t_draft: Ema,
-    /// Seconds per target pass of width n at index n.
-    t_verify: Vec<Ema>,
     plain_streak: usize,
     costly: bool,
 }
@@ -79,7 +119,6 @@ impl Controller {
             accepted: 2.8,
             rejected: 1.2,
             t_draft: Ema::default(),
-            t_verify: vec![Ema::default(); mode.max() + 2],
             plain_streak: 0,
             costly,
         }
@@ -90,73 +129,60 @@ impl Controller {
         self.accepted / (self.accepted + self.rejected)
     }
 
-    /// Records a round: `drafted` tokens proposed, `accepted` kept, and the seconds spent drafting
-    /// and verifying (a pass of `drafted + 1` tokens).
-    pub fn observe(&mut self, drafted: usize, accepted: usize, draft_s: f64, verify_s: f64) {
-        if let Some(e) = self.t_verify.get_mut(drafted + 1) {
-            e.push(verify_s);
-        }
+    /// Records a round of this proposer: `drafted` tokens proposed after feeding it `catch_up`
+    /// tokens of context, `accepted` kept, `draft_s` seconds spent proposing. A long catch-up (the
+    /// prompt, or the tokens of a streak of plain steps) is a one-off, not a per-token cost.
+    pub fn observe(&mut self, drafted: usize, accepted: usize, catch_up: usize, draft_s: f64) {
         if drafted == 0 {
-            self.plain_streak += 1;
             return;
         }
         self.plain_streak = 0;
-        self.t_draft.push(draft_s / drafted as f64);
+        if catch_up <= 2 {
+            self.t_draft.push(draft_s / drafted as f64);
+        }
         self.accepted = self.accepted * DECAY + accepted as f64;
         self.rejected = self.rejected * DECAY + (accepted < drafted) as usize as f64;
     }
 
-    /// Estimated seconds of a target pass of `n` tokens.
-    fn verify_cost(&self, n: usize) -> Option<f64> {
-        let known = |i: usize| self.t_verify.get(i).and_then(|e| e.value);
-        if let Some(t) = known(n) {
-            return Some(t);
-        }
-        let lo = (1..n).rev().find_map(|i| known(i).map(|t| (i, t)));
-        let hi = (n + 1..self.t_verify.len()).find_map(|i| known(i).map(|t| (i, t)));
-        let prior = |i: usize| 1.0 + PRIOR_SLOPE * (i as f64 - 1.0);
-        match (lo, hi) {
-            (Some((a, ta)), Some((b, tb))) => {
-                Some(ta + (tb - ta) * (n - a) as f64 / (b - a) as f64)
-            }
-            (Some((a, t)), None) | (None, Some((a, t))) => Some(t * prior(n) / prior(a)),
-            (None, None) => None,
-        }
+    /// Records that this proposer was asked for nothing (its choice was 0) this round.
+    pub fn observe_plain(&mut self) {
+        self.plain_streak += 1;
     }
 
     /// Expected tokens per second of a round drafting `k` tokens.
-    fn rate(&self, k: usize, alpha: f64, t_draft: f64) -> Option<f64> {
+    fn rate(&self, costs: &PassCosts, k: usize, alpha: f64, t_draft: f64) -> Option<f64> {
         let tokens = if alpha >= 1.0 {
             (k + 1) as f64
         } else {
             (1.0 - alpha.powi(k as i32 + 1)) / (1.0 - alpha)
         };
-        let cost = k as f64 * t_draft + self.verify_cost(k + 1)?;
+        let cost = k as f64 * t_draft + costs.cost(k + 1)?;
         Some(tokens / cost)
     }
 
-    /// Tokens to draft this round.
-    pub fn choose(&self) -> usize {
+    /// Tokens to draft this round (0: decode plainly).
+    pub fn choose(&self, costs: &PassCosts) -> usize {
         let max = match self.mode {
             DraftLen::Fixed(k) => return k,
             DraftLen::Auto { max } => max,
         };
-        let t_draft = match self.t_draft.value {
-            Some(t) => t,
+        let t_draft = match (self.costly, self.t_draft.value) {
+            (false, _) => 0.0,
+            (true, Some(t)) => t,
             // Nothing measured yet: start in the middle.
-            None => return max.min(4),
+            (true, None) => return max.min(4),
         };
         if self.plain_streak >= PROBE_EVERY {
             return 1.min(max);
         }
-        let t_draft = if self.costly { t_draft } else { 0.0 };
         let alpha = self.alpha();
         let mut best = (0, 0.0);
         for k in 0..=max {
-            if let Some(r) = self.rate(k, alpha, t_draft) {
-                if r > best.1 {
-                    best = (k, r);
-                }
+            match self.rate(costs, k, alpha, t_draft) {
+                Some(r) if r > best.1 => best = (k, r),
+                Some(_) => {}
+                // No pass measured yet: draft as much as allowed (it costs nothing).
+                None => return max.min(4),
             }
         }
         best.0
@@ -167,59 +193,78 @@ impl Controller {
 mod tests {
     use super::*;
 
-    fn trained(alpha_hits: (usize, usize), t_draft: f64, verify: &[(usize, f64)]) -> Controller {
+    fn trained(
+        hits: (usize, usize),
+        t_draft: f64,
+        verify: &[(usize, f64)],
+    ) -> (Controller, PassCosts) {
         let mut c = Controller::new(DraftLen::Auto { max: 8 }, true);
+        let mut costs = PassCosts::new(9);
         for &(n, t) in verify {
-            c.t_verify[n].push(t);
+            costs.observe(n, t);
         }
-        let (acc, drafted) = alpha_hits;
+        let (acc, drafted) = hits;
         for _ in 0..50 {
-            c.observe(
-                drafted,
-                acc,
-                t_draft * drafted as f64,
-                c.verify_cost(drafted + 1).unwrap(),
-            );
+            c.observe(drafted, acc, 1, t_draft * drafted as f64);
         }
-        c
+        (c, costs)
     }
 
     #[test]
     fn fixed_is_fixed_and_auto_starts_in_the_middle() {
-        assert_eq!(Controller::new(DraftLen::Fixed(3), true).choose(), 3);
-        assert_eq!(Controller::new(DraftLen::Auto { max: 8 }, true).choose(), 4);
-        assert_eq!(Controller::new(DraftLen::Auto { max: 2 }, true).choose(), 2);
+        let costs = PassCosts::new(9);
+        assert_eq!(Controller::new(DraftLen::Fixed(3), true).choose(&costs), 3);
+        assert_eq!(
+            Controller::new(DraftLen::Auto { max: 8 }, true).choose(&costs),
+            4
+        );
+        assert_eq!(
+            Controller::new(DraftLen::Auto { max: 2 }, true).choose(&costs),
+            2
+        );
     }
 
     #[test]
     fn cheap_verification_and_high_acceptance_draft_long() {
         // Every token accepted, a draft step 5% of a pass, passes nearly flat in width.
-        let c = trained((4, 4), 0.002, &[(1, 0.037), (5, 0.040), (9, 0.045)]);
+        let (c, costs) = trained((4, 4), 0.002, &[(1, 0.037), (5, 0.040), (9, 0.045)]);
         assert!(c.alpha() > 0.9);
-        assert!(c.choose() >= 6, "{}", c.choose());
+        assert!(c.choose(&costs) >= 6, "{}", c.choose(&costs));
+        // A free proposer (prompt lookup) drafts long as soon as passes are cheap.
+        let mut free = Controller::new(DraftLen::Auto { max: 8 }, false);
+        free.observe(4, 4, 0, 0.0);
+        assert_eq!(free.choose(&costs), 8);
     }
 
     #[test]
     fn expensive_drafts_or_poor_acceptance_fall_back_to_plain_decoding() {
         // Acceptance 25% and a draft step 60% of a pass: no k beats plain decoding.
-        let c = trained((1, 4), 0.023, &[(1, 0.037), (5, 0.095), (9, 0.141)]);
-        assert_eq!(c.choose(), 0);
+        let (mut c, costs) = trained((1, 4), 0.023, &[(1, 0.037), (5, 0.095), (9, 0.141)]);
+        assert_eq!(c.choose(&costs), 0);
         // ... but it probes again after a streak of plain steps.
-        let mut c = c;
         for _ in 0..PROBE_EVERY {
-            c.observe(0, 0, 0.0, 0.037);
+            c.observe_plain();
         }
-        assert_eq!(c.choose(), 1);
+        assert_eq!(c.choose(&costs), 1);
     }
 
     #[test]
-    fn verify_cost_interpolates_and_extrapolates() {
-        let mut c = Controller::new(DraftLen::Auto { max: 8 }, true);
-        assert!(c.verify_cost(3).is_none());
-        c.t_verify[1].push(1.0);
-        c.t_verify[5].push(3.0);
-        assert!((c.verify_cost(3).unwrap() - 2.0).abs() < 1e-12);
-        let t9 = c.verify_cost(9).unwrap();
+    fn a_long_catch_up_is_not_a_per_token_cost() {
+        let (mut c, costs) = trained((4, 4), 0.002, &[(1, 0.037), (5, 0.040), (9, 0.045)]);
+        let before = c.choose(&costs);
+        // The prompt's prefill on the draft: 1 s for 4 drafted tokens.
+        c.observe(4, 4, 300, 1.0);
+        assert_eq!(c.choose(&costs), before);
+    }
+
+    #[test]
+    fn pass_costs_interpolate_and_extrapolate() {
+        let mut c = PassCosts::new(9);
+        assert!(c.cost(3).is_none());
+        c.observe(1, 1.0);
+        c.observe(5, 3.0);
+        assert!((c.cost(3).unwrap() - 2.0).abs() < 1e-12);
+        let t9 = c.cost(9).unwrap();
         assert!((t9 - 3.0 * (1.0 + 8.0 * PRIOR_SLOPE) / (1.0 + 4.0 * PRIOR_SLOPE)).abs() < 1e-12);
     }
 }

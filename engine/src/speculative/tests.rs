@@ -76,10 +76,10 @@ const PROMPTS: [&str; 6] = [
     "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n",
 ];
 
-fn spec(len: DraftLen, proposer: ProposerKind) -> SpecConfig {
+fn spec(len: DraftLen) -> SpecConfig {
     SpecConfig {
         draft_len: len,
-        proposer,
+        ..Default::default()
     }
 }
 
@@ -108,23 +108,25 @@ fn greedy_exact_equals_target_bitwise() {
                 };
                 let plain = generate(&p.target, &prompt, &cfg, |_| true).unwrap();
                 // Drafts: another model (low acceptance), the target itself (everything accepted:
-                // the bonus path), and prompt lookup.
+                // the bonus path), prompt lookup, and lookup before the draft model.
                 for len in lens {
-                    let mut other = ModelProposer::new(&p.draft, &p.target, 128, cfg.stop_at_eog);
-                    let mut same = ModelProposer::new(&p.target, &p.target, 128, cfg.stop_at_eog);
-                    let mut lookup = NgramProposer::default();
-                    let proposers: [(&str, &mut dyn Proposer, ProposerKind); 3] = [
-                        ("draft", &mut other, ProposerKind::DraftModel),
-                        ("self", &mut same, ProposerKind::DraftModel),
-                        (
-                            "ngram",
-                            &mut lookup,
-                            ProposerKind::Ngram(NgramProposer::default()),
-                        ),
+                    let new = |m| ModelProposer::new(m, &p.target, 128, cfg.stop_at_eog);
+                    let (mut other, mut same, mut other2) =
+                        (new(&p.draft), new(&p.target), new(&p.draft));
+                    let (mut lookup, mut lookup2) =
+                        (NgramProposer::default(), NgramProposer::default());
+                    let sets: [(&str, Vec<&mut dyn Proposer>); 4] = [
+                        ("draft", vec![&mut other]),
+                        ("self", vec![&mut same]),
+                        ("ngram", vec![&mut lookup]),
+                        ("ngram+draft", vec![&mut lookup2, &mut other2]),
                     ];
-                    for (name, prop, kind) in proposers {
-                        let s = spec(len, kind);
-                        let g = generate_speculative(&p.target, prop, &prompt, &cfg, &s, |_| true)
+                    for (name, mut props) in sets {
+                        let s = spec(len);
+                        let g =
+                            generate_speculative(&p.target, &mut props, &prompt, &cfg, &s, |_| {
+                                true
+                            })
                             .unwrap();
                         assert_eq!(
                             g.tokens, plain.tokens,
@@ -155,14 +157,14 @@ fn cancelling_and_limits_behave_like_plain_decoding() {
         stop_at_eog: false,
         ..Default::default()
     };
-    let s = spec(DraftLen::Fixed(4), ProposerKind::DraftModel);
+    let s = spec(DraftLen::Fixed(4));
     let mut same = ModelProposer::new(&p.target, &p.target, 64, false);
-    let g = generate_speculative(&p.target, &mut same, &prompt, &cfg, &s, |_| true).unwrap();
+    let g = generate_speculative(&p.target, &mut [&mut same], &prompt, &cfg, &s, |_| true).unwrap();
     assert_eq!(g.tokens.len(), 9);
     assert_eq!(g.stop, StopReason::MaxTokens);
     let mut seen = 0;
     let mut same = ModelProposer::new(&p.target, &p.target, 64, false);
-    let g = generate_speculative(&p.target, &mut same, &prompt, &cfg, &s, |_| {
+    let g = generate_speculative(&p.target, &mut [&mut same], &prompt, &cfg, &s, |_| {
         seen += 1;
         seen < 3
     })
@@ -175,8 +177,8 @@ fn cancelling_and_limits_behave_like_plain_decoding() {
         DraftLen::Auto { max: 0 },
     ] {
         let mut lookup = NgramProposer::default();
-        let s = spec(bad, ProposerKind::Ngram(lookup));
-        let e = generate_speculative(&p.target, &mut lookup, &prompt, &cfg, &s, |_| true);
+        let s = spec(bad);
+        let e = generate_speculative(&p.target, &mut [&mut lookup], &prompt, &cfg, &s, |_| true);
         assert!(
             matches!(e, Err(EngineError::InvalidParam { .. })),
             "{bad:?}"
@@ -269,9 +271,9 @@ fn second_tokens(
                     sampling: SamplingParams { seed, ..params },
                     stop_at_eog: false,
                 };
-                let s = spec(DraftLen::Fixed(1), ProposerKind::DraftModel);
+                let s = spec(DraftLen::Fixed(1));
                 let mut d = ModelProposer::new(&p.draft, &p.target, 16, false);
-                let g = run(&p.target, &mut d, prompt, &cfg, &s, f, |_| true).unwrap();
+                let g = run(&p.target, &mut [&mut d], prompt, &cfg, &s, f, |_| true).unwrap();
                 acc[g.tokens[1] as usize] += 1;
                 // The last two cells count drafted and accepted tokens.
                 let n = acc.len();

@@ -1,0 +1,184 @@
+//! Speculative decoding through the `cascade` binary and the library API on fixture models:
+//! `--mode exact` gives the target's own greedy output with either proposer, `--json` carries the
+//! statistics, and bad flags are clear errors.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use cascade::engine::fixture::FixtureSpec;
+use cascade::engine::{
+    DraftLen, Engine, EngineConfig, GenerateConfig, Mode, NgramProposer, Prompt, Request,
+    SpecConfig,
+};
+use common::{assert_clean_error, cascade};
+
+fn pair(dir: &Path) -> (PathBuf, PathBuf) {
+    let target = common::write_fixture(dir, "t.gguf", &FixtureSpec::default());
+    let draft = common::write_fixture(
+        dir,
+        "d.gguf",
+        &FixtureSpec {
+            hidden: 32,
+            n_heads: 2,
+            n_kv_heads: 1,
+            ffn: 64,
+            pad_vocab: 24,
+            seed: 9,
+            ..Default::default()
+        },
+    );
+    (target, draft)
+}
+
+fn gen_json(target: &Path, extra: &[&str]) -> serde_json::Value {
+    let t = target.display().to_string();
+    let mut args = vec![
+        "generate",
+        "--target",
+        &t,
+        "--prompt",
+        "the cat sat on the mat and the cat",
+        "--max-tokens",
+        "30",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = cascade(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn exact_mode_reproduces_the_target_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, d) = pair(dir.path());
+    let ds = d.display().to_string();
+    let plain = gen_json(&t, &["--mode", "target"]);
+    for extra in [
+        vec!["--draft", ds.as_str()],
+        vec!["--draft", ds.as_str(), "--draft-len", "3", "--threads", "1"],
+        vec!["--draft", ds.as_str(), "--no-lookup", "--draft-len", "auto"],
+        vec!["--draft", "ngram", "--draft-len", "5"],
+    ] {
+        let out = gen_json(&t, &extra);
+        assert_eq!(out["mode"], "exact", "{extra:?}");
+        assert_eq!(out["tokens"], plain["tokens"], "{extra:?}");
+        assert_eq!(out["text"], plain["text"]);
+        let s = &out["stats"];
+        for key in [
+            "target_passes",
+            "drafted",
+            "accepted",
+            "acceptance_rate",
+            "mean_accepted_per_pass",
+            "per_position_acceptance",
+            "draft_s",
+            "verify_s",
+            "decode_tokens_per_s",
+            "draft_lengths",
+        ] {
+            assert!(!s[key].is_null(), "stats.{key} missing: {s}");
+        }
+        let n = out["tokens"].as_array().unwrap().len() as u64;
+        let passes = s["target_passes"].as_u64().unwrap();
+        let accepted = s["accepted"].as_u64().unwrap();
+        assert_eq!(passes + accepted, n - 1, "{s}");
+    }
+}
+
+#[test]
+fn library_api_streams_an_exact_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, d) = pair(dir.path());
+    let engine = Engine::load(&EngineConfig {
+        target: t,
+        draft: Some(d),
+        threads: Some(2),
+        ..Default::default()
+    })
+    .unwrap();
+    let config = GenerateConfig {
+        max_tokens: 24,
+        stop_at_eog: false,
+        ..Default::default()
+    };
+    let req = |mode| Request {
+        prompt: Prompt::Text("in the hat the cat".into()),
+        mode,
+        config,
+    };
+    let plain = engine.generate(&req(Mode::Target), |_| {}).unwrap();
+    let mut streamed = String::new();
+    let exact = engine
+        .generate(&req(Mode::exact()), |piece| streamed.push_str(piece))
+        .unwrap();
+    assert_eq!(exact.tokens, plain.tokens);
+    assert_eq!(streamed, plain.text);
+    assert!(exact.stats.drafted > 0);
+    // Lookup only, no draft model needed.
+    let lookup = Mode::Exact(SpecConfig {
+        draft_len: DraftLen::Fixed(4),
+        draft_model: false,
+        lookup: Some(NgramProposer::default()),
+    });
+    assert_eq!(
+        engine.generate(&req(lookup), |_| {}).unwrap().tokens,
+        plain.tokens
+    );
+}
+
+/// Clap's own errors exit with 2; the message still names the flag.
+fn assert_usage_error(out: &std::process::Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    assert!(stderr.contains("error"), "no error line: {stderr}");
+    assert!(stderr.contains(needle), "expected '{needle}' in: {stderr}");
+}
+
+#[test]
+fn bad_speculative_flags_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, d) = pair(dir.path());
+    let (ts, ds) = (t.display().to_string(), d.display().to_string());
+    let gen = |extra: &[&str]| {
+        let mut args = vec!["generate", "--target", &ts, "--prompt", "x"];
+        args.extend_from_slice(extra);
+        cascade(&args)
+    };
+    assert_usage_error(
+        &gen(&["--draft", &ds, "--draft-len", "0"]),
+        "must be between 1 and 32",
+    );
+    assert_usage_error(
+        &gen(&["--draft", &ds, "--draft-len", "100000"]),
+        "must be between 1 and 32",
+    );
+    assert_usage_error(
+        &gen(&["--draft", &ds, "--draft-len", "lots"]),
+        "neither a number of tokens nor 'auto'",
+    );
+    assert_usage_error(&gen(&["--draft"]), "a value is required for '--draft");
+    assert_usage_error(&gen(&["--draft", ""]), "needs a model path or 'ngram'");
+    assert_clean_error(
+        &gen(&["--mode", "exact"]),
+        "--mode exact needs --draft PATH (a model) or --draft ngram",
+    );
+    assert_clean_error(
+        &gen(&["--draft", &ds, "--draft-max", "0"]),
+        "--draft-max 0: must be between 1 and 32",
+    );
+    assert_clean_error(
+        &gen(&["--draft", "ngram", "--mode", "draft"]),
+        "needs a draft model",
+    );
+    assert_clean_error(
+        &gen(&["--draft", "/nonexistent/draft.gguf"]),
+        "model file not found: /nonexistent/draft.gguf",
+    );
+}
