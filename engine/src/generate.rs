@@ -63,6 +63,8 @@ pub struct GenerateStats {
     /// Entry i: of the rounds that drafted at least i + 1 tokens, the fraction whose token at
     /// position i was accepted (vLLM's per-position acceptance).
     pub per_position_acceptance: Vec<f64>,
+    /// Entry i: rounds that drafted at least i + 1 tokens (the denominators above).
+    pub per_position_drafted: Vec<usize>,
     /// Seconds spent proposing (draft forwards, catch-ups, lookup).
     pub draft_s: f64,
     /// Seconds spent in target passes after the prefill and their verification.

@@ -95,31 +95,10 @@ impl Distribution {
         probs.iter_mut().for_each(|p| *p *= inv);
         let cut_k = params.top_k > 0 && params.top_k < n;
         if cut_k || params.top_p < 1.0 {
-            // Candidates by descending probability, ties by id.
-            let mut order: Vec<u32> = (0..n as u32).filter(|&i| probs[i as usize] > 0.0).collect();
-            order.sort_by(|&a, &b| {
-                probs[b as usize]
-                    .total_cmp(&probs[a as usize])
-                    .then(a.cmp(&b))
-            });
-            let mut keep = if cut_k {
-                params.top_k.min(order.len())
-            } else {
-                order.len()
-            };
-            if params.top_p < 1.0 {
-                let mut cum = 0f32;
-                for (i, &id) in order[..keep].iter().enumerate() {
-                    cum += probs[id as usize];
-                    if cum >= params.top_p {
-                        keep = i + 1;
-                        break;
-                    }
-                }
-            }
+            let keep = kept_candidates(&probs, params);
             let mut kept = vec![0f32; n];
             let mut s = 0f32;
-            for &id in &order[..keep] {
+            for &id in &keep {
                 kept[id as usize] = probs[id as usize];
                 s += probs[id as usize];
             }
@@ -159,6 +138,52 @@ impl Distribution {
             }
         }
         last as u32
+    }
+}
+
+/// The ids top-k and top-p keep: candidates by descending probability (ties by id), the first
+/// `top_k`, then the shortest prefix whose probability reaches `top_p`. Only as many candidates
+/// as needed are sorted (a selection finds the largest 64, then 256, ...), since a full sort of a
+/// 150k-token vocabulary per position would cost more than the sampling is worth; the result is
+/// the same prefix a full sort gives.
+fn kept_candidates(probs: &[f32], params: &SamplingParams) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..probs.len() as u32)
+        .filter(|&i| probs[i as usize] > 0.0)
+        .collect();
+    let by_prob = |a: &u32, b: &u32| {
+        probs[*b as usize]
+            .total_cmp(&probs[*a as usize])
+            .then(a.cmp(b))
+    };
+    let limit = if params.top_k > 0 {
+        params.top_k.min(order.len())
+    } else {
+        order.len()
+    };
+    let mut m = 64.min(limit);
+    loop {
+        if m < order.len() {
+            order.select_nth_unstable_by(m - 1, by_prob);
+        }
+        order[..m].sort_by(by_prob);
+        let mut keep = m;
+        let mut reached = params.top_p >= 1.0 && m == limit;
+        if params.top_p < 1.0 {
+            let mut cum = 0f32;
+            for (i, &id) in order[..m].iter().enumerate() {
+                cum += probs[id as usize];
+                if cum >= params.top_p {
+                    keep = i + 1;
+                    reached = true;
+                    break;
+                }
+            }
+        }
+        if reached || m == limit {
+            order.truncate(keep);
+            return order;
+        }
+        m = (m * 4).min(limit);
     }
 }
 
@@ -273,6 +298,75 @@ mod tests {
         assert_eq!(xs, ys);
         let ones = xs.iter().filter(|&&t| t == 1).count() as f64 / 4000.0;
         assert!((ones - 0.75).abs() < 0.03, "{ones}");
+    }
+
+    #[test]
+    fn partial_selection_keeps_what_a_full_sort_keeps() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for trial in 0..40 {
+            let n = [10, 300, 5000][trial % 3];
+            // Peaked or flat logits, with ties.
+            let scale = [0.5f32, 3.0, 8.0][trial % 3];
+            let logits: Vec<f32> = (0..n)
+                .map(|_| (rng.random::<f32>() * scale * 4.0).round() / 4.0)
+                .collect();
+            let valid = vec![true; n];
+            for (k, p) in [
+                (0, 0.9),
+                (0, 0.5),
+                (40, 1.0),
+                (40, 0.95),
+                (1000, 0.99),
+                (0, 0.999),
+            ] {
+                let params = SamplingParams {
+                    temperature: 0.8,
+                    top_k: k,
+                    top_p: p,
+                    seed: 0,
+                };
+                let base = Distribution::from_logits(
+                    &logits,
+                    &SamplingParams {
+                        top_k: 0,
+                        top_p: 1.0,
+                        ..params
+                    },
+                    &valid,
+                );
+                // Reference: full sort by probability, ties by id.
+                let mut order: Vec<u32> = (0..n as u32)
+                    .filter(|&i| base.probs[i as usize] > 0.0)
+                    .collect();
+                order.sort_by(|&a, &b| {
+                    base.probs[b as usize]
+                        .total_cmp(&base.probs[a as usize])
+                        .then(a.cmp(&b))
+                });
+                let mut keep = if k > 0 {
+                    k.min(order.len())
+                } else {
+                    order.len()
+                };
+                if p < 1.0 {
+                    let mut cum = 0f32;
+                    for (i, &id) in order[..keep].iter().enumerate() {
+                        cum += base.probs[id as usize];
+                        if cum >= p {
+                            keep = i + 1;
+                            break;
+                        }
+                    }
+                }
+                let mut want = order[..keep].to_vec();
+                want.sort_unstable();
+                let got = Distribution::from_logits(&logits, &params, &valid);
+                let support: Vec<u32> = (0..n as u32)
+                    .filter(|&i| got.probs[i as usize] > 0.0)
+                    .collect();
+                assert_eq!(support, want, "n {n}, top-k {k}, top-p {p}");
+            }
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum BenchCommand {
     Forward(ForwardArgs),
     /// Measure the machine's read bandwidth and 8-bit integer peak.
     Floors(FloorsArgs),
+    /// Target-only vs exact speculative decoding over a prompt set: identical outputs, speed,
+    /// acceptance.
+    Speculative(super::spec_bench::SpecBenchArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -85,6 +88,7 @@ fn pool(threads: Option<usize>) -> Result<rayon::ThreadPool, CliError> {
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     match a.what {
         BenchCommand::Forward(f) => run_forward(f),
+        BenchCommand::Speculative(s) => super::spec_bench::run(s),
         BenchCommand::Floors(f) => {
             let floors = pool(f.threads)?.install(hardware::floors);
             if f.json {

@@ -31,7 +31,7 @@ pub enum DraftArg {
     Ngram,
 }
 
-fn parse_draft(s: &str) -> Result<DraftArg, String> {
+pub(crate) fn parse_draft(s: &str) -> Result<DraftArg, String> {
     match s {
         "" => Err("needs a model path or 'ngram'".into()),
         "ngram" => Ok(DraftArg::Ngram),
@@ -46,7 +46,7 @@ pub enum DraftLenArg {
     Auto,
 }
 
-fn parse_draft_len(s: &str) -> Result<DraftLenArg, String> {
+pub(crate) fn parse_draft_len(s: &str) -> Result<DraftLenArg, String> {
     if s == "auto" {
         return Ok(DraftLenArg::Auto);
     }

@@ -11,6 +11,7 @@ mod demo;
 mod generate;
 mod inspect;
 mod perplexity;
+mod spec_bench;
 mod tokenize;
 
 pub use generate::GenerateArgs;

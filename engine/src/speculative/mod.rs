@@ -250,6 +250,7 @@ fn finish_stats(s: &mut GenerateStats, n: &Counters) {
     s.per_position_acceptance = (0..used)
         .map(|i| ratio(n.accepted_at[i], n.drafted_at[i]))
         .collect();
+    s.per_position_drafted = n.drafted_at[..used].to_vec();
     let lens = n
         .rounds_by_len
         .iter()

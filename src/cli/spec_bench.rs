@@ -1,0 +1,319 @@
+//! `cascade bench speculative`: runs a prompt set through target-only decoding and exact
+//! speculative decoding at several draft lengths and thread counts, checks that every exact
+//! output equals the target's token for token, and reports speed and acceptance per setting.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use cascade_engine::{
+    Completion, DraftLen, Engine, EngineConfig, GenerateConfig, Message, Mode, NgramProposer,
+    Prompt, Request, SamplingParams, SpecConfig,
+};
+
+use super::generate::{parse_draft, parse_draft_len, DraftArg, DraftLenArg};
+use super::{print_json, CliError};
+
+#[derive(Debug, Args)]
+pub struct SpecBenchArgs {
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Draft model, or `ngram` for prompt lookup alone.
+    #[arg(long, value_parser = parse_draft)]
+    pub draft: DraftArg,
+    /// JSON lines: {"prompt": "...", "chat": true|false, "kind": "code"|...}.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Draft lengths to run, comma separated (numbers or `auto`).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,auto", value_parser = parse_draft_len)]
+    pub draft_len: Vec<DraftLenArg>,
+    /// Thread counts to run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "2")]
+    pub threads: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Only prompts of this kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Only the first N prompts (after --kind).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// The most tokens `auto` drafts per round.
+    #[arg(long, default_value_t = 8)]
+    pub draft_max: usize,
+    /// Do not try prompt lookup before the draft model.
+    #[arg(long)]
+    pub no_lookup: bool,
+    /// Print one JSON object per setting.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct PromptLine {
+    prompt: String,
+    #[serde(default)]
+    chat: bool,
+    #[serde(default)]
+    kind: String,
+}
+
+/// Totals of one setting over the prompt set.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Totals {
+    mode: String,
+    draft_len: String,
+    threads: usize,
+    prompts: usize,
+    /// Outputs equal to target-only decoding, token for token.
+    identical: usize,
+    tokens: usize,
+    decode_s: f64,
+    prefill_s: f64,
+    /// Tokens after each request's first, over the summed decode time.
+    decode_tokens_per_s: f64,
+    /// Median over prompts of each request's decode tokens/s.
+    median_tokens_per_s: f64,
+    target_passes: usize,
+    drafted: usize,
+    accepted: usize,
+    acceptance_rate: f64,
+    per_position_acceptance: Vec<f64>,
+    draft_lengths: Vec<usize>,
+    draft_s: f64,
+    verify_s: f64,
+    #[serde(skip)]
+    rates: Vec<f64>,
+    #[serde(skip)]
+    pos: Vec<(f64, usize)>,
+}
+
+impl Totals {
+    fn add(&mut self, c: &Completion, identical: bool) {
+        let s = &c.stats;
+        self.prompts += 1;
+        self.identical += identical as usize;
+        self.tokens += s.generated_tokens;
+        self.decode_s += s.decode_s;
+        self.prefill_s += s.prefill_s;
+        self.target_passes += s.target_passes;
+        self.drafted += s.drafted;
+        self.accepted += s.accepted;
+        self.draft_s += s.draft_s;
+        self.verify_s += s.verify_s;
+        self.rates.push(s.decode_tokens_per_s);
+        for (i, (&r, &n)) in s
+            .per_position_acceptance
+            .iter()
+            .zip(&s.per_position_drafted)
+            .enumerate()
+        {
+            if self.pos.len() <= i {
+                self.pos.resize(i + 1, (0.0, 0));
+            }
+            self.pos[i].0 += r * n as f64;
+            self.pos[i].1 += n;
+        }
+        for (k, &n) in s.draft_lengths.iter().enumerate() {
+            if self.draft_lengths.len() <= k {
+                self.draft_lengths.resize(k + 1, 0);
+            }
+            self.draft_lengths[k] += n;
+        }
+    }
+
+    fn finish(&mut self) {
+        let decoded = self.tokens.saturating_sub(self.prompts);
+        self.decode_tokens_per_s = decoded as f64 / self.decode_s.max(1e-9);
+        self.acceptance_rate = self.accepted as f64 / (self.drafted.max(1)) as f64;
+        self.per_position_acceptance = self.pos.iter().map(|&(a, n)| a / n.max(1) as f64).collect();
+        let mut r = self.rates.clone();
+        r.sort_by(f64::total_cmp);
+        self.median_tokens_per_s = r.get(r.len() / 2).copied().unwrap_or(0.0);
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress(n: usize, msg: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(n as u64);
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} {elapsed}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(msg);
+    bar
+}
+
+fn read_prompts(a: &SpecBenchArgs) -> Result<Vec<PromptLine>, CliError> {
+    let text = std::fs::read_to_string(&a.prompts).map_err(|source| CliError::Read {
+        path: a.prompts.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let p: PromptLine = serde_json::from_str(line)
+            .map_err(|e| CliError::Usage(format!("{} line {}: {e}", a.prompts.display(), i + 1)))?;
+        if a.kind.as_ref().is_none_or(|k| *k == p.kind) {
+            out.push(p);
+        }
+    }
+    if let Some(n) = a.limit {
+        out.truncate(n);
+    }
+    if out.is_empty() {
+        return Err(CliError::Usage(format!(
+            "{}: no prompts{}",
+            a.prompts.display(),
+            a.kind
+                .as_ref()
+                .map(|k| format!(" of kind '{k}'"))
+                .unwrap_or_default()
+        )));
+    }
+    Ok(out)
+}
+
+pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
+    if a.threads.contains(&0) || a.threads.is_empty() {
+        return Err(CliError::Usage("--threads must be at least 1".into()));
+    }
+    let prompts = read_prompts(&a)?;
+    let lens: Vec<DraftLen> = a
+        .draft_len
+        .iter()
+        .map(|l| match *l {
+            DraftLenArg::Fixed(k) => DraftLen::Fixed(k),
+            DraftLenArg::Auto => DraftLen::Auto { max: a.draft_max },
+        })
+        .collect();
+    let (draft_model, draft_path) = match &a.draft {
+        DraftArg::Model(p) => (true, Some(p.clone())),
+        DraftArg::Ngram => (false, None),
+    };
+    let lookup = (!a.no_lookup || !draft_model).then(NgramProposer::default);
+    let mut all = Vec::new();
+    let mut reference: Option<Vec<Vec<u32>>> = None;
+    for &threads in &a.threads {
+        let engine = Engine::load(&EngineConfig {
+            target: a.target.clone(),
+            draft: draft_path.clone(),
+            threads: Some(threads),
+            ..Default::default()
+        })?;
+        let request = |p: &PromptLine, mode| Request {
+            prompt: if p.chat {
+                Prompt::Chat(vec![Message::user(p.prompt.clone())])
+            } else {
+                Prompt::Text(p.prompt.clone())
+            },
+            mode,
+            config: GenerateConfig {
+                max_tokens: a.max_tokens,
+                sampling: SamplingParams::greedy(),
+                stop_at_eog: true,
+            },
+        };
+        let mut base = Totals {
+            mode: "target".into(),
+            draft_len: "-".into(),
+            threads,
+            ..Default::default()
+        };
+        let mut plain = Vec::new();
+        let bar = progress(prompts.len(), format!("{threads} threads, target"));
+        for (i, p) in prompts.iter().enumerate() {
+            let c = engine.generate(&request(p, Mode::Target), |_| {})?;
+            // Target-only output must not depend on the thread count either.
+            let same = reference.as_ref().is_none_or(|r| r[i] == c.tokens);
+            base.add(&c, same);
+            plain.push(c.tokens);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        reference.get_or_insert_with(|| plain.clone());
+        base.finish();
+        all.push(base);
+        for &len in &lens {
+            let spec = SpecConfig {
+                draft_len: len,
+                draft_model,
+                lookup,
+            };
+            let mut t = Totals {
+                mode: "exact".into(),
+                draft_len: match len {
+                    DraftLen::Fixed(k) => k.to_string(),
+                    DraftLen::Auto { max } => format!("auto (max {max})"),
+                },
+                threads,
+                ..Default::default()
+            };
+            let bar = progress(
+                prompts.len(),
+                format!("{threads} threads, exact, draft length {}", t.draft_len),
+            );
+            for (i, p) in prompts.iter().enumerate() {
+                let c = engine.generate(&request(p, Mode::Exact(spec)), |_| {})?;
+                let same = c.tokens == plain[i];
+                if !same {
+                    bar.println(format!(
+                        "prompt {i}: exact output differs from the target's (draft length {})",
+                        t.draft_len
+                    ));
+                }
+                t.add(&c, same);
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            t.finish();
+            all.push(t);
+        }
+    }
+    if a.json {
+        for t in &all {
+            print_json(&serde_json::to_value(t).map_err(std::io::Error::other)?)?;
+        }
+    } else {
+        println!(
+            "{:>6} {:>14} {:>7} {:>10} {:>9} {:>9} {:>8} {:>10} {:>8}  per-position acceptance / rounds by draft length",
+            "mode", "draft_len", "threads", "identical", "tok/s", "median", "vs_tgt", "passes/tok", "accept"
+        );
+        let mut base_rate = 0.0;
+        for t in &all {
+            if t.mode == "target" {
+                base_rate = t.decode_tokens_per_s;
+            }
+            println!(
+                "{:>6} {:>14} {:>7} {:>6}/{:<3} {:>9.2} {:>9.2} {:>7.2}x {:>10.3} {:>8.3}  {:?} / {:?}",
+                t.mode,
+                t.draft_len,
+                t.threads,
+                t.identical,
+                t.prompts,
+                t.decode_tokens_per_s,
+                t.median_tokens_per_s,
+                t.decode_tokens_per_s / base_rate.max(1e-9),
+                t.target_passes as f64 / t.tokens.max(1) as f64,
+                t.acceptance_rate,
+                t.per_position_acceptance
+                    .iter()
+                    .map(|x| (x * 100.0).round() / 100.0)
+                    .collect::<Vec<_>>(),
+                t.draft_lengths
+            );
+        }
+    }
+    let differing: usize = all.iter().map(|t| t.prompts - t.identical).sum();
+    if differing > 0 {
+        return Err(CliError::Usage(format!(
+            "{differing} outputs differ from target-only decoding"
+        )));
+    }
+    Ok(())
+}
