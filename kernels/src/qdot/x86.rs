@@ -79,15 +79,27 @@ unsafe fn bits32_as_16(p: *const u8) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
+/// `lo` with 0x10 added to byte i where bit i of the 32-bit word at `p` is set (the fifth bit of
+/// Q5_0/Q5_1). With AVX-512 the word is the byte mask of one masked add.
+#[inline(always)]
+unsafe fn fifth_bit<const VNNI: bool>(lo: __m256i, p: *const u8) -> __m256i {
+    if VNNI {
+        let k = (p as *const u32).read_unaligned();
+        _mm256_mask_add_epi8(lo, k, lo, _mm256_set1_epi8(0x10))
+    } else {
+        _mm256_or_si256(lo, bits32_as_16(p))
+    }
+}
+
 /// The quants of one 32-value block (unsigned, or signed for Q8_0); its scale and minimum come
 /// from [`scales8`].
 #[inline(always)]
-unsafe fn unpack_b32(kind: Kernel, b: *const u8) -> __m256i {
+unsafe fn unpack_b32<const VNNI: bool>(kind: Kernel, b: *const u8) -> __m256i {
     match kind {
         Kernel::Q4_0 => nibbles32(b.add(2)),
         Kernel::Q4_1 => nibbles32(b.add(4)),
-        Kernel::Q5_0 => _mm256_or_si256(nibbles32(b.add(6)), bits32_as_16(b.add(2))),
-        Kernel::Q5_1 => _mm256_or_si256(nibbles32(b.add(8)), bits32_as_16(b.add(4))),
+        Kernel::Q5_0 => fifth_bit::<VNNI>(nibbles32(b.add(6)), b.add(2)),
+        Kernel::Q5_1 => fifth_bit::<VNNI>(nibbles32(b.add(8)), b.add(4)),
         Kernel::Q8_0 => load(b.add(2)),
         Kernel::Q4K | Kernel::Q5K | Kernel::Q6K => unreachable!("not a 32-value block type"),
     }
@@ -162,7 +174,7 @@ unsafe fn group_b32<const VNNI: bool, const N: usize>(
     let mut q = [_mm256_setzero_si256(); 8];
     let mut qa = [_mm256_setzero_si256(); 8];
     for i in 0..N {
-        let qi = unpack_b32(kind, blk.add(i * bb));
+        let qi = unpack_b32::<VNNI>(kind, blk.add(i * bb));
         q[i] = qi;
         qa[i] = if signed { _mm256_sign_epi8(qi, qi) } else { qi };
     }
