@@ -121,10 +121,11 @@ fn library_api_streams_an_exact_completion() {
     assert_eq!(streamed, plain.text);
     assert!(exact.stats.drafted > 0);
     // Lookup only, no draft model needed.
-    let lookup = Mode::Exact(SpecConfig {
+    let lookup = Mode::Speculative(SpecConfig {
         draft_len: DraftLen::Fixed(4),
         draft_model: false,
         lookup: Some(NgramProposer::default()),
+        ..Default::default()
     });
     assert_eq!(
         engine.generate(&req(lookup), |_| {}).unwrap().tokens,

@@ -11,7 +11,9 @@ use crate::error::{EngineError, Result};
 use crate::generate::{generate, GenerateConfig, GenerateStats, StopReason};
 use crate::model::{Model, Precision};
 use crate::perplexity::{perplexity, PerplexityResult};
-use crate::speculative::{generate_speculative, ModelProposer, Proposer, SpecConfig};
+use crate::speculative::{
+    generate_speculative, Cascade, ModelProposer, Proposer, Rule, SpecConfig,
+};
 
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
@@ -44,28 +46,57 @@ pub enum Prompt {
 }
 
 /// How a request decodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Mode {
     /// The target alone.
     #[default]
     Target,
     /// The draft alone (for comparison: cheapest, not the target's quality).
     Draft,
-    /// Lossless speculative decoding: the output is the target's own.
-    Exact(SpecConfig),
+    /// Speculative decoding: exact (lossless), cascade (a deferral rule) or answer-level.
+    Speculative(SpecConfig),
 }
 
 impl Mode {
-    /// Exact speculative decoding with the draft model and an adaptive draft length.
+    /// Exact speculative decoding: prompt lookup, then the draft model; adaptive draft length.
     pub fn exact() -> Mode {
-        Mode::Exact(SpecConfig::default())
+        Mode::Speculative(SpecConfig::default())
+    }
+
+    /// A speculative cascade with `rule` at lenience `alpha`.
+    pub fn cascade(rule: Rule, alpha: f32) -> Mode {
+        Mode::Speculative(SpecConfig {
+            cascade: Some(Cascade { rule, alpha }),
+            ..SpecConfig::default()
+        })
+    }
+
+    /// The draft writes the whole answer; the target scores it in one pass and generation
+    /// continues from the first rejected token, exactly (`None`) or with a cascade rule.
+    pub fn answer(cascade: Option<Cascade>) -> Mode {
+        Mode::Speculative(SpecConfig {
+            cascade,
+            answer: true,
+            ..SpecConfig::default()
+        })
+    }
+
+    /// `target`, `draft`, `exact`, `cascade` or `answer`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Mode::Target => "target",
+            Mode::Draft => "draft",
+            Mode::Speculative(s) if s.answer => "answer",
+            Mode::Speculative(s) if s.cascade.is_some() => "cascade",
+            Mode::Speculative(_) => "exact",
+        }
     }
 
     /// The model whose tokens (and tokenizer) the request uses.
     pub fn role(&self) -> Role {
         match self {
             Mode::Draft => Role::Draft,
-            Mode::Target | Mode::Exact(_) => Role::Target,
+            Mode::Target | Mode::Speculative(_) => Role::Target,
         }
     }
 }
@@ -210,10 +241,18 @@ impl Engine {
             true
         };
         let gen = match &req.mode {
-            Mode::Target | Mode::Draft => {
-                self.install(|| generate(model, &prompt, &req.config, on_token))?
+            Mode::Target => self.install(|| generate(model, &prompt, &req.config, on_token))?,
+            Mode::Draft => {
+                let mut g = self.install(|| generate(model, &prompt, &req.config, on_token))?;
+                // The same decoding, charged to the draft.
+                let s = &mut g.stats;
+                s.draft_passes = std::mem::take(&mut s.target_passes);
+                s.draft_tokens = std::mem::take(&mut s.target_tokens);
+                s.draft_s = std::mem::take(&mut s.target_s);
+                s.verify_s = 0.0;
+                g
             }
-            Mode::Exact(spec) => {
+            Mode::Speculative(spec) => {
                 spec.validate()?;
                 let cfg = &req.config;
                 let mut lookup = spec.lookup;
@@ -221,12 +260,15 @@ impl Engine {
                     (false, _) => None,
                     (true, None) => return Err(EngineError::NoDraft),
                     // Room for the prompt, the output and one round's drafts.
-                    (true, Some(d)) => Some(ModelProposer::new(
-                        d,
-                        model,
-                        prompt.len() + cfg.max_tokens + spec.draft_len.max() + 1,
-                        cfg.stop_at_eog,
-                    )),
+                    (true, Some(d)) => Some(
+                        ModelProposer::new(
+                            d,
+                            model,
+                            prompt.len() + cfg.max_tokens + spec.draft_len.max() + 1,
+                            cfg.stop_at_eog,
+                        )
+                        .with_judging(spec.cascade.is_some()),
+                    ),
                 };
                 let mut proposers: Vec<&mut dyn Proposer> = Vec::new();
                 if let Some(l) = lookup.as_mut() {

@@ -71,6 +71,23 @@ pub struct GenerateStats {
     pub verify_s: f64,
     /// Entry k: rounds that drafted k tokens (0 = a plain decode step).
     pub draft_lengths: Vec<usize>,
+    /// Tokens the target ran through its forward passes (prompt, drafted tokens verified, the
+    /// rejected ones included).
+    pub target_tokens: usize,
+    /// Tokens the draft model ran through its forward passes.
+    pub draft_tokens: usize,
+    /// Forward passes of the draft model after its prefill (draft-only decoding).
+    pub draft_passes: usize,
+    /// Wall time in the target's passes (prefill and verification).
+    pub target_s: f64,
+    /// Drafted positions where a cascade rule kept the draft's token without deferring to the
+    /// target (greedy), or judged the draft good enough (sampled).
+    pub kept_by_rule: usize,
+    /// Answer mode: tokens of the draft's answer, and how many the target kept.
+    pub answer_drafted: usize,
+    pub answer_kept: usize,
+    /// Answer mode: seconds the draft spent writing the answer (part of `draft_s`).
+    pub answer_draft_s: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +174,8 @@ pub fn generate(
     };
     stats.target_passes = steps;
     stats.verify_s = stats.decode_s;
+    stats.target_tokens = prompt.len() + steps;
+    stats.target_s = stats.prefill_s + stats.decode_s;
     Ok(Generation {
         tokens,
         stop,

@@ -36,6 +36,15 @@ impl SamplingParams {
         }
     }
 
+    /// Temperature 1, no cuts: the model's own distribution (what cascade rules judge under
+    /// greedy decoding).
+    pub fn untempered() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::greedy()
+        }
+    }
+
     pub fn is_greedy(&self) -> bool {
         self.temperature == 0.0
     }

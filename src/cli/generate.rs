@@ -7,8 +7,8 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use cascade_engine::{
-    DraftLen, Engine, EngineConfig, GenerateConfig, Message, Mode, NgramProposer, Prompt, Request,
-    SamplingParams, SpecConfig, MAX_DRAFT_LEN,
+    Cascade, DraftLen, Engine, EngineConfig, GenerateConfig, Message, Mode, NgramProposer, Prompt,
+    Request, Rule, SamplingParams, SpecConfig, MAX_DRAFT_LEN,
 };
 
 use super::{print_json, spinner, CliError};
@@ -22,6 +22,36 @@ pub enum ModeArg {
     /// Lossless speculative decoding: the draft proposes, the target verifies; the output is the
     /// target's own (the default when --draft is given).
     Exact,
+    /// Speculative cascade: a deferral rule (--rule, --alpha) keeps draft tokens the target would
+    /// not have chosen where the draft is good enough.
+    Cascade,
+    /// The draft writes the whole answer, the target scores it in one pass and generation goes on
+    /// from the first token it rejects (exactly, or with --rule/--alpha).
+    Answer,
+}
+
+/// `--rule`: the deferral rule of a cascade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuleArg {
+    /// Defer unless max q ≥ 1 − α.
+    Chow,
+    /// Defer unless max q ≥ max p − α.
+    Diff,
+    /// Defer unless max q ≥ max p − α·TV(p, q).
+    Opt,
+    /// Accept token v when p(v) ≥ (1 − α)·max p.
+    Token,
+}
+
+impl From<RuleArg> for Rule {
+    fn from(r: RuleArg) -> Rule {
+        match r {
+            RuleArg::Chow => Rule::Chow,
+            RuleArg::Diff => Rule::Diff,
+            RuleArg::Opt => Rule::Opt,
+            RuleArg::Token => Rule::Token,
+        }
+    }
 }
 
 /// `--draft`: a model file or folder, or `ngram` for prompt lookup.
@@ -77,6 +107,12 @@ pub struct GenerateArgs {
     /// The most tokens `--draft-len auto` drafts per round.
     #[arg(long, default_value_t = 8)]
     pub draft_max: usize,
+    /// Deferral rule of --mode cascade (or answer).
+    #[arg(long, value_enum)]
+    pub rule: Option<RuleArg>,
+    /// Lenience of the rule in [0, 1]; 0 is exact.
+    #[arg(long)]
+    pub alpha: Option<f32>,
     /// With a draft model, do not try prompt lookup first (each round otherwise drafts from an
     /// n-gram match in the prompt and the text so far when there is one, for free).
     #[arg(long)]
@@ -185,7 +221,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
             "tokens": out.tokens,
             "prompt_tokens": out.prompt_tokens,
             "stop_reason": out.stop,
-            "mode": mode_name(&mode),
+            "mode": mode.name(),
             "draft": match &a.draft {
                 Some(DraftArg::Model(p)) => json!(p),
                 Some(DraftArg::Ngram) => json!("ngram"),
@@ -200,7 +236,19 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
             "[{} prompt tokens, {} generated, prefill {:.2}s, decode {:.2} tokens/s, stop: {:?}]",
             out.prompt_tokens, s.generated_tokens, s.prefill_s, s.decode_tokens_per_s, out.stop
         );
-        if let Mode::Exact(_) = mode {
+        if let Mode::Speculative(spec) = mode {
+            if spec.answer {
+                eprintln!(
+                    "[answer: the target kept {} of the draft's {} tokens{}]",
+                    s.answer_kept,
+                    s.answer_drafted,
+                    if s.answer_kept == s.answer_drafted {
+                        " (passed whole)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             eprintln!(
                 "[{} target passes, {} drafted, {} accepted ({:.1}%), {:.2} accepted per pass, \
                  draft {:.2}s, verify {:.2}s]",
@@ -217,20 +265,13 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn mode_name(m: &Mode) -> &'static str {
-    match m {
-        Mode::Target => "target",
-        Mode::Draft => "draft",
-        Mode::Exact(_) => "exact",
-    }
-}
-
-/// The request's mode from `--mode`, `--draft`, `--draft-len` and `--draft-max`.
+/// The request's mode from `--mode`, `--draft`, `--draft-len`, `--draft-max`, `--rule`, `--alpha`.
 fn resolve_mode(a: &GenerateArgs) -> Result<Mode, CliError> {
     let asked = a.mode.unwrap_or(match a.draft {
         Some(_) => ModeArg::Exact,
         None => ModeArg::Target,
     });
+    let name = format!("{asked:?}").to_lowercase();
     let draft_len = match a.draft_len {
         DraftLenArg::Fixed(k) => DraftLen::Fixed(k),
         DraftLenArg::Auto if a.draft_max == 0 || a.draft_max > MAX_DRAFT_LEN => {
@@ -241,33 +282,60 @@ fn resolve_mode(a: &GenerateArgs) -> Result<Mode, CliError> {
         }
         DraftLenArg::Auto => DraftLen::Auto { max: a.draft_max },
     };
-    Ok(match (asked, &a.draft) {
-        (ModeArg::Target, _) => Mode::Target,
-        (ModeArg::Draft, Some(DraftArg::Model(_))) => Mode::Draft,
-        (ModeArg::Draft, Some(DraftArg::Ngram)) => {
+    if let Some(alpha) = a.alpha {
+        if !(0.0..=1.0).contains(&alpha) {
+            return Err(CliError::Usage(format!(
+                "--alpha {alpha}: must be in [0, 1]"
+            )));
+        }
+    }
+    let cascade = match (a.rule, a.alpha) {
+        (Some(r), Some(alpha)) => Some(Cascade {
+            rule: r.into(),
+            alpha,
+        }),
+        (None, None) => None,
+        (Some(_), None) => return Err(CliError::Usage("--rule needs --alpha A".into())),
+        (None, Some(_)) => return Err(CliError::Usage("--alpha needs --rule".into())),
+    };
+    match asked {
+        ModeArg::Cascade if cascade.is_none() => {
             return Err(CliError::Usage(
-                "--mode draft needs a draft model (--draft PATH), not ngram".into(),
+                "--mode cascade needs --rule chow|diff|opt|token and --alpha A".into(),
             ))
         }
-        (ModeArg::Draft | ModeArg::Exact, None) => {
+        ModeArg::Target | ModeArg::Draft | ModeArg::Exact if cascade.is_some() => {
             return Err(CliError::Usage(format!(
-                "--mode {} needs --draft PATH (a model) or --draft ngram",
-                if asked == ModeArg::Draft {
-                    "draft"
-                } else {
-                    "exact"
-                }
+                "--rule and --alpha go with --mode cascade or answer, not {name}"
             )))
         }
-        (ModeArg::Exact, Some(DraftArg::Ngram)) if a.no_lookup => {
+        _ => {}
+    }
+    let model = matches!(a.draft, Some(DraftArg::Model(_)));
+    Ok(match (asked, &a.draft) {
+        (ModeArg::Target, _) => Mode::Target,
+        (ModeArg::Draft | ModeArg::Cascade | ModeArg::Answer, _) if !model => {
+            return Err(CliError::Usage(format!(
+                "--mode {name} needs a draft model (--draft PATH)"
+            )))
+        }
+        (ModeArg::Draft, _) => Mode::Draft,
+        (ModeArg::Exact, None) => {
+            return Err(CliError::Usage(
+                "--mode exact needs --draft PATH (a model) or --draft ngram".into(),
+            ))
+        }
+        (_, Some(DraftArg::Ngram)) if a.no_lookup => {
             return Err(CliError::Usage(
                 "--draft ngram is prompt lookup: it cannot go with --no-lookup".into(),
             ))
         }
-        (ModeArg::Exact, Some(d)) => Mode::Exact(SpecConfig {
+        (ModeArg::Exact | ModeArg::Cascade | ModeArg::Answer, _) => Mode::Speculative(SpecConfig {
             draft_len,
-            draft_model: matches!(d, DraftArg::Model(_)),
+            draft_model: model,
             lookup: (!a.no_lookup).then(NgramProposer::default),
+            cascade,
+            answer: asked == ModeArg::Answer,
         }),
     })
 }

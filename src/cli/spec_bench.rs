@@ -244,6 +244,7 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
                 draft_len: len,
                 draft_model,
                 lookup,
+                ..Default::default()
             };
             let mut t = Totals {
                 mode: "exact".into(),
@@ -259,7 +260,7 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
                 format!("{threads} threads, exact, draft length {}", t.draft_len),
             );
             for (i, p) in prompts.iter().enumerate() {
-                let c = engine.generate(&request(p, Mode::Exact(spec)), |_| {})?;
+                let c = engine.generate(&request(p, Mode::Speculative(spec)), |_| {})?;
                 let same = c.tokens == plain[i];
                 if !same {
                     bar.println(format!(

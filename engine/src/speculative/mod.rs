@@ -1,13 +1,20 @@
-//! Lossless speculative decoding: a proposer drafts tokens, the target scores them all in one
-//! forward pass, the verifier keeps a prefix and adds one token of the target's own. Greedy output
-//! is token for token the target's (the kernels are batch invariant, so a position's logits do not
-//! depend on how many tokens shared its pass); sampled output follows the target's distribution.
+//! Speculative decoding: a proposer drafts tokens, the target scores them all in one forward
+//! pass, the verifier keeps a prefix and adds one token of the target's own.
+//!
+//! - exact: lossless. Greedy output is token for token the target's (the kernels are batch
+//!   invariant, so a position's logits do not depend on how many tokens shared its pass); sampled
+//!   output follows the target's distribution.
+//! - cascade: a deferral rule ([`rules`]) mixes the draft's and the target's distributions into the
+//!   one the verifier accepts against, trading quality for fewer target passes.
+//! - answer: the draft writes the whole answer first, the target scores prompt and answer in one
+//!   pass, and generation continues (exact or cascade) from the first token it rejects.
 //!
 //! Caches: the target's cache never holds the newest token (it is the first input of the next
 //! pass) and is rolled back to the accepted length after each pass; the draft model's cache is
 //! rolled back by its proposer to whatever part of it the target accepted.
 
 mod proposer;
+pub mod rules;
 mod schedule;
 pub mod verify;
 
@@ -19,23 +26,29 @@ use std::time::Instant;
 use rand_chacha::ChaCha8Rng;
 
 pub use proposer::{ModelProposer, NgramProposer, Proposal, Proposer};
+pub use rules::{Cascade, Rule};
 pub use schedule::{Controller, DraftLen, PassCosts, MAX_DRAFT_LEN};
 pub use verify::{verify, DraftProbs, NextKind, Verdict};
 
 use crate::error::{EngineError, Result};
 use crate::generate::{plan_capacity, GenerateConfig, GenerateStats, Generation, StopReason};
+use crate::kv_cache::KvCache;
 use crate::model::{Logits, Model};
-use crate::sampler::{Distribution, Sampler};
+use crate::sampler::{Distribution, Sampler, SamplingParams};
 
 /// How a speculative request drafts. Each round asks prompt lookup first (free when it finds a
 /// match), then the draft model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SpecConfig {
     pub draft_len: DraftLen,
     /// Draft with the engine's draft model.
     pub draft_model: bool,
     /// Prompt lookup: n-gram matches against the prompt and the text so far.
     pub lookup: Option<NgramProposer>,
+    /// A deferral rule (cascade); `None` is exact.
+    pub cascade: Option<Cascade>,
+    /// The draft model first writes the whole answer, which the target scores in one pass.
+    pub answer: bool,
 }
 
 impl Default for SpecConfig {
@@ -44,6 +57,8 @@ impl Default for SpecConfig {
             draft_len: DraftLen::default(),
             draft_model: true,
             lookup: Some(NgramProposer::default()),
+            cascade: None,
+            answer: false,
         }
     }
 }
@@ -58,6 +73,15 @@ impl SpecConfig {
             return Err(EngineError::InvalidParam {
                 name,
                 reason: format!("{k} must be between 1 and {MAX_DRAFT_LEN}"),
+            });
+        }
+        if let Some(c) = self.cascade {
+            c.validate()?;
+        }
+        if self.answer && !self.draft_model {
+            return Err(EngineError::InvalidParam {
+                name: "mode",
+                reason: "answer mode needs a draft model to write the answer".into(),
             });
         }
         if !self.draft_model && self.lookup.is_none() {
@@ -132,10 +156,35 @@ pub(crate) fn run(
             stats,
         });
     }
-    let valid = target.valid_mask();
+    let judge = Judge {
+        target,
+        cascade: spec.cascade.filter(|c| !c.is_exact()),
+        sampling: cfg.sampling,
+    };
+    let mut n = Counters {
+        drafted_at: vec![0; kmax],
+        accepted_at: vec![0; kmax],
+        rounds_by_len: vec![0; kmax + 1],
+    };
+    let mut context = prompt.to_vec();
     let t0 = Instant::now();
-    let logits = target.forward(prompt, &mut cache, Logits::Last)?;
-    let first = sampler.sample(&logits, valid).token;
+    let mut new = if spec.answer {
+        answer_round(
+            target,
+            proposers,
+            &mut cache,
+            &context,
+            cfg,
+            &judge,
+            verify_fn,
+            &mut sampler,
+            &mut stats,
+        )?
+    } else {
+        let logits = target.forward(prompt, &mut cache, Logits::Last)?;
+        stats.target_tokens += prompt.len();
+        vec![sampler.sample(&logits, target.valid_mask()).token]
+    };
     stats.prefill_s = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
@@ -144,13 +193,6 @@ pub(crate) fn run(
         .map(|p| Controller::new(spec.draft_len, p.costly()))
         .collect();
     let mut costs = PassCosts::new(kmax + 1);
-    let mut n = Counters {
-        drafted_at: vec![0; kmax],
-        accepted_at: vec![0; kmax],
-        rounds_by_len: vec![0; kmax + 1],
-    };
-    let mut context = prompt.to_vec();
-    let mut new = vec![first];
     let stop = 'rounds: loop {
         for &t in &new {
             tokens.push(t);
@@ -165,6 +207,8 @@ pub(crate) fn run(
                 break 'rounds StopReason::MaxTokens;
             }
         }
+        // The invariant of the loop: the target holds every token but the newest.
+        debug_assert_eq!(cache.len() + 1, context.len());
         if cache.len() >= cache.capacity() {
             break StopReason::ContextFull;
         }
@@ -181,6 +225,7 @@ pub(crate) fn run(
                 continue;
             }
             proposal = p.propose(&context, k, &mut sampler)?;
+            stats.draft_tokens += proposal.computed;
             if !proposal.is_empty() {
                 used = Some(i);
                 break;
@@ -190,16 +235,13 @@ pub(crate) fn run(
 
         let tv = Instant::now();
         let base = cache.len();
-        let pending = *context.last().expect("a token was emitted");
+        let pending = *context.last().expect("the context holds the prompt");
         let mut input = Vec::with_capacity(proposal.len() + 1);
         input.push(pending);
         input.extend_from_slice(&proposal.tokens);
         let logits = target.forward(&input, &mut cache, Logits::All)?;
-        let vocab = target.vocab_size();
-        let p: Vec<Distribution> = logits
-            .chunks_exact(vocab)
-            .map(|row| Distribution::from_logits(row, &cfg.sampling, valid))
-            .collect();
+        stats.target_tokens += input.len();
+        let p = judge.targets(&logits, &proposal, &mut stats);
         let verdict = verify_fn(&p, &proposal.probs, &proposal.tokens, sampler.rng());
         cache.rollback_to(base + 1 + verdict.accepted)?;
         let verify_s = tv.elapsed().as_secs_f64();
@@ -225,12 +267,108 @@ pub(crate) fn run(
     };
     stats.decode_s = t1.elapsed().as_secs_f64();
     stats.generated_tokens = tokens.len();
+    stats.target_s = stats.prefill_s + stats.verify_s - stats.answer_draft_s;
+    stats.draft_s += stats.answer_draft_s;
     finish_stats(&mut stats, &n);
     Ok(Generation {
         tokens,
         stop,
         stats,
     })
+}
+
+/// Answer mode's first round: the draft model writes the whole answer, the target scores the
+/// prompt and the answer in one forward pass, and the verifier keeps the answer up to the first
+/// token the rule rejects. Returns the tokens to emit (the kept answer and the target's token).
+#[allow(clippy::too_many_arguments)]
+fn answer_round(
+    target: &Model,
+    proposers: &mut [&mut dyn Proposer],
+    cache: &mut KvCache,
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    judge: &Judge,
+    verify_fn: VerifyFn,
+    sampler: &mut Sampler,
+    stats: &mut GenerateStats,
+) -> Result<Vec<u32>> {
+    let writer = proposers
+        .iter_mut()
+        .find(|p| p.costly())
+        .ok_or(EngineError::NoDraft)?;
+    let td = Instant::now();
+    let room = (cache.capacity() - prompt.len()).min(cfg.max_tokens);
+    let answer = writer.propose(prompt, room, sampler)?;
+    stats.draft_tokens += answer.computed;
+    stats.answer_draft_s = td.elapsed().as_secs_f64();
+    // Rows from the prompt's last position on: the target's distribution for every answer token
+    // and the one after it.
+    let mut input = prompt.to_vec();
+    input.extend_from_slice(&answer.tokens);
+    let logits = target.forward(&input, cache, Logits::From(prompt.len() - 1))?;
+    stats.target_tokens += input.len();
+    let p = judge.targets(&logits, &answer, stats);
+    let verdict = verify_fn(&p, &answer.probs, &answer.tokens, sampler.rng());
+    cache.rollback_to(prompt.len() + verdict.accepted)?;
+    stats.answer_drafted = answer.len();
+    stats.answer_kept = verdict.accepted;
+    stats.drafted += answer.len();
+    stats.accepted += verdict.accepted;
+    let mut out = answer.tokens[..verdict.accepted].to_vec();
+    // A whole answer that ran to the token limit needs no token after it.
+    if verdict.accepted < answer.len() || answer.len() < cfg.max_tokens {
+        out.push(verdict.next);
+    }
+    Ok(out)
+}
+
+/// Builds the distributions the verifier accepts against: the target's p, or the cascade rule's
+/// π where the rule can judge (a proposal with the draft's distributions).
+struct Judge<'m> {
+    target: &'m Model,
+    cascade: Option<Cascade>,
+    sampling: SamplingParams,
+}
+
+impl Judge<'_> {
+    /// One distribution per row of `logits` (drafted positions, then the bonus position).
+    fn targets(
+        &self,
+        logits: &[f32],
+        proposal: &Proposal,
+        stats: &mut GenerateStats,
+    ) -> Vec<Distribution> {
+        let valid = self.target.valid_mask();
+        let rows = logits.chunks_exact(self.target.vocab_size());
+        let mut p: Vec<Distribution> = rows
+            .clone()
+            .map(|row| Distribution::from_logits(row, &self.sampling, valid))
+            .collect();
+        let Some(rule) = self.cascade else {
+            return p;
+        };
+        let greedy = self.sampling.is_greedy();
+        for (i, (row, q)) in rows.zip(&proposal.judge).enumerate() {
+            let token = proposal.tokens[i];
+            if greedy {
+                // Judge on the untempered distributions; where the rule keeps the draft's
+                // token, π is a point mass on it (else p, the target's argmax).
+                let pu = Distribution::from_logits(row, &SamplingParams::untempered(), valid);
+                if rule.keeps(&pu, q, token) {
+                    stats.kept_by_rule += 1;
+                    let mut point = vec![0f32; p[i].probs.len()];
+                    if let Some(x) = point.get_mut(token as usize) {
+                        *x = 1.0;
+                    }
+                    p[i] = Distribution { probs: point };
+                }
+            } else {
+                stats.kept_by_rule += rule.keeps(&p[i], q, token) as usize;
+                p[i] = rule.target(&p[i], q);
+            }
+        }
+        p
+    }
 }
 
 fn finish_stats(s: &mut GenerateStats, n: &Counters) {

@@ -4,7 +4,7 @@
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::model::{Logits, Model};
-use crate::sampler::Sampler;
+use crate::sampler::{Distribution, Sampler, SamplingParams};
 
 use super::verify::DraftProbs;
 
@@ -16,6 +16,12 @@ pub struct Proposal {
     /// Context tokens the proposer had to process before drafting (the prompt on the first
     /// round, the last emitted token or two afterwards; 0 for lookup).
     pub catch_up: usize,
+    /// Tokens run through a draft model's forward passes for this proposal.
+    pub computed: usize,
+    /// For cascade rules: the draft's distribution at each drafted position as the rules judge
+    /// it (untempered when decoding is greedy, else the shaped one); empty when not asked for or
+    /// when the proposer has none (lookup).
+    pub judge: Vec<Distribution>,
 }
 
 impl Proposal {
@@ -54,6 +60,8 @@ pub struct ModelProposer<'m> {
     /// never drafted (q is then the distribution the token was really drawn from).
     valid: Vec<bool>,
     stop_at_eog: bool,
+    /// Keep the judging distributions (cascade rules need them).
+    judging: bool,
 }
 
 impl<'m> ModelProposer<'m> {
@@ -69,7 +77,14 @@ impl<'m> ModelProposer<'m> {
             fed: Vec::new(),
             valid,
             stop_at_eog,
+            judging: false,
         }
+    }
+
+    /// Also return the draft's distributions as cascade rules judge them.
+    pub fn with_judging(mut self, on: bool) -> Self {
+        self.judging = on;
+        self
     }
 
     /// Tokens in the draft's cache.
@@ -97,12 +112,20 @@ impl Proposer for ModelProposer<'_> {
         }
         let k = k.min(room - catch_up + 1);
         out.catch_up = catch_up;
+        out.computed = catch_up;
         let mut logits = self
             .model
             .forward(&context[keep..], &mut self.cache, Logits::Last)?;
         self.fed.extend_from_slice(&context[keep..]);
         loop {
             let s = sampler.sample(&logits, &self.valid);
+            if self.judging {
+                out.judge.push(if sampler.params.is_greedy() {
+                    Distribution::from_logits(&logits, &SamplingParams::untempered(), &self.valid)
+                } else {
+                    s.dist.clone()
+                });
+            }
             let probs = if sampler.params.is_greedy() {
                 DraftProbs::Point
             } else {
@@ -118,6 +141,7 @@ impl Proposer for ModelProposer<'_> {
                 .model
                 .forward(&[s.token], &mut self.cache, Logits::Last)?;
             self.fed.push(s.token);
+            out.computed += 1;
         }
         Ok(out)
     }
@@ -166,7 +190,7 @@ impl Proposer for NgramProposer {
         Ok(Proposal {
             tokens,
             probs,
-            catch_up: 0,
+            ..Default::default()
         })
     }
 

@@ -367,3 +367,172 @@ fn chi2_helpers_accept_a_fair_sample() {
         chi2_critical(49.0)
     );
 }
+
+fn cascade_spec(rule: Rule, alpha: f32, answer: bool) -> SpecConfig {
+    SpecConfig {
+        draft_len: DraftLen::Fixed(4),
+        cascade: Some(Cascade { rule, alpha }),
+        answer,
+        ..Default::default()
+    }
+}
+
+fn run_with_draft(
+    p: &Pair,
+    draft: &Model,
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    s: &SpecConfig,
+) -> Generation {
+    let mut d = ModelProposer::new(draft, &p.target, 256, cfg.stop_at_eog).with_judging(true);
+    generate_speculative(&p.target, &mut [&mut d], prompt, cfg, s, |_| true).unwrap()
+}
+
+#[test]
+fn alpha_zero_is_exact_for_every_rule_greedy_and_sampled() {
+    let p = pair(DType::Q8_0, false);
+    for (i, text) in PROMPTS.iter().enumerate().take(3) {
+        let prompt = p.target.tokenizer.encode(text, true).unwrap();
+        for sampling in [
+            SamplingParams::greedy(),
+            SamplingParams {
+                temperature: 0.8,
+                top_p: 0.9,
+                seed: 3,
+                ..SamplingParams::greedy()
+            },
+        ] {
+            let cfg = GenerateConfig {
+                max_tokens: 30,
+                sampling,
+                stop_at_eog: false,
+            };
+            let exact = run_with_draft(&p, &p.draft, &prompt, &cfg, &spec(DraftLen::Fixed(4)));
+            for rule in Rule::ALL {
+                let g =
+                    run_with_draft(&p, &p.draft, &prompt, &cfg, &cascade_spec(rule, 0.0, false));
+                assert_eq!(g.tokens, exact.tokens, "prompt {i}, {rule:?}, {sampling:?}");
+                assert_eq!(g.stats.kept_by_rule, 0);
+            }
+        }
+    }
+}
+
+/// The target's untempered distribution after each prefix of `out` (teacher-forced).
+fn along(model: &Model, prompt: &[u32], out: &[u32]) -> Vec<Distribution> {
+    let mut cache = model.new_cache(prompt.len() + out.len() + 1);
+    let mut input = prompt.to_vec();
+    input.extend_from_slice(out);
+    let logits = model
+        .forward(&input, &mut cache, Logits::From(prompt.len() - 1))
+        .unwrap();
+    logits
+        .chunks_exact(model.vocab_size())
+        .map(|row| {
+            Distribution::from_logits(row, &SamplingParams::untempered(), model.valid_mask())
+        })
+        .collect()
+}
+
+#[test]
+fn greedy_cascades_emit_the_target_argmax_or_what_the_rule_allows() {
+    let p = pair(DType::Q8_0, false);
+    let cfg = GenerateConfig {
+        max_tokens: 40,
+        stop_at_eog: false,
+        ..Default::default()
+    };
+    for text in PROMPTS.iter().take(4) {
+        let prompt = p.target.tokenizer.encode(text, true).unwrap();
+        let exact = run_with_draft(&p, &p.draft, &prompt, &cfg, &spec(DraftLen::Fixed(4)));
+        for alpha in [0.3f32, 0.6, 0.9] {
+            // Token rule: every token is the target's argmax or within (1 − α) of its max.
+            let g = run_with_draft(
+                &p,
+                &p.draft,
+                &prompt,
+                &cfg,
+                &cascade_spec(Rule::Token, alpha, false),
+            );
+            let pt = along(&p.target, &prompt, &g.tokens);
+            for (j, &t) in g.tokens.iter().enumerate() {
+                let d = &pt[j];
+                let max = d.probs.iter().copied().fold(0.0, f32::max);
+                assert!(
+                    t == d.argmax() || d.prob(t) >= (1.0 - alpha) * max,
+                    "token rule α {alpha}: position {j} token {t} has p {} of max {max}",
+                    d.prob(t)
+                );
+            }
+            // Chow: every token is the target's argmax or the draft's where the draft was sure.
+            let g = run_with_draft(
+                &p,
+                &p.draft,
+                &prompt,
+                &cfg,
+                &cascade_spec(Rule::Chow, alpha, false),
+            );
+            let pt = along(&p.target, &prompt, &g.tokens);
+            let qd = along(&p.draft, &prompt, &g.tokens);
+            for (j, &t) in g.tokens.iter().enumerate() {
+                let max_q = qd[j].probs.iter().copied().fold(0.0, f32::max);
+                assert!(
+                    t == pt[j].argmax() || (t == qd[j].argmax() && max_q >= 1.0 - alpha),
+                    "chow α {alpha}: position {j}"
+                );
+            }
+        }
+        // The most lenient setting keeps every drafted token: fewer target passes than exact.
+        let g = run_with_draft(
+            &p,
+            &p.draft,
+            &prompt,
+            &cfg,
+            &cascade_spec(Rule::Chow, 1.0, false),
+        );
+        assert_eq!(g.stats.accepted, g.stats.drafted);
+        assert!(g.stats.kept_by_rule > 0);
+        assert!(g.stats.target_passes <= exact.stats.target_passes);
+    }
+}
+
+#[test]
+fn answer_mode_is_exact_without_a_rule_and_passes_whole_from_the_target_itself() {
+    let p = pair(DType::Q8_0, false);
+    for (i, text) in PROMPTS.iter().enumerate() {
+        let prompt = p.target.tokenizer.encode(text, true).unwrap();
+        let cfg = GenerateConfig {
+            max_tokens: 30,
+            stop_at_eog: i % 2 == 0,
+            ..Default::default()
+        };
+        let plain = generate(&p.target, &prompt, &cfg, |_| true).unwrap();
+        let answer = SpecConfig {
+            answer: true,
+            ..spec(DraftLen::Auto { max: 8 })
+        };
+        let g = run_with_draft(&p, &p.draft, &prompt, &cfg, &answer);
+        assert_eq!(g.tokens, plain.tokens, "prompt {i}");
+        assert!(g.stats.answer_drafted > 0);
+        assert!(g.stats.answer_kept <= g.stats.answer_drafted);
+        // The target as its own draft: the answer passes whole.
+        let g = run_with_draft(&p, &p.target, &prompt, &cfg, &answer);
+        assert_eq!(g.tokens, plain.tokens, "prompt {i}, self");
+        assert_eq!(g.stats.answer_kept, g.stats.answer_drafted);
+        assert_eq!(g.stats.answer_drafted, plain.tokens.len());
+        assert_eq!(
+            g.stats.target_passes, 0,
+            "one scoring pass, no rounds after it"
+        );
+        // A lenient rule keeps the draft's whole answer.
+        let lenient = SpecConfig {
+            cascade: Some(Cascade {
+                rule: Rule::Chow,
+                alpha: 1.0,
+            }),
+            ..answer
+        };
+        let g = run_with_draft(&p, &p.draft, &prompt, &cfg, &lenient);
+        assert_eq!(g.stats.answer_kept, g.stats.answer_drafted);
+    }
+}
