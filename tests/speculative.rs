@@ -182,4 +182,93 @@ fn bad_speculative_flags_are_clear_errors() {
         &gen(&["--draft", "/nonexistent/draft.gguf"]),
         "model file not found: /nonexistent/draft.gguf",
     );
+    // Cascades.
+    let cascade = ["--draft", ds.as_str(), "--mode", "cascade"];
+    assert_clean_error(
+        &gen(&[&cascade[..], &["--rule", "chow", "--alpha", "1.5"]].concat()),
+        "--alpha 1.5: must be in [0, 1]",
+    );
+    assert_clean_error(
+        &gen(&[&cascade[..], &["--rule", "chow", "--alpha=-0.1"]].concat()),
+        "must be in [0, 1]",
+    );
+    assert_clean_error(
+        &gen(&[&cascade[..], &["--rule", "diff"]].concat()),
+        "--rule needs --alpha",
+    );
+    assert_clean_error(&gen(&cascade), "--mode cascade needs --rule");
+    assert_usage_error(
+        &gen(&[&cascade[..], &["--rule", "best", "--alpha", "0.1"]].concat()),
+        "invalid value 'best'",
+    );
+    assert_clean_error(
+        &gen(&[
+            "--draft", "ngram", "--mode", "cascade", "--rule", "opt", "--alpha", "0.2",
+        ]),
+        "--mode cascade needs a draft model",
+    );
+    assert_clean_error(
+        &gen(&["--draft", &ds, "--rule", "opt", "--alpha", "0.2"]),
+        "--rule and --alpha go with --mode cascade or answer, not exact",
+    );
+    assert_clean_error(
+        &gen(&["--mode", "answer"]),
+        "--mode answer needs a draft model",
+    );
+}
+
+#[test]
+fn cascade_at_alpha_zero_and_answer_mode_reproduce_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, d) = pair(dir.path());
+    let ds = d.display().to_string();
+    let plain = gen_json(&t, &["--mode", "target"]);
+    for extra in [
+        vec!["--mode", "cascade", "--rule", "opt", "--alpha", "0"],
+        vec!["--mode", "answer"],
+        vec!["--mode", "answer", "--rule", "token", "--alpha", "0"],
+    ] {
+        let out = gen_json(&t, &[&["--draft", ds.as_str()][..], &extra].concat());
+        assert_eq!(out["tokens"], plain["tokens"], "{extra:?}");
+        assert_eq!(out["mode"], extra[1]);
+        let s = &out["stats"];
+        for key in [
+            "target_tokens",
+            "draft_tokens",
+            "target_s",
+            "draft_s",
+            "kept_by_rule",
+        ] {
+            assert!(!s[key].is_null(), "stats.{key} missing: {s}");
+        }
+        if extra[1] == "answer" {
+            assert!(s["answer_drafted"].as_u64().unwrap() > 0, "{s}");
+        }
+    }
+    // A lenient cascade keeps every token the draft model proposes (lookup proposals, which
+    // have no draft distribution to judge, are verified exactly, so lookup is off here).
+    let lenient = gen_json(
+        &t,
+        &[
+            "--no-lookup",
+            "--draft",
+            &ds,
+            "--mode",
+            "cascade",
+            "--rule",
+            "chow",
+            "--alpha",
+            "1",
+            "--draft-len",
+            "4",
+        ],
+    );
+    let s = &lenient["stats"];
+    assert!(s["kept_by_rule"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["accepted"], s["drafted"]);
+    // Draft-only decoding is charged to the draft.
+    let draft = gen_json(&t, &["--draft", &ds, "--mode", "draft"]);
+    let s = &draft["stats"];
+    assert_eq!(s["target_tokens"], 0);
+    assert!(s["draft_tokens"].as_u64().unwrap() > 0, "{s}");
 }
