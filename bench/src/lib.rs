@@ -1,11 +1,16 @@
 //! cascade-bench: the workload runner behind `cascade bench` (forward passes, the machine's
-//! floors) and the criterion micro-benchmarks of the kernels (`cargo bench -p cascade-bench`).
+//! floors), `cascade calibrate` (quality against cost over an evaluation set) and the criterion
+//! micro-benchmarks of the kernels (`cargo bench -p cascade-bench`).
 
 use cascade_kernels::quant::random_data;
 use cascade_weights::DType;
 
+pub mod calibrate;
+pub mod error;
 pub mod forward;
 pub mod hardware;
+
+pub use error::BenchError;
 
 /// Random weights `[rows, cols]` of `dtype` and `n` activation rows, reproducible from `seed`.
 pub fn matmul_case(

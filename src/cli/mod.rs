@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use cascade_engine::Precision;
 
 mod bench;
+mod calibrate;
 mod demo;
 mod generate;
 mod inspect;
@@ -22,6 +23,8 @@ pub enum CliError {
     Engine(#[from] cascade_engine::EngineError),
     #[error(transparent)]
     Weights(#[from] cascade_weights::WeightsError),
+    #[error(transparent)]
+    Bench(#[from] cascade_bench::BenchError),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -61,6 +64,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks: forward-pass timings and the machine's floors.
     Bench(bench::BenchArgs),
+    /// Quality against cost over an evaluation set: target, draft, exact and cascade rules × α.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -72,6 +77,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(a) => inspect::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
     }
 }
 
