@@ -45,7 +45,7 @@ pub struct SpecBenchArgs {
     /// Do not try prompt lookup before the draft model.
     #[arg(long)]
     pub no_lookup: bool,
-    /// Print one JSON object per setting.
+    /// Print one JSON object per setting, each as soon as it finishes.
     #[arg(long)]
     pub json: bool,
 }
@@ -238,6 +238,9 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
         bar.finish_and_clear();
         reference.get_or_insert_with(|| plain.clone());
         base.finish();
+        if a.json {
+            print_json(&serde_json::to_value(&base).map_err(std::io::Error::other)?)?;
+        }
         all.push(base);
         for &len in &lens {
             let spec = SpecConfig {
@@ -273,14 +276,14 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
             }
             bar.finish_and_clear();
             t.finish();
+            if a.json {
+                print_json(&serde_json::to_value(&t).map_err(std::io::Error::other)?)?;
+            }
             all.push(t);
         }
     }
-    if a.json {
-        for t in &all {
-            print_json(&serde_json::to_value(t).map_err(std::io::Error::other)?)?;
-        }
-    } else {
+    // With --json each setting's line was printed as soon as it finished.
+    if !a.json {
         println!(
             "{:>6} {:>14} {:>7} {:>10} {:>9} {:>9} {:>8} {:>10} {:>8}  per-position acceptance / rounds by draft length",
             "mode", "draft_len", "threads", "identical", "tok/s", "median", "vs_tgt", "passes/tok", "accept"
