@@ -54,6 +54,9 @@ pub struct CalibrateArgs {
     /// Where to write the frontier plot.
     #[arg(long, default_value = "calibrate.svg")]
     pub svg: PathBuf,
+    /// Also run answer mode (the draft writes the answer, the target scores it in one pass).
+    #[arg(long)]
+    pub answer: bool,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -83,7 +86,10 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
         ..Default::default()
     })?;
     let rules: Vec<Rule> = a.rules.iter().map(|&r| r.into()).collect();
-    let settings = Setting::sweep(&rules, &a.alphas);
+    let mut settings = Setting::sweep(&rules, &a.alphas);
+    if a.answer {
+        settings.insert(3, Setting::Answer);
+    }
     let cfg = CalibrateConfig {
         generate: GenerateConfig {
             max_tokens: a.max_tokens,
@@ -166,6 +172,12 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
             r.target_passes_per_token,
             r.cost,
             if front.contains(&i) { "*" } else { "" }
+        );
+    }
+    if let Some(r) = results.iter().find(|r| r.setting == "answer") {
+        println!(
+            "answer mode: {}/{} answers passed whole, {}/{} drafted answer tokens kept",
+            r.answers_whole, r.items, r.answer_kept, r.answer_drafted
         );
     }
     match pick {

@@ -27,6 +27,8 @@ pub enum Setting {
     Draft,
     Exact,
     Cascade(Cascade),
+    /// Answer mode, continuing exactly.
+    Answer,
 }
 
 impl Setting {
@@ -36,6 +38,7 @@ impl Setting {
             Setting::Draft => "draft".into(),
             Setting::Exact => "exact".into(),
             Setting::Cascade(c) => format!("{} α={}", c.rule.name(), c.alpha),
+            Setting::Answer => "answer".into(),
         }
     }
 
@@ -49,6 +52,11 @@ impl Setting {
             }),
             Setting::Cascade(c) => Mode::Speculative(SpecConfig {
                 cascade: Some(c),
+                ..spec
+            }),
+            Setting::Answer => Mode::Speculative(SpecConfig {
+                cascade: None,
+                answer: true,
                 ..spec
             }),
         }
@@ -92,6 +100,10 @@ pub struct SettingResult {
     pub cost: f64,
     /// Per item: passed or not, in the evaluation file's order.
     pub outcomes: Vec<bool>,
+    /// Answer mode: answers the target kept whole, and drafted / kept answer tokens.
+    pub answers_whole: usize,
+    pub answer_drafted: usize,
+    pub answer_kept: usize,
 }
 
 /// How calibrate decodes and scores.
@@ -148,6 +160,11 @@ pub fn run(
             r.draft_tokens += s.draft_tokens;
             r.target_s += s.target_s;
             r.draft_s += s.draft_s;
+            if *setting == Setting::Answer {
+                r.answer_drafted += s.answer_drafted;
+                r.answer_kept += s.answer_kept;
+                r.answers_whole += (s.answer_kept == s.answer_drafted) as usize;
+            }
             let outcome = item.score(&c.text, cfg.timeout);
             r.passed += (outcome == Outcome::Pass) as usize;
             r.timeouts += (outcome == Outcome::Timeout) as usize;
