@@ -183,7 +183,7 @@ fn bad_flags_are_reported() {
     );
     assert_clean_error(
         &run_gen(&m, &["--prompt", "x", "--mode", "draft"]),
-        "--mode draft needs --draft",
+        "--mode draft needs a draft model (--draft PATH)",
     );
     assert_clean_error(
         &run_gen(&m, &["--prompt-file", "/nonexistent/prompt.txt"]),
