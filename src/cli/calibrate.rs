@@ -1,5 +1,6 @@
 //! `cascade calibrate`: quality against cost over an evaluation set.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -116,9 +117,21 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
     ) {
         bar.set_style(style);
     }
-    let results = calibrate::run(&engine, &items, &settings, &cfg, |name, _| {
+    // A bar on a terminal; in a log (CI, nohup) the bar draws nothing, so a line per setting.
+    let log_lines = !std::io::stderr().is_terminal();
+    let n_items = items.len();
+    let started = std::time::Instant::now();
+    let results = calibrate::run(&engine, &items, &settings, &cfg, |name, i| {
         bar.set_message(name.to_string());
         bar.inc(1);
+        if log_lines && i == n_items {
+            eprintln!(
+                "calibrate: {name} done ({}/{} runs, {:.0} s)",
+                bar.position(),
+                total,
+                started.elapsed().as_secs_f64()
+            );
+        }
     })?;
     bar.finish_and_clear();
 

@@ -8,7 +8,9 @@
 //!   integer dot product `isum[l]` (values `4l..4l+4`) goes to `accf0` (even blocks) or `accf1`
 //!   (odd blocks) as `fma(isum[l], s_i, acc[l])`; `accm[i] = fma(m_i, dsum_a,i, accm[i])` for
 //!   the block's minimum. Output: `hsum8(accf0 + accf1) + hsum8(accm)`.
-//! - K-quant super-blocks: `isum[l]` sums the 32-value groups' products times their integer
+//! - Q4_K and Q6_K: see [`row_q4k`] and [`row_q6k`] (exact integer sums per super-block, then
+//!   a few f32 operations per super-block).
+//! - Q5_K super-blocks: `isum[l]` sums the 32-value groups' products times their integer
 //!   scales; `accf = fma(isum, d * d_a, accf)`; the minimum (Q4_K, Q5_K) or offset (Q6_K) term
 //!   per lane `mprod[l]` (two 16-value sums times their integer factors) goes to
 //!   `accm = fma(mprod, -(dmin * d_a), accm)` (Q6_K: `-(d * d_a) * 32`).
@@ -159,21 +161,52 @@ fn row_q45k(five: bool, row: &[u8], a: &Q8Acts, t: usize) -> f32 {
     hsum8(&accf) + hsum8(&accm)
 }
 
-/// Q6_K super-blocks: 16 groups of 16 with signed 8-bit scales, values offset by 32.
-fn row_q6k(row: &[u8], a: &Q8Acts, t: usize) -> f32 {
+/// Q4_K super-blocks, the arithmetic of the 8-row SIMD kernel: per super-block the exact integer
+/// sums `isum = Σ_j sc_j Σ q·a` and `msum = Σ_j m_j Σ a`, then
+/// `acc += ((isum · d) − (msum · dmin)) · d_a` in f32, one rounding per operation. A row's
+/// result depends only on its own blocks and its token's activations, never on lanes.
+pub(crate) fn row_q4k(row: &[u8], a: &Q8Acts, t: usize) -> f32 {
     let (aq, ad, s16) = (a.row(t), a.scales(t), a.sums16(t));
-    let mut accf = [0f32; 8];
-    let mut accm = [0f32; 8];
-    let mut q = [0i32; 32];
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(144).enumerate() {
+        let (d, dmin) = (f16_at(blk, 0), f16_at(blk, 2));
+        let (scales, qs) = (&blk[4..16], &blk[16..144]);
+        let (mut isum, mut msum) = (0i32, 0i32);
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, scales);
+            let bytes = &qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let base = 256 * b + 32 * j;
+            let mut s = 0i32;
+            for (l, &byte) in bytes.iter().enumerate() {
+                let q = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+                s += q as i32 * aq[base + l] as i32;
+            }
+            isum += sc as i32 * s;
+            msum += m as i32 * (s16[16 * b + 2 * j] as i32 + s16[16 * b + 2 * j + 1] as i32);
+        }
+        let z = isum as f32 * d - msum as f32 * dmin;
+        acc += z * ad[b];
+    }
+    acc
+}
+
+/// Q6_K super-blocks (16 groups of 16 with signed 8-bit scales, values offset by 32), the
+/// arithmetic of the 8-row SIMD kernel: per super-block the exact integer
+/// `Σ_g sc_g Σ q·a − 32 Σ_g sc_g Σ a`, then `acc += (int · d) · d_a` in f32.
+pub(crate) fn row_q6k(row: &[u8], a: &Q8Acts, t: usize) -> f32 {
+    let (aq, ad, s16) = (a.row(t), a.scales(t), a.sums16(t));
+    let mut acc = 0f32;
     for (b, blk) in row.chunks_exact(210).enumerate() {
         let (ql_all, qh_all, sc) = (&blk[0..128], &blk[128..192], &blk[192..208]);
         let d = f16_at(blk, 208);
-        let mut isum = [0i32; 8];
+        let (mut isum, mut msum) = (0i32, 0i32);
         for g in 0..8 {
             // Group g holds values 32g..32g+32: half n = g / 4, quarter k = g % 4.
             let (n, k) = (g / 4, g % 4);
             let ql = &ql_all[64 * n..64 * n + 64];
             let qh = &qh_all[32 * n..32 * n + 32];
+            let base = 256 * b + 32 * g;
+            let mut part = [0i32; 2];
             for l in 0..32 {
                 let low = match k {
                     0 => ql[l] & 0x0f,
@@ -181,25 +214,19 @@ fn row_q6k(row: &[u8], a: &Q8Acts, t: usize) -> f32 {
                     2 => ql[l] >> 4,
                     _ => ql[l + 32] >> 4,
                 };
-                q[l] = (low | (((qh[l] >> (2 * k)) & 3) << 4)) as i32;
+                let q = (low | (((qh[l] >> (2 * k)) & 3) << 4)) as i32;
+                part[l / 16] += q * aq[base + l] as i32;
             }
-            // Lanes 0..4 cover the group's first 16 values (scale 2g), lanes 4..8 the second.
-            let base = 256 * b + 32 * g;
-            let mut part = [0i32; 8];
-            group(&mut part, &q, &aq[base..base + 32], 1);
-            for l in 0..8 {
-                isum[l] += sc[2 * g + l / 4] as i8 as i32 * part[l];
+            for h in 0..2 {
+                let s = sc[2 * g + h] as i8 as i32;
+                isum += s * part[h];
+                msum += s * s16[16 * b + 2 * g + h] as i32;
             }
         }
-        let mut mprod = [0i32; 8];
-        for (l, m) in mprod.iter_mut().enumerate() {
-            *m = sc[2 * l] as i8 as i32 * s16[16 * b + 2 * l] as i32
-                + sc[2 * l + 1] as i8 as i32 * s16[16 * b + 2 * l + 1] as i32;
-        }
-        fma_lanes(&mut accf, &isum, d * ad[b]);
-        fma_lanes(&mut accm, &mprod, -(d * ad[b]) * 32.0);
+        let z = (isum - 32 * msum) as f32 * d;
+        acc += z * ad[b];
     }
-    hsum8(&accf) + hsum8(&accm)
+    acc
 }
 
 /// Outputs of weight rows `r0..r1` for every token of `a`, into `out[(r - r0) * a.n + t]`.
@@ -208,7 +235,7 @@ pub(crate) fn rows(w: &WeightBlocks, a: &Q8Acts, r0: usize, r1: usize, out: &mut
         let row = w.row(r);
         for t in 0..a.n {
             out[(r - r0) * a.n + t] = match w.kind {
-                Kernel::Q4K => row_q45k(false, row, a, t),
+                Kernel::Q4K => row_q4k(row, a, t),
                 Kernel::Q5K => row_q45k(true, row, a, t),
                 Kernel::Q6K => row_q6k(row, a, t),
                 k => row_b32(k, row, a, t),

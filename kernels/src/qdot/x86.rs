@@ -3,9 +3,15 @@
 //! (`vpmaddubsw` + `vpmaddwd`). Both compute exactly the integer sums and float operations of
 //! the portable twin (`portable.rs`), so all three agree bitwise.
 //!
-//! Loop order: for each weight row, for each tile of up to `TILE` tokens, for each block:
-//! unpack the block once into registers, then dot it with every token of the tile. A row is
-//! read from memory once per call and reused from L1 by later tiles.
+//! Loop order (32-value types, Q5_K): for each weight row, for each tile of up to `TILE` tokens,
+//! for each block: unpack the block once into registers, then dot it with every token of the
+//! tile. A row is read from memory once per call and reused from L1 by later tiles.
+//!
+//! Q4_K and Q6_K (the bulk of a `Q4_K_M` file) take eight rows at a time, one row per 32-bit
+//! lane: the super-block's quants are transposed in registers once per tile, after which one
+//! `vpdpbusd` does 32 multiply-adds and the group scales cost one `vpmulld` per group and token
+//! instead of one multiply per pair of bytes. Rows past the last whole eight use the portable
+//! twin, which has the same arithmetic.
 
 use std::arch::x86_64::*;
 
@@ -310,20 +316,19 @@ static PAIR8: [[u8; 16]; 8] = {
     t
 };
 
-/// One K-quant super-block unpacked: eight groups of 32 quants, each group's 16-bit scale
-/// vector, the 16-bit factors of the minimum (Q4_K, Q5_K) or offset (Q6_K) term per pair of
-/// 16-value sums, and the float factors: `accf += isum * d * d_a`,
-/// `accm += mprod * -(dm * d_a) * m_mul`.
+/// One Q5_K super-block unpacked: eight groups of 32 quants, each group's 16-bit scale vector,
+/// the 16-bit factors of the minimum term per pair of 16-value sums, and the float factors:
+/// `accf += isum * d * d_a`, `accm += mprod * -(dm * d_a)`. (Q4_K and Q6_K have the 8-row
+/// kernels below.)
 struct SuperBlock {
     q: [__m256i; 8],
     scv: [__m256i; 8],
     mfac: __m256i,
     d: f32,
     dm: f32,
-    m_mul: f32,
 }
 
-/// Q4_K (`FIVE = false`) and Q5_K super-blocks.
+/// Q4_K-style (`FIVE = false`) and Q5_K super-blocks.
 #[inline(always)]
 unsafe fn unpack_q45k<const FIVE: bool>(blk: *const u8) -> SuperBlock {
     let low = _mm256_set1_epi8(0x0f);
@@ -365,7 +370,6 @@ unsafe fn unpack_q45k<const FIVE: bool>(blk: *const u8) -> SuperBlock {
         mfac: mins16,
         d: f16_at(head, 0),
         dm: f16_at(head, 2),
-        m_mul: 1.0,
     }
 }
 
@@ -402,7 +406,66 @@ unsafe fn unpack_q6k(blk: *const u8) -> SuperBlock {
         mfac: _mm256_cvtepi8_epi16(sc8),
         d,
         dm: d,
-        m_mul: 32.0,
+    }
+}
+
+/// Sum of eight i32 lanes (exact).
+#[inline(always)]
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    let s4 = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+    _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 1)))
+}
+
+/// Q4_K (`SIX = false`) or Q6_K rows one at a time, for small batches where the 8-row
+/// kernel's transposes cost more than they save: the same exact integer sums per super-block
+/// and the same f32 operations as `portable::row_q4k` / `row_q6k` (and so as `rows8_*`).
+#[inline(always)]
+unsafe fn rows1_kquant<const VNNI: bool, const SIX: bool>(
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    let (n, cols) = (a.n, a.cols);
+    let nb = cols / 256;
+    let bb = if SIX { 210 } else { 144 };
+    let mut acc = [0f32; TILE];
+    for r in r0..r1 {
+        let row = w.row(r).as_ptr();
+        for t0 in (0..n).step_by(TILE) {
+            let nt = TILE.min(n - t0);
+            acc[..nt].fill(0.0);
+            for b in 0..nb {
+                let sb = if SIX {
+                    unpack_q6k(row.add(b * bb))
+                } else {
+                    unpack_q45k::<false>(row.add(b * bb))
+                };
+                for (t, acc) in acc[..nt].iter_mut().enumerate() {
+                    let tt = t0 + t;
+                    let ap = a.qs.as_ptr().add(tt * cols + 256 * b) as *const u8;
+                    let mut i0 = _mm256_setzero_si256();
+                    let mut i1 = _mm256_setzero_si256();
+                    for j in (0..8).step_by(2) {
+                        let (a0, a1) = (load(ap.add(32 * j)), load(ap.add(32 * j + 32)));
+                        i0 = dot4_scaled::<VNNI>(i0, sb.q[j], a0, sb.scv[j]);
+                        i1 = dot4_scaled::<VNNI>(i1, sb.q[j + 1], a1, sb.scv[j + 1]);
+                    }
+                    let isum = hsum_epi32(_mm256_add_epi32(i0, i1));
+                    let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b);
+                    let msum = hsum_epi32(_mm256_madd_epi16(sb.mfac, load(s16 as *const u8)));
+                    let z = if SIX {
+                        (isum - 32 * msum) as f32 * sb.d
+                    } else {
+                        isum as f32 * sb.d - msum as f32 * sb.dm
+                    };
+                    *acc += z * *a.d.get_unchecked(tt * nb + b);
+                }
+            }
+            out[(r - r0) * n + t0..(r - r0) * n + t0 + nt].copy_from_slice(&acc[..nt]);
+        }
     }
 }
 
@@ -444,7 +507,7 @@ unsafe fn rows_kquant<const VNNI: bool>(
                     let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b);
                     let mprod = _mm256_madd_epi16(sb.mfac, load(s16 as *const u8));
                     let da = *a.d.get_unchecked(tt * nb + b);
-                    let (fd, fm) = (sb.d * da, -(sb.dm * da) * sb.m_mul);
+                    let (fd, fm) = (sb.d * da, -(sb.dm * da));
                     accf[t] =
                         _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(fd), accf[t]);
                     accm[t] =
@@ -453,6 +516,303 @@ unsafe fn rows_kquant<const VNNI: bool>(
             }
             for t in 0..nt {
                 out[(r - r0) * n + t0 + t] = hsum8(accf[t]) + hsum8(accm[t]);
+            }
+        }
+    }
+}
+
+/// Tokens per pass of the 8-row K-quant kernels.
+const TILE8: usize = 16;
+/// Batches from this size on take the 8-row K-quant kernels (smaller ones are dominated by
+/// the transposes); both give bitwise the same results.
+const ROWS8_MIN_TOKENS: usize = 3;
+
+/// Eight 32-byte rows transposed as 8x8 dwords: lane `r` of output `k` is dword `k` of row `r`.
+#[inline(always)]
+unsafe fn transpose8(x: [__m256i; 8]) -> [__m256i; 8] {
+    let t0 = _mm256_unpacklo_epi32(x[0], x[1]);
+    let t1 = _mm256_unpackhi_epi32(x[0], x[1]);
+    let t2 = _mm256_unpacklo_epi32(x[2], x[3]);
+    let t3 = _mm256_unpackhi_epi32(x[2], x[3]);
+    let t4 = _mm256_unpacklo_epi32(x[4], x[5]);
+    let t5 = _mm256_unpackhi_epi32(x[4], x[5]);
+    let t6 = _mm256_unpacklo_epi32(x[6], x[7]);
+    let t7 = _mm256_unpackhi_epi32(x[6], x[7]);
+    let u0 = _mm256_unpacklo_epi64(t0, t2);
+    let u1 = _mm256_unpackhi_epi64(t0, t2);
+    let u2 = _mm256_unpacklo_epi64(t1, t3);
+    let u3 = _mm256_unpackhi_epi64(t1, t3);
+    let u4 = _mm256_unpacklo_epi64(t4, t6);
+    let u5 = _mm256_unpackhi_epi64(t4, t6);
+    let u6 = _mm256_unpacklo_epi64(t5, t7);
+    let u7 = _mm256_unpackhi_epi64(t5, t7);
+    [
+        _mm256_permute2x128_si256(u0, u4, 0x20),
+        _mm256_permute2x128_si256(u1, u5, 0x20),
+        _mm256_permute2x128_si256(u2, u6, 0x20),
+        _mm256_permute2x128_si256(u3, u7, 0x20),
+        _mm256_permute2x128_si256(u0, u4, 0x31),
+        _mm256_permute2x128_si256(u1, u5, 0x31),
+        _mm256_permute2x128_si256(u2, u6, 0x31),
+        _mm256_permute2x128_si256(u3, u7, 0x31),
+    ]
+}
+
+/// The four bytes at `p` in every 32-bit lane.
+#[inline(always)]
+unsafe fn bcast4(p: *const u8) -> __m256i {
+    _mm256_set1_epi32((p as *const i32).read_unaligned())
+}
+
+/// The 16 bytes at each of eight pointers as four vectors, lane `r` of output `i` holding
+/// bytes `4i..4i + 4` at `p[r]`.
+#[inline(always)]
+unsafe fn transpose_heads(p: &[*const u8; 8]) -> [__m256i; 4] {
+    let y: [__m256i; 4] = std::array::from_fn(|i| {
+        _mm256_set_m128i(
+            _mm_loadu_si128(p[i + 4] as *const __m128i),
+            _mm_loadu_si128(p[i] as *const __m128i),
+        )
+    });
+    let a0 = _mm256_unpacklo_epi32(y[0], y[1]);
+    let a1 = _mm256_unpackhi_epi32(y[0], y[1]);
+    let a2 = _mm256_unpacklo_epi32(y[2], y[3]);
+    let a3 = _mm256_unpackhi_epi32(y[2], y[3]);
+    [
+        _mm256_unpacklo_epi64(a0, a2),
+        _mm256_unpackhi_epi64(a0, a2),
+        _mm256_unpacklo_epi64(a1, a3),
+        _mm256_unpackhi_epi64(a1, a3),
+    ]
+}
+
+#[inline(always)]
+unsafe fn srl32(x: __m256i, n: usize) -> __m256i {
+    _mm256_srl_epi32(x, _mm_cvtsi32_si128(n as i32))
+}
+
+/// The f16 halves (`HIGH`: the upper ones) of eight 32-bit lanes as f32.
+#[inline(always)]
+unsafe fn halves_ps<const HIGH: bool>(x: __m256i) -> __m256 {
+    let pick = if HIGH {
+        _mm256_set_epi64x(-1, 0x0f0e_0b0a_0706_0302, -1, 0x0f0e_0b0a_0706_0302)
+    } else {
+        _mm256_set_epi64x(-1, 0x0d0c_0908_0504_0100, -1, 0x0d0c_0908_0504_0100)
+    };
+    let packed = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(x, pick), 0b1000);
+    _mm256_cvtph_ps(_mm256_castsi256_si128(packed))
+}
+
+/// Prefetches the `bytes` bytes at `p` (the next group of eight rows, a super-block column at
+/// a time: eight interleaved row streams defeat the hardware prefetcher that one sequential row
+/// at a time keeps busy). Prefetches never fault, so `p` may run past the matrix.
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, bytes: usize) {
+    let mut off = 0;
+    while off < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+        off += 64;
+    }
+}
+
+/// Q4_K, eight rows at a time (`r0..r0 + 8`), one row per 32-bit lane: each super-block's
+/// quants are transposed in registers so that one `vpdpbusd` does 32 multiply-adds for eight
+/// rows, and the group scales are applied once per group and token (`vpmulld`), not once per
+/// pair of bytes. The arithmetic is that of `portable::row_q4k`.
+#[inline(always)]
+unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, out: &mut [f32]) {
+    let (n, cols) = (a.n, a.cols);
+    let nb = cols / 256;
+    let low = _mm256_set1_epi8(0x0f);
+    let rows: [*const u8; 8] = std::array::from_fn(|i| w.row(r0 + i).as_ptr());
+    let mut accf = [_mm256_setzero_ps(); TILE8];
+    let mut isum = [_mm256_setzero_si256(); TILE8];
+    for t0 in (0..n).step_by(TILE8) {
+        let nt = TILE8.min(n - t0);
+        accf[..nt].fill(_mm256_setzero_ps());
+        for b in 0..nb {
+            let blk: [*const u8; 8] = std::array::from_fn(|i| rows[i].add(144 * b));
+            prefetch(rows[0].wrapping_add(8 * 144 * (nb + b)), 8 * 144);
+            // d | dmin, then the 12 bytes of packed scales and mins, lane r = row r.
+            let [dd, q0, q1, q2] = transpose_heads(&blk);
+            let (dv, dminv) = (halves_ps::<false>(dd), halves_ps::<true>(dd));
+            let m6 = _mm256_set1_epi32(63);
+            let m4 = _mm256_set1_epi32(0x0f);
+            let m2 = _mm256_set1_epi32(3);
+            let mut sc = [_mm256_setzero_si256(); 8];
+            let mut mm = [_mm256_setzero_si256(); 8];
+            for j in 0..4 {
+                // ggml's get_scale_min_k4: bytes j and j + 4 for j < 4; for j + 4, the low and
+                // high nibbles of byte j + 8 and the top two bits of bytes j and j + 4.
+                sc[j] = _mm256_and_si256(srl32(q0, 8 * j), m6);
+                let m = _mm256_and_si256(srl32(q1, 8 * j), m6);
+                mm[j] = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+                let top0 = _mm256_and_si256(srl32(q0, 8 * j + 6), m2);
+                let top1 = _mm256_and_si256(srl32(q1, 8 * j + 6), m2);
+                sc[j + 4] = _mm256_or_si256(
+                    _mm256_and_si256(srl32(q2, 8 * j), m4),
+                    _mm256_slli_epi32(top0, 4),
+                );
+                let m = _mm256_or_si256(
+                    _mm256_and_si256(srl32(q2, 8 * j + 4), m4),
+                    _mm256_slli_epi32(top1, 4),
+                );
+                mm[j + 4] = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+            }
+            isum[..nt].fill(_mm256_setzero_si256());
+            for jj in 0..4 {
+                let x: [__m256i; 8] = std::array::from_fn(|r| load(blk[r].add(16 + 32 * jj)));
+                let tq = transpose8(x);
+                let lo: [__m256i; 8] = std::array::from_fn(|k| _mm256_and_si256(tq[k], low));
+                let hi: [__m256i; 8] =
+                    std::array::from_fn(|k| _mm256_and_si256(_mm256_srli_epi16(tq[k], 4), low));
+                let (sc_lo, sc_hi) = (sc[2 * jj], sc[2 * jj + 1]);
+                for (t, acc) in isum[..nt].iter_mut().enumerate() {
+                    let ap = a.qs.as_ptr().add((t0 + t) * cols + 256 * b + 64 * jj) as *const u8;
+                    let mut p0 = _mm256_setzero_si256();
+                    let mut p1 = _mm256_setzero_si256();
+                    for k in 0..8 {
+                        p0 = dot4::<VNNI>(p0, lo[k], bcast4(ap.add(4 * k)));
+                        p1 = dot4::<VNNI>(p1, hi[k], bcast4(ap.add(32 + 4 * k)));
+                    }
+                    let s = _mm256_add_epi32(
+                        _mm256_mullo_epi32(p0, sc_lo),
+                        _mm256_mullo_epi32(p1, sc_hi),
+                    );
+                    *acc = _mm256_add_epi32(*acc, s);
+                }
+            }
+            for t in 0..nt {
+                let tt = t0 + t;
+                let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b) as *const u8;
+                let mut msum = _mm256_setzero_si256();
+                for (j, &mv) in mm.iter().enumerate() {
+                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mv, bcast4(s16.add(4 * j))));
+                }
+                let x = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[t]), dv);
+                let y = _mm256_mul_ps(_mm256_cvtepi32_ps(msum), dminv);
+                let da = _mm256_set1_ps(*a.d.get_unchecked(tt * nb + b));
+                accf[t] = _mm256_add_ps(accf[t], _mm256_mul_ps(_mm256_sub_ps(x, y), da));
+            }
+        }
+        for t in 0..nt {
+            let mut v = [0f32; 8];
+            _mm256_storeu_ps(v.as_mut_ptr(), accf[t]);
+            for (r, &x) in v.iter().enumerate() {
+                out[r * n + t0 + t] = x;
+            }
+        }
+    }
+}
+
+/// Q6_K, eight rows at a time, one row per 32-bit lane, as [`rows8_q4k`]: the arithmetic of
+/// `portable::row_q6k`.
+#[inline(always)]
+unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, out: &mut [f32]) {
+    let (n, cols) = (a.n, a.cols);
+    let nb = cols / 256;
+    let low = _mm256_set1_epi8(0x0f);
+    let three = _mm256_set1_epi8(3);
+    let rows: [*const u8; 8] = std::array::from_fn(|i| w.row(r0 + i).as_ptr());
+    let mut accf = [_mm256_setzero_ps(); TILE8];
+    let mut isum = [_mm256_setzero_si256(); TILE8];
+    for t0 in (0..n).step_by(TILE8) {
+        let nt = TILE8.min(n - t0);
+        accf[..nt].fill(_mm256_setzero_ps());
+        for b in 0..nb {
+            let blk: [*const u8; 8] = std::array::from_fn(|i| rows[i].add(210 * b));
+            prefetch(rows[0].wrapping_add(8 * 210 * (nb + b)), 8 * 210);
+            // Signed scales, lane r = row r; and as (sc_2i, sc_2i+1) 16-bit pairs for the
+            // offset term.
+            let heads: [*const u8; 8] = std::array::from_fn(|r| blk[r].add(192));
+            let sq = transpose_heads(&heads);
+            let mut sc = [_mm256_setzero_si256(); 16];
+            let mut sp = [_mm256_setzero_si256(); 8];
+            let lo16 = _mm256_set1_epi32(0xffff);
+            for (i, &q) in sq.iter().enumerate() {
+                for k in 0..4 {
+                    let up = _mm256_sll_epi32(q, _mm_cvtsi32_si128(24 - 8 * k as i32));
+                    sc[4 * i + k] = _mm256_sra_epi32(up, _mm_cvtsi32_si128(24));
+                }
+                let even = _mm256_srai_epi16(_mm256_slli_epi16(q, 8), 8);
+                let odd = _mm256_srai_epi16(q, 8);
+                sp[2 * i] =
+                    _mm256_or_si256(_mm256_and_si256(even, lo16), _mm256_slli_epi32(odd, 16));
+                sp[2 * i + 1] =
+                    _mm256_or_si256(_mm256_srli_epi32(even, 16), _mm256_andnot_si256(lo16, odd));
+            }
+            let v: [i16; 8] =
+                std::array::from_fn(|r| (blk[r].add(208) as *const i16).read_unaligned());
+            let dv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i));
+            isum[..nt].fill(_mm256_setzero_si256());
+            for half in 0..2 {
+                let l0 = transpose8(std::array::from_fn(|r| load(blk[r].add(64 * half))));
+                let l1 = transpose8(std::array::from_fn(|r| load(blk[r].add(64 * half + 32))));
+                let qh = transpose8(std::array::from_fn(|r| load(blk[r].add(128 + 32 * half))));
+                for k in 0..4 {
+                    let q: [__m256i; 8] = std::array::from_fn(|c| {
+                        let (lo, h) = match k {
+                            0 => (
+                                _mm256_and_si256(l0[c], low),
+                                _mm256_slli_epi16(_mm256_and_si256(qh[c], three), 4),
+                            ),
+                            1 => (
+                                _mm256_and_si256(l1[c], low),
+                                _mm256_slli_epi16(
+                                    _mm256_and_si256(_mm256_srli_epi16(qh[c], 2), three),
+                                    4,
+                                ),
+                            ),
+                            2 => (
+                                _mm256_and_si256(_mm256_srli_epi16(l0[c], 4), low),
+                                _mm256_and_si256(qh[c], _mm256_set1_epi8(0x30)),
+                            ),
+                            _ => (
+                                _mm256_and_si256(_mm256_srli_epi16(l1[c], 4), low),
+                                _mm256_and_si256(
+                                    _mm256_srli_epi16(qh[c], 2),
+                                    _mm256_set1_epi8(0x30),
+                                ),
+                            ),
+                        };
+                        _mm256_or_si256(lo, h)
+                    });
+                    let g = 4 * half + k;
+                    let (sc0, sc1) = (sc[2 * g], sc[2 * g + 1]);
+                    for (t, acc) in isum[..nt].iter_mut().enumerate() {
+                        let ap = a.qs.as_ptr().add((t0 + t) * cols + 256 * b + 32 * g) as *const u8;
+                        let mut p0 = _mm256_setzero_si256();
+                        let mut p1 = _mm256_setzero_si256();
+                        for c in 0..4 {
+                            p0 = dot4::<VNNI>(p0, q[c], bcast4(ap.add(4 * c)));
+                            p1 = dot4::<VNNI>(p1, q[c + 4], bcast4(ap.add(16 + 4 * c)));
+                        }
+                        let s = _mm256_add_epi32(
+                            _mm256_mullo_epi32(p0, sc0),
+                            _mm256_mullo_epi32(p1, sc1),
+                        );
+                        *acc = _mm256_add_epi32(*acc, s);
+                    }
+                }
+            }
+            for t in 0..nt {
+                let tt = t0 + t;
+                let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b) as *const u8;
+                let mut msum = _mm256_setzero_si256();
+                for (i, &mv) in sp.iter().enumerate() {
+                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mv, bcast4(s16.add(4 * i))));
+                }
+                let tot = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(msum, 5));
+                let z = _mm256_mul_ps(_mm256_cvtepi32_ps(tot), dv);
+                let da = _mm256_set1_ps(*a.d.get_unchecked(tt * nb + b));
+                accf[t] = _mm256_add_ps(accf[t], _mm256_mul_ps(z, da));
+            }
+        }
+        for t in 0..nt {
+            let mut v = [0f32; 8];
+            _mm256_storeu_ps(v.as_mut_ptr(), accf[t]);
+            for (r, &x) in v.iter().enumerate() {
+                out[r * n + t0 + t] = x;
             }
         }
     }
@@ -467,9 +827,33 @@ unsafe fn rows_any<const VNNI: bool>(
     out: &mut [f32],
 ) {
     match w.kind {
-        Kernel::Q4K => rows_kquant::<VNNI>(w, a, r0, r1, out, 144, |b| unpack_q45k::<false>(b)),
+        Kernel::Q4K | Kernel::Q6K if a.n < ROWS8_MIN_TOKENS => {
+            if w.kind == Kernel::Q4K {
+                rows1_kquant::<VNNI, false>(w, a, r0, r1, out)
+            } else {
+                rows1_kquant::<VNNI, true>(w, a, r0, r1, out)
+            }
+        }
+        Kernel::Q4K | Kernel::Q6K => {
+            // Whole groups of eight rows on the 8-row kernel, the rest one at a time.
+            let n = a.n;
+            let full = r0 + (r1 - r0) / 8 * 8;
+            for r in (r0..full).step_by(8) {
+                let o = &mut out[(r - r0) * n..(r - r0 + 8) * n];
+                if w.kind == Kernel::Q4K {
+                    rows8_q4k::<VNNI>(w, a, r, o);
+                } else {
+                    rows8_q6k::<VNNI>(w, a, r, o);
+                }
+            }
+            let tail = &mut out[(full - r0) * n..];
+            if w.kind == Kernel::Q4K {
+                rows1_kquant::<VNNI, false>(w, a, full, r1, tail)
+            } else {
+                rows1_kquant::<VNNI, true>(w, a, full, r1, tail)
+            }
+        }
         Kernel::Q5K => rows_kquant::<VNNI>(w, a, r0, r1, out, 176, |b| unpack_q45k::<true>(b)),
-        Kernel::Q6K => rows_kquant::<VNNI>(w, a, r0, r1, out, 210, |b| unpack_q6k(b)),
         k => rows_b32::<VNNI>(k, w, a, r0, r1, out),
     }
 }
