@@ -669,12 +669,15 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
                 let (sc_lo, sc_hi) = (sc[2 * jj], sc[2 * jj + 1]);
                 for (t, acc) in isum[..nt].iter_mut().enumerate() {
                     let ap = a.qs.as_ptr().add((t0 + t) * cols + 256 * b + 64 * jj) as *const u8;
-                    let mut p0 = _mm256_setzero_si256();
-                    let mut p1 = _mm256_setzero_si256();
-                    for k in 0..8 {
-                        p0 = dot4::<VNNI>(p0, lo[k], bcast4(ap.add(4 * k)));
-                        p1 = dot4::<VNNI>(p1, hi[k], bcast4(ap.add(32 + 4 * k)));
+                    // Four independent chains of four (the sums are exact, so order is free).
+                    let mut p = [_mm256_setzero_si256(); 4];
+                    for k in (0..8).step_by(2) {
+                        p[0] = dot4::<VNNI>(p[0], lo[k], bcast4(ap.add(4 * k)));
+                        p[1] = dot4::<VNNI>(p[1], hi[k], bcast4(ap.add(32 + 4 * k)));
+                        p[2] = dot4::<VNNI>(p[2], lo[k + 1], bcast4(ap.add(4 * k + 4)));
+                        p[3] = dot4::<VNNI>(p[3], hi[k + 1], bcast4(ap.add(36 + 4 * k)));
                     }
+                    let (p0, p1) = (_mm256_add_epi32(p[0], p[2]), _mm256_add_epi32(p[1], p[3]));
                     let s = _mm256_add_epi32(
                         _mm256_mullo_epi32(p0, sc_lo),
                         _mm256_mullo_epi32(p1, sc_hi),
