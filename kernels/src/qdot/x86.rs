@@ -523,9 +523,11 @@ unsafe fn rows_kquant<const VNNI: bool>(
 
 /// Tokens per pass of the 8-row K-quant kernels.
 const TILE8: usize = 16;
-/// Batches from this size on take the 8-row K-quant kernels (smaller ones are dominated by
-/// the transposes); both give bitwise the same results.
-const ROWS8_MIN_TOKENS: usize = 3;
+/// How many groups of eight rows ahead the 8-row kernels prefetch, into L2. With the default
+/// distance of one group into L1 a forward of 5 tokens took 73 ms on the 1.5B target and one
+/// token 60 ms; with two groups into L2, 60 and 34 ms (bench/results, 2026-11-29): loads of the
+/// next rows overlap the integer work instead of following it.
+const PREFETCH_GROUPS: usize = 2;
 
 /// Eight 32-byte rows transposed as 8x8 dwords: lane `r` of output `k` is dword `k` of row `r`.
 #[inline(always)]
@@ -603,14 +605,15 @@ unsafe fn halves_ps<const HIGH: bool>(x: __m256i) -> __m256 {
     _mm256_cvtph_ps(_mm256_castsi256_si128(packed))
 }
 
-/// Prefetches the `bytes` bytes at `p` (the next group of eight rows, a super-block column at
-/// a time: eight interleaved row streams defeat the hardware prefetcher that one sequential row
-/// at a time keeps busy). Prefetches never fault, so `p` may run past the matrix.
+/// Prefetches the `bytes` bytes at `p` into L2 (a later group of eight rows, a super-block
+/// column at a time: eight interleaved row streams defeat the hardware prefetcher that one
+/// sequential row at a time keeps busy). Prefetches never fault, so `p` may run past the
+/// matrix.
 #[inline(always)]
 unsafe fn prefetch(p: *const u8, bytes: usize) {
     let mut off = 0;
     while off < bytes {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8);
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(off) as *const i8);
         off += 64;
     }
 }
@@ -632,7 +635,10 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
         accf[..nt].fill(_mm256_setzero_ps());
         for b in 0..nb {
             let blk: [*const u8; 8] = std::array::from_fn(|i| rows[i].add(144 * b));
-            prefetch(rows[0].wrapping_add(8 * 144 * (nb + b)), 8 * 144);
+            prefetch(
+                rows[0].wrapping_add(8 * 144 * (PREFETCH_GROUPS * nb + b)),
+                8 * 144,
+            );
             // d | dmin, then the 12 bytes of packed scales and mins, lane r = row r.
             let [dd, q0, q1, q2] = transpose_heads(&blk);
             let (dv, dminv) = (halves_ps::<false>(dd), halves_ps::<true>(dd));
@@ -724,7 +730,10 @@ unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
         accf[..nt].fill(_mm256_setzero_ps());
         for b in 0..nb {
             let blk: [*const u8; 8] = std::array::from_fn(|i| rows[i].add(210 * b));
-            prefetch(rows[0].wrapping_add(8 * 210 * (nb + b)), 8 * 210);
+            prefetch(
+                rows[0].wrapping_add(8 * 210 * (PREFETCH_GROUPS * nb + b)),
+                8 * 210,
+            );
             // Signed scales, lane r = row r; and as (sc_2i, sc_2i+1) 16-bit pairs for the
             // offset term.
             let heads: [*const u8; 8] = std::array::from_fn(|r| blk[r].add(192));
@@ -830,13 +839,6 @@ unsafe fn rows_any<const VNNI: bool>(
     out: &mut [f32],
 ) {
     match w.kind {
-        Kernel::Q4K | Kernel::Q6K if a.n < ROWS8_MIN_TOKENS => {
-            if w.kind == Kernel::Q4K {
-                rows1_kquant::<VNNI, false>(w, a, r0, r1, out)
-            } else {
-                rows1_kquant::<VNNI, true>(w, a, r0, r1, out)
-            }
-        }
         Kernel::Q4K | Kernel::Q6K => {
             // Whole groups of eight rows on the 8-row kernel, the rest one at a time.
             let n = a.n;
