@@ -216,6 +216,78 @@ unsafe fn group_b32<const VNNI: bool, const N: usize>(
     }
 }
 
+/// [`group_b32`] for a single token with the accumulators in registers: the same operations in
+/// the same order, so results are bitwise those of the batched path.
+#[inline(always)]
+unsafe fn group1_b32<const VNNI: bool, const N: usize>(
+    kind: Kernel,
+    blk: *const u8,
+    a: &Q8Acts,
+    g: usize,
+    acc: (__m256, __m256, __m256),
+) -> (__m256, __m256, __m256) {
+    let bb = kind.dtype().block_bytes();
+    let signed = kind == Kernel::Q8_0;
+    let (mut f0, mut f1, mut m) = acc;
+    let (dwv, mwv) = scales8(kind, blk, N);
+    let s = _mm256_mul_ps(dwv, load8_padded(a.d.as_ptr().add(8 * g), N));
+    let ap = a.qs.as_ptr().add(256 * g) as *const u8;
+    for i in 0..N {
+        let q = unpack_b32::<VNNI>(kind, blk.add(i * bb));
+        let av = load(ap.add(32 * i));
+        let (qa, av) = if signed {
+            (_mm256_sign_epi8(q, q), _mm256_sign_epi8(av, q))
+        } else {
+            (q, av)
+        };
+        let isum = dot4::<VNNI>(_mm256_setzero_si256(), qa, av);
+        let sv = _mm256_permutevar8x32_ps(s, _mm256_set1_epi32(i as i32));
+        if i % 2 == 0 {
+            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sv, f0);
+        } else {
+            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sv, f1);
+        }
+    }
+    if !signed {
+        let dsv = load8_padded(a.dsum32.as_ptr().add(8 * g), N);
+        m = _mm256_fmadd_ps(mwv, dsv, m);
+    }
+    (f0, f1, m)
+}
+
+/// One token (a decode step): [`rows_b32`] without the token tiles.
+#[inline(always)]
+unsafe fn rows1_b32<const VNNI: bool>(
+    kind: Kernel,
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    r1: usize,
+    out: &mut [f32],
+) {
+    let bb = kind.dtype().block_bytes();
+    let nb = a.cols / 32;
+    for r in r0..r1 {
+        let row = w.row(r).as_ptr();
+        let z = _mm256_setzero_ps();
+        let mut acc = (z, z, z);
+        for g in 0..nb.div_ceil(8) {
+            let blk = row.add(8 * g * bb);
+            acc = match nb - 8 * g {
+                1 => group1_b32::<VNNI, 1>(kind, blk, a, g, acc),
+                2 => group1_b32::<VNNI, 2>(kind, blk, a, g, acc),
+                3 => group1_b32::<VNNI, 3>(kind, blk, a, g, acc),
+                4 => group1_b32::<VNNI, 4>(kind, blk, a, g, acc),
+                5 => group1_b32::<VNNI, 5>(kind, blk, a, g, acc),
+                6 => group1_b32::<VNNI, 6>(kind, blk, a, g, acc),
+                7 => group1_b32::<VNNI, 7>(kind, blk, a, g, acc),
+                _ => group1_b32::<VNNI, 8>(kind, blk, a, g, acc),
+            };
+        }
+        out[r - r0] = hsum8(_mm256_add_ps(acc.0, acc.1)) + hsum8(acc.2);
+    }
+}
+
 #[inline(always)]
 unsafe fn rows_b32<const VNNI: bool>(
     kind: Kernel,
@@ -859,6 +931,7 @@ unsafe fn rows_any<const VNNI: bool>(
             }
         }
         Kernel::Q5K => rows_kquant::<VNNI>(w, a, r0, r1, out, 176, |b| unpack_q45k::<true>(b)),
+        k if a.n == 1 => rows1_b32::<VNNI>(k, w, a, r0, r1, out),
         k => rows_b32::<VNNI>(k, w, a, r0, r1, out),
     }
 }
