@@ -37,9 +37,16 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
 
 /// `gate = silu(gate) * up`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    // Per element, so splitting across threads changes nothing; `exp` is the costly part (a
+    // forward of 8 tokens through the 1.5B model makes 2 M calls).
+    const CHUNK: usize = 4096;
+    gate.par_chunks_mut(CHUNK)
+        .zip(up.par_chunks(CHUNK))
+        .for_each(|(gate, up)| {
+            for (g, u) in gate.iter_mut().zip(up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        });
 }
 
 /// Numerically stable softmax in place.

@@ -155,9 +155,38 @@ impl Isa {
 /// Weight rows handed to one task.
 const ROWS_PER_TASK: usize = 16;
 
-thread_local! {
-    /// Each worker's outputs for its current task, `[row][token]`.
-    static TASK_BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+/// Where a task writes its outputs: row `r` (counted from the task's first) of token `t` at
+/// `ptr[t * ld + r]`, straight into the `[token][row]` result (kernels that hold eight rows of
+/// a token in one register store them at once).
+#[derive(Clone, Copy)]
+pub(crate) struct OutRows {
+    ptr: *mut f32,
+    ld: usize,
+}
+
+impl OutRows {
+    /// Address of row `r`, token `t`.
+    #[inline(always)]
+    pub(crate) fn at(self, r: usize, t: usize) -> *mut f32 {
+        self.ptr.wrapping_add(t * self.ld + r)
+    }
+
+    /// # Safety
+    /// (r, t) must lie inside the task's rows and the batch.
+    #[inline(always)]
+    pub(crate) unsafe fn set(self, r: usize, t: usize, v: f32) {
+        // SAFETY: by the caller's contract.
+        unsafe { *self.at(r, t) = v };
+    }
+
+    /// The same outputs from row `r` on.
+    #[inline(always)]
+    pub(crate) fn offset(self, r: usize) -> OutRows {
+        OutRows {
+            ptr: self.ptr.wrapping_add(r),
+            ld: self.ld,
+        }
+    }
 }
 
 /// `out[t * w.rows + r] = Σ_c acts[t][c] · W[r][c]` with the best instruction set.
@@ -195,41 +224,27 @@ pub fn matmul_q8_with(isa: Isa, w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> 
         });
     }
     let wb = WeightBlocks { kind, m: w };
-    let n = acts.n;
     let rows = w.rows;
     let out_ptr = SyncPtr(out.as_mut_ptr());
     let n_tasks = rows.div_ceil(ROWS_PER_TASK);
     (0..n_tasks).into_par_iter().for_each(|task| {
         let r0 = task * ROWS_PER_TASK;
         let r1 = (r0 + ROWS_PER_TASK).min(rows);
-        TASK_BUF.with_borrow_mut(|heap| {
-            // The kernels overwrite every value they are given, so the buffer is only grown,
-            // never cleared: zeroing a fixed 4 KiB array per task cost 2% of a forward.
-            if heap.len() < (r1 - r0) * n {
-                heap.resize((r1 - r0) * n, 0.0);
-            }
-            let buf = &mut heap[..(r1 - r0) * n];
-            match isa {
-                Isa::Portable => portable::rows(&wb, acts, r0, r1, buf),
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `isa` was checked against the CPU's features above.
-                Isa::Avx2 => unsafe { x86::rows_avx2(&wb, acts, r0, r1, buf) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: as above.
-                Isa::Vnni => unsafe { x86::rows_vnni(&wb, acts, r0, r1, buf) },
-                #[cfg(not(target_arch = "x86_64"))]
-                _ => portable::rows(&wb, acts, r0, r1, buf),
-            }
-            // Token-major, so that each token's outputs for this task land in one run of
-            // consecutive values (one cache line for 16 rows) rather than n scattered ones.
-            for t in 0..n {
-                for r in r0..r1 {
-                    // SAFETY: (t, r) is in bounds (out.len() == n * rows, checked above) and
-                    // row r belongs to this task only.
-                    unsafe { *out_ptr.get().add(t * rows + r) = buf[(r - r0) * n + t] };
-                }
-            }
-        });
+        let o = OutRows {
+            ptr: out_ptr.get().wrapping_add(r0),
+            ld: rows,
+        };
+        // SAFETY (all arms): `o` covers rows r0..r1 of every token (out.len() == n * rows,
+        // checked above), which belong to this task only; `isa` was checked against the CPU.
+        match isa {
+            Isa::Portable => unsafe { portable::rows(&wb, acts, r0, r1, o) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::rows_avx2(&wb, acts, r0, r1, o) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Vnni => unsafe { x86::rows_vnni(&wb, acts, r0, r1, o) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unsafe { portable::rows(&wb, acts, r0, r1, o) },
+        }
     });
     Ok(())
 }

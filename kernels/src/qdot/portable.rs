@@ -16,6 +16,7 @@
 //!   `accm = fma(mprod, -(dmin * d_a), accm)` (Q6_K: `-(d * d_a) * 32`).
 //!   Output: `hsum8(accf) + hsum8(accm)`.
 
+use super::OutRows;
 use super::{Kernel, WeightBlocks};
 use crate::q8::Q8Acts;
 use crate::quant::{f16_at, scale_min_k4};
@@ -229,17 +230,22 @@ pub(crate) fn row_q6k(row: &[u8], a: &Q8Acts, t: usize) -> f32 {
     acc
 }
 
-/// Outputs of weight rows `r0..r1` for every token of `a`, into `out[(r - r0) * a.n + t]`.
-pub(crate) fn rows(w: &WeightBlocks, a: &Q8Acts, r0: usize, r1: usize, out: &mut [f32]) {
+/// Outputs of weight rows `r0..r1` for every token of `a`, into `out` (row `r - r0`).
+///
+/// # Safety
+/// `out` must be valid for rows `0..r1 - r0` and tokens `0..a.n`.
+pub(crate) unsafe fn rows(w: &WeightBlocks, a: &Q8Acts, r0: usize, r1: usize, out: OutRows) {
     for r in r0..r1 {
         let row = w.row(r);
         for t in 0..a.n {
-            out[(r - r0) * a.n + t] = match w.kind {
+            let v = match w.kind {
                 Kernel::Q4K => row_q4k(row, a, t),
                 Kernel::Q5K => row_q45k(true, row, a, t),
                 Kernel::Q6K => row_q6k(row, a, t),
                 k => row_b32(k, row, a, t),
             };
+            // SAFETY: in bounds by this function's contract.
+            unsafe { out.set(r - r0, t, v) };
         }
     }
 }

@@ -19,6 +19,8 @@ use super::{Kernel, WeightBlocks};
 use crate::q8::Q8Acts;
 use crate::quant::f16_at;
 
+use super::OutRows;
+
 const TILE: usize = 16;
 
 /// `acc + Σ_{k<4} w[4l+k] * a[4l+k]` per i32 lane, `w` unsigned, `a` signed.
@@ -263,7 +265,7 @@ unsafe fn rows1_b32<const VNNI: bool>(
     a: &Q8Acts,
     r0: usize,
     r1: usize,
-    out: &mut [f32],
+    out: OutRows,
 ) {
     let bb = kind.dtype().block_bytes();
     let nb = a.cols / 32;
@@ -284,7 +286,7 @@ unsafe fn rows1_b32<const VNNI: bool>(
                 _ => group1_b32::<VNNI, 8>(kind, blk, a, g, acc),
             };
         }
-        out[r - r0] = hsum8(_mm256_add_ps(acc.0, acc.1)) + hsum8(acc.2);
+        out.set(r - r0, 0, hsum8(_mm256_add_ps(acc.0, acc.1)) + hsum8(acc.2));
     }
 }
 
@@ -295,7 +297,7 @@ unsafe fn rows_b32<const VNNI: bool>(
     a: &Q8Acts,
     r0: usize,
     r1: usize,
-    out: &mut [f32],
+    out: OutRows,
 ) {
     let n = a.n;
     let bb = kind.dtype().block_bytes();
@@ -326,8 +328,8 @@ unsafe fn rows_b32<const VNNI: bool>(
                 }
             }
             for t in 0..nt {
-                out[(r - r0) * n + t0 + t] =
-                    hsum8(_mm256_add_ps(accf0[t], accf1[t])) + hsum8(accm[t]);
+                let v = hsum8(_mm256_add_ps(accf0[t], accf1[t])) + hsum8(accm[t]);
+                out.set(r - r0, t0 + t, v);
             }
         }
     }
@@ -498,7 +500,7 @@ unsafe fn rows1_kquant<const VNNI: bool, const SIX: bool>(
     a: &Q8Acts,
     r0: usize,
     r1: usize,
-    out: &mut [f32],
+    out: OutRows,
 ) {
     let (n, cols) = (a.n, a.cols);
     let nb = cols / 256;
@@ -536,7 +538,9 @@ unsafe fn rows1_kquant<const VNNI: bool, const SIX: bool>(
                     *acc += z * *a.d.get_unchecked(tt * nb + b);
                 }
             }
-            out[(r - r0) * n + t0..(r - r0) * n + t0 + nt].copy_from_slice(&acc[..nt]);
+            for (t, &v) in acc[..nt].iter().enumerate() {
+                out.set(r - r0, t0 + t, v);
+            }
         }
     }
 }
@@ -548,7 +552,7 @@ unsafe fn rows_kquant<const VNNI: bool>(
     a: &Q8Acts,
     r0: usize,
     r1: usize,
-    out: &mut [f32],
+    out: OutRows,
     bb: usize,
     unpack: impl Fn(*const u8) -> SuperBlock,
 ) {
@@ -587,7 +591,7 @@ unsafe fn rows_kquant<const VNNI: bool>(
                 }
             }
             for t in 0..nt {
-                out[(r - r0) * n + t0 + t] = hsum8(accf[t]) + hsum8(accm[t]);
+                out.set(r - r0, t0 + t, hsum8(accf[t]) + hsum8(accm[t]));
             }
         }
     }
@@ -695,7 +699,7 @@ unsafe fn prefetch(p: *const u8, bytes: usize) {
 /// rows, and the group scales are applied once per group and token (`vpmulld`), not once per
 /// pair of bytes. The arithmetic is that of `portable::row_q4k`.
 #[inline(always)]
-unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, out: &mut [f32]) {
+unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, out: OutRows) {
     let (n, cols) = (a.n, a.cols);
     let nb = cols / 256;
     let low = _mm256_set1_epi8(0x0f);
@@ -776,12 +780,9 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
                 accf[t] = _mm256_add_ps(accf[t], _mm256_mul_ps(_mm256_sub_ps(x, y), da));
             }
         }
-        for t in 0..nt {
-            let mut v = [0f32; 8];
-            _mm256_storeu_ps(v.as_mut_ptr(), accf[t]);
-            for (r, &x) in v.iter().enumerate() {
-                out[r * n + t0 + t] = x;
-            }
+        for (t, acc) in accf[..nt].iter().enumerate() {
+            // Rows r0..r0 + 8 of token t are consecutive in the output.
+            _mm256_storeu_ps(out.at(0, t0 + t), *acc);
         }
     }
 }
@@ -789,7 +790,7 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
 /// Q6_K, eight rows at a time, one row per 32-bit lane, as [`rows8_q4k`]: the arithmetic of
 /// `portable::row_q6k`.
 #[inline(always)]
-unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, out: &mut [f32]) {
+unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, out: OutRows) {
     let (n, cols) = (a.n, a.cols);
     let nb = cols / 256;
     let low = _mm256_set1_epi8(0x0f);
@@ -892,12 +893,9 @@ unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
                 accf[t] = _mm256_add_ps(accf[t], _mm256_mul_ps(z, da));
             }
         }
-        for t in 0..nt {
-            let mut v = [0f32; 8];
-            _mm256_storeu_ps(v.as_mut_ptr(), accf[t]);
-            for (r, &x) in v.iter().enumerate() {
-                out[r * n + t0 + t] = x;
-            }
+        for (t, acc) in accf[..nt].iter().enumerate() {
+            // Rows r0..r0 + 8 of token t are consecutive in the output.
+            _mm256_storeu_ps(out.at(0, t0 + t), *acc);
         }
     }
 }
@@ -908,22 +906,21 @@ unsafe fn rows_any<const VNNI: bool>(
     a: &Q8Acts,
     r0: usize,
     r1: usize,
-    out: &mut [f32],
+    out: OutRows,
 ) {
     match w.kind {
         Kernel::Q4K | Kernel::Q6K => {
             // Whole groups of eight rows on the 8-row kernel, the rest one at a time.
-            let n = a.n;
             let full = r0 + (r1 - r0) / 8 * 8;
             for r in (r0..full).step_by(8) {
-                let o = &mut out[(r - r0) * n..(r - r0 + 8) * n];
+                let o = out.offset(r - r0);
                 if w.kind == Kernel::Q4K {
                     rows8_q4k::<VNNI>(w, a, r, o);
                 } else {
                     rows8_q6k::<VNNI>(w, a, r, o);
                 }
             }
-            let tail = &mut out[(full - r0) * n..];
+            let tail = out.offset(full - r0);
             if w.kind == Kernel::Q4K {
                 rows1_kquant::<VNNI, false>(w, a, full, r1, tail)
             } else {
@@ -938,26 +935,14 @@ unsafe fn rows_any<const VNNI: bool>(
 
 /// AVX2 path. Caller guarantees the CPU has AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn rows_avx2(
-    w: &WeightBlocks,
-    a: &Q8Acts,
-    r0: usize,
-    r1: usize,
-    out: &mut [f32],
-) {
+pub(crate) unsafe fn rows_avx2(w: &WeightBlocks, a: &Q8Acts, r0: usize, r1: usize, out: OutRows) {
     // SAFETY: the caller checked the features this function is compiled for.
     unsafe { rows_any::<false>(w, a, r0, r1, out) }
 }
 
 /// AVX-512 VNNI path. Caller guarantees AVX2, FMA, F16C, AVX-512 F/BW/VL and VNNI.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-pub(crate) unsafe fn rows_vnni(
-    w: &WeightBlocks,
-    a: &Q8Acts,
-    r0: usize,
-    r1: usize,
-    out: &mut [f32],
-) {
+pub(crate) unsafe fn rows_vnni(w: &WeightBlocks, a: &Q8Acts, r0: usize, r1: usize, out: OutRows) {
     // SAFETY: the caller checked the features this function is compiled for.
     unsafe { rows_any::<true>(w, a, r0, r1, out) }
 }
