@@ -34,6 +34,16 @@ unsafe fn dot4<const VNNI: bool>(acc: __m256i, w: __m256i, a: __m256i) -> __m256
     }
 }
 
+/// `acc + a[2l] * b[2l] + a[2l+1] * b[2l+1]` per i32 lane, 16-bit signed inputs (exact).
+#[inline(always)]
+unsafe fn dot2_i16<const VNNI: bool>(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpwssd_epi32(acc, a, b)
+    } else {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+    }
+}
+
 /// `acc + Σ_{k<4} w[4l+k] * a[4l+k] * sc[..]` with 16-bit scales per pair of bytes.
 #[inline(always)]
 unsafe fn dot4_scaled<const VNNI: bool>(
@@ -772,7 +782,7 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
                 let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b) as *const u8;
                 let mut msum = _mm256_setzero_si256();
                 for (j, &mv) in mm.iter().enumerate() {
-                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mv, bcast4(s16.add(4 * j))));
+                    msum = dot2_i16::<VNNI>(msum, mv, bcast4(s16.add(4 * j)));
                 }
                 let x = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[t]), dv);
                 let y = _mm256_mul_ps(_mm256_cvtepi32_ps(msum), dminv);
@@ -885,7 +895,7 @@ unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
                 let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b) as *const u8;
                 let mut msum = _mm256_setzero_si256();
                 for (i, &mv) in sp.iter().enumerate() {
-                    msum = _mm256_add_epi32(msum, _mm256_madd_epi16(mv, bcast4(s16.add(4 * i))));
+                    msum = dot2_i16::<VNNI>(msum, mv, bcast4(s16.add(4 * i)));
                 }
                 let tot = _mm256_sub_epi32(isum[t], _mm256_slli_epi32(msum, 5));
                 let z = _mm256_mul_ps(_mm256_cvtepi32_ps(tot), dv);
