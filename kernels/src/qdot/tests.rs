@@ -145,13 +145,15 @@ fn rows_are_batch_and_thread_invariant() {
 #[test]
 fn extreme_values_do_not_overflow() {
     // All-maximal quants and activations at full scale: the integer sums must stay exact.
-    for kind in KINDS {
-        let (rows, cols) = (2, 512);
+    // Ten rows: a group of eight (the 8-row K-quant kernels) and a tail; activations all at
+    // +127 (the largest partial sums) and mixed in sign.
+    for (kind, mixed) in KINDS.iter().flat_map(|&k| [(k, false), (k, true)]) {
+        let (rows, cols) = (10, 512);
         let dtype = kind.dtype();
         let mut data = random_data(dtype, rows * cols, 0.02, || u64::MAX);
         let w = QMatrix::new(dtype, &data, rows, cols).unwrap();
         let x: Vec<f32> = (0..cols)
-            .map(|c| if c % 3 == 0 { -1.0 } else { 1.0 })
+            .map(|c| if mixed && c % 3 == 0 { -1.0 } else { 1.0 })
             .collect();
         let a = acts(kind, &x, 1, cols);
         let want = matmul_reference(&w, &a.dequantize(), 1);
