@@ -193,6 +193,10 @@ pub(crate) fn run(
         .map(|p| Controller::new(spec.draft_len, p.costly()))
         .collect();
     let mut costs = PassCosts::new(kmax + 1);
+    // The previous round's start and the seconds it spent drafting and verifying: the rest of
+    // its wall time (emitting tokens, streaming them out) is a per-round overhead the
+    // draft-length controller weighs (it favours fewer, longer rounds).
+    let mut last_round: Option<(Instant, f64)> = None;
     let stop = 'rounds: loop {
         for &t in &new {
             tokens.push(t);
@@ -216,6 +220,9 @@ pub(crate) fn run(
         // k + 1 tokens).
         let room = (cache.capacity() - cache.len() - 1).min(cfg.max_tokens - tokens.len() - 1);
         let td = Instant::now();
+        if let Some((start, busy)) = last_round {
+            costs.observe_overhead((td - start).as_secs_f64() - busy);
+        }
         let mut proposal = Proposal::default();
         let mut used = None;
         for (i, (p, ctrl)) in proposers.iter_mut().zip(&mut ctrls).enumerate() {
@@ -249,13 +256,20 @@ pub(crate) fn run(
         let d = proposal.len();
         costs.observe(d + 1, verify_s);
         if let Some(i) = used {
-            ctrls[i].observe(d, verdict.accepted, proposal.catch_up, draft_s);
+            ctrls[i].observe(
+                d,
+                verdict.accepted,
+                proposal.catch_up,
+                draft_s,
+                proposal.first_s,
+            );
         }
         stats.target_passes += 1;
         stats.drafted += d;
         stats.accepted += verdict.accepted;
         stats.draft_s += draft_s;
         stats.verify_s += verify_s;
+        last_round = Some((td, draft_s + verify_s));
         n.rounds_by_len[d] += 1;
         for i in 0..d {
             n.drafted_at[i] += 1;

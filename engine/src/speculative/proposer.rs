@@ -18,6 +18,9 @@ pub struct Proposal {
     pub catch_up: usize,
     /// Tokens run through a draft model's forward passes for this proposal.
     pub computed: usize,
+    /// Seconds of the first forward (the catch-up that yields the first drafted token); the
+    /// draft-length controller prices it apart from the one-token steps after it.
+    pub first_s: f64,
     /// For cascade rules: the draft's distribution at each drafted position as the rules judge
     /// it (untempered when decoding is greedy, else the shaped one); empty when not asked for or
     /// when the proposer has none (lookup).
@@ -113,9 +116,11 @@ impl Proposer for ModelProposer<'_> {
         let k = k.min(room - catch_up + 1);
         out.catch_up = catch_up;
         out.computed = catch_up;
+        let first = std::time::Instant::now();
         let mut logits = self
             .model
             .forward(&context[keep..], &mut self.cache, Logits::Last)?;
+        out.first_s = first.elapsed().as_secs_f64();
         self.fed.extend_from_slice(&context[keep..]);
         loop {
             let s = sampler.sample(&logits, &self.valid);

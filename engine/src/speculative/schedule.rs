@@ -1,12 +1,17 @@
 //! How many tokens to draft per round: fixed, or chosen per sequence from the observed acceptance
 //! and the measured cost of a draft step against a target pass of each width.
 //!
-//! Model: each drafted token is accepted with probability α, independently, until the first
-//! rejection, so a round of k drafted tokens emits E(k) = (1 − α^(k+1)) / (1 − α) tokens on
-//! average and costs k·t_draft + t_verify(k + 1). The controller picks the k in 0..=max with the
-//! most tokens per second; k = 0 is plain decoding (speculation would not pay). α is estimated
-//! from decayed counts of accepted and rejected positions; t_verify(n) from the passes of width n
-//! measured so far, with unmeasured widths interpolated (or extrapolated with a prior slope).
+//! Model: drafted token i (1-based) is accepted with probability a_i given that the tokens before
+//! it were, so a round of k drafted tokens emits E(k) = 1 + Σ_{j≤k} Π_{i≤j} a_i tokens on average.
+//! It costs t_first + (k − 1)·t_step + t_verify(k + 1): the draft's first forward of a round also
+//! catches up on the tokens the target emitted last round (one or two), so it is timed apart from
+//! the one-token steps after it; counting it per drafted token made short rounds look dear per
+//! token and kept the controller at k = 1. A round's time outside drafting and verification
+//! (emitting and streaming its tokens) is measured too and added to every k. The controller picks the k in 0..=max with the most
+//! tokens per second; k = 0 is plain decoding (speculation would not pay). Each a_i comes from
+//! decayed counts of the rounds that reached position i, shrunk towards the overall acceptance
+//! rate where there are few; t_verify(n) from the passes of width n measured so far, with
+//! unmeasured widths interpolated (or extrapolated with a prior slope).
 //! Each proposer of a request has its own controller (prompt lookup drafts for free, the draft
 //! model does not); the pass costs are shared.
 
@@ -37,8 +42,8 @@ impl DraftLen {
 pub const MAX_DRAFT_LEN: usize = 32;
 
 /// Prior cost of each extra token in a target pass, relative to a one-token pass (measured on the
-/// 1.5B target: 5 tokens cost 2.5 one-token passes). Replaced by measurements as they come.
-const PRIOR_SLOPE: f64 = 0.4;
+/// 1.5B target: 5 tokens cost 1.65 one-token passes). Replaced by measurements as they come.
+const PRIOR_SLOPE: f64 = 0.16;
 /// Decay of the acceptance counts per round (about the last 20 rounds weigh).
 const DECAY: f64 = 0.95;
 /// After this many plain steps the controller drafts one round again to re-measure acceptance.
@@ -63,6 +68,8 @@ impl Ema {
 pub struct PassCosts {
     /// Index n: a pass of n tokens.
     t: Vec<Ema>,
+    /// Seconds of a round spent neither drafting nor verifying.
+    overhead: Ema,
 }
 
 impl PassCosts {
@@ -70,6 +77,14 @@ impl PassCosts {
     pub fn new(max_width: usize) -> PassCosts {
         PassCosts {
             t: vec![Ema::default(); max_width + 1],
+            overhead: Ema::default(),
+        }
+    }
+
+    /// Records the seconds of a round spent outside drafting and verification.
+    pub fn observe_overhead(&mut self, seconds: f64) {
+        if seconds.is_finite() {
+            self.overhead.push(seconds.max(0.0));
         }
     }
 
@@ -104,8 +119,14 @@ pub struct Controller {
     mode: DraftLen,
     accepted: f64,
     rejected: f64,
-    /// Seconds per drafted token, from rounds without a long catch-up.
-    t_draft: Ema,
+    /// Index i: decayed counts of rounds that reached drafted position i + 1, and of those that
+    /// accepted it.
+    reached_at: Vec<f64>,
+    accepted_at: Vec<f64>,
+    /// Seconds of a round's first draft forward (with a short catch-up).
+    t_first: Ema,
+    /// Seconds of each later one-token draft forward.
+    t_step: Ema,
     plain_streak: usize,
     costly: bool,
 }
@@ -118,9 +139,22 @@ impl Controller {
             // Prior: α = 0.7 with the weight of a few rounds.
             accepted: 2.8,
             rejected: 1.2,
-            t_draft: Ema::default(),
+            reached_at: vec![0.0; mode.max()],
+            accepted_at: vec![0.0; mode.max()],
+            t_first: Ema::default(),
+            t_step: Ema::default(),
             plain_streak: 0,
             costly,
+        }
+    }
+
+    /// Estimated probability that drafted position `i` (0-based) is accepted given the ones
+    /// before it were: its own counts, with one round's weight of the overall rate.
+    pub fn alpha_at(&self, i: usize) -> f64 {
+        let prior = self.alpha();
+        match (self.reached_at.get(i), self.accepted_at.get(i)) {
+            (Some(&n), Some(&a)) => (a + prior) / (n + 1.0),
+            _ => prior,
         }
     }
 
@@ -130,18 +164,43 @@ impl Controller {
     }
 
     /// Records a round of this proposer: `drafted` tokens proposed after feeding it `catch_up`
-    /// tokens of context, `accepted` kept, `draft_s` seconds spent proposing. A long catch-up (the
-    /// prompt, or the tokens of a streak of plain steps) is a one-off, not a per-token cost.
-    pub fn observe(&mut self, drafted: usize, accepted: usize, catch_up: usize, draft_s: f64) {
+    /// tokens of context, `accepted` kept, `draft_s` seconds spent proposing, of which `first_s`
+    /// in the first forward. A long catch-up (the prompt, or the tokens of a streak of plain
+    /// steps) is a one-off, not a per-round cost.
+    pub fn observe(
+        &mut self,
+        drafted: usize,
+        accepted: usize,
+        catch_up: usize,
+        draft_s: f64,
+        first_s: f64,
+    ) {
         if drafted == 0 {
             return;
         }
         self.plain_streak = 0;
         if catch_up <= 2 {
-            self.t_draft.push(draft_s / drafted as f64);
+            self.t_first.push(first_s);
+        }
+        if drafted > 1 {
+            self.t_step
+                .push((draft_s - first_s).max(0.0) / (drafted - 1) as f64);
         }
         self.accepted = self.accepted * DECAY + accepted as f64;
         self.rejected = self.rejected * DECAY + (accepted < drafted) as usize as f64;
+        for (i, (n, a)) in self
+            .reached_at
+            .iter_mut()
+            .zip(&mut self.accepted_at)
+            .enumerate()
+        {
+            *n *= DECAY;
+            *a *= DECAY;
+            if i < drafted && i <= accepted {
+                *n += 1.0;
+                *a += (i < accepted) as usize as f64;
+            }
+        }
     }
 
     /// Records that this proposer was asked for nothing (its choice was 0) this round.
@@ -149,15 +208,26 @@ impl Controller {
         self.plain_streak += 1;
     }
 
-    /// Expected tokens per second of a round drafting `k` tokens.
-    fn rate(&self, costs: &PassCosts, k: usize, alpha: f64, t_draft: f64) -> Option<f64> {
-        let tokens = if alpha >= 1.0 {
-            (k + 1) as f64
+    /// Expected tokens emitted by a round drafting `k` tokens.
+    fn tokens(&self, k: usize) -> f64 {
+        let (mut total, mut reach) = (1.0, 1.0);
+        for i in 0..k {
+            reach *= self.alpha_at(i);
+            total += reach;
+        }
+        total
+    }
+
+    /// Expected tokens per second of a round drafting `k` tokens, with a round's first draft
+    /// forward taking `t_first` seconds and each later one `t_step`.
+    fn rate(&self, costs: &PassCosts, k: usize, t_first: f64, t_step: f64) -> Option<f64> {
+        let draft = if k == 0 {
+            0.0
         } else {
-            (1.0 - alpha.powi(k as i32 + 1)) / (1.0 - alpha)
+            t_first + (k - 1) as f64 * t_step
         };
-        let cost = k as f64 * t_draft + costs.cost(k + 1)?;
-        Some(tokens / cost)
+        let overhead = costs.overhead.value.unwrap_or(0.0);
+        Some(self.tokens(k) / (draft + costs.cost(k + 1)? + overhead))
     }
 
     /// Tokens to draft this round (0: decode plainly).
@@ -166,19 +236,20 @@ impl Controller {
             DraftLen::Fixed(k) => return k,
             DraftLen::Auto { max } => max,
         };
-        let t_draft = match (self.costly, self.t_draft.value) {
-            (false, _) => 0.0,
-            (true, Some(t)) => t,
+        let (t_first, t_step) = match (self.costly, self.t_first.value, self.t_step.value) {
+            (false, _, _) => (0.0, 0.0),
+            (true, Some(f), Some(s)) => (f, s),
+            // Only one-token rounds so far: a later step costs at most a first one.
+            (true, Some(f), None) => (f, f),
             // Nothing measured yet: start in the middle.
-            (true, None) => return max.min(4),
+            (true, None, _) => return max.min(4),
         };
         if self.plain_streak >= PROBE_EVERY {
             return 1.min(max);
         }
-        let alpha = self.alpha();
         let mut best = (0, 0.0);
         for k in 0..=max {
-            match self.rate(costs, k, alpha, t_draft) {
+            match self.rate(costs, k, t_first, t_step) {
                 Some(r) if r > best.1 => best = (k, r),
                 Some(_) => {}
                 // No pass measured yet: draft as much as allowed (it costs nothing).
@@ -205,7 +276,7 @@ mod tests {
         }
         let (acc, drafted) = hits;
         for _ in 0..50 {
-            c.observe(drafted, acc, 1, t_draft * drafted as f64);
+            c.observe(drafted, acc, 1, t_draft * drafted as f64, t_draft);
         }
         (c, costs)
     }
@@ -232,7 +303,7 @@ mod tests {
         assert!(c.choose(&costs) >= 6, "{}", c.choose(&costs));
         // A free proposer (prompt lookup) drafts long as soon as passes are cheap.
         let mut free = Controller::new(DraftLen::Auto { max: 8 }, false);
-        free.observe(4, 4, 0, 0.0);
+        free.observe(4, 4, 0, 0.0, 0.0);
         assert_eq!(free.choose(&costs), 8);
     }
 
@@ -253,8 +324,66 @@ mod tests {
         let (mut c, costs) = trained((4, 4), 0.002, &[(1, 0.037), (5, 0.040), (9, 0.045)]);
         let before = c.choose(&costs);
         // The prompt's prefill on the draft: 1 s for 4 drafted tokens.
-        c.observe(4, 4, 300, 1.0);
+        c.observe(4, 4, 300, 1.0, 0.99);
         assert_eq!(c.choose(&costs), before);
+    }
+
+    #[test]
+    fn acceptance_is_estimated_per_position() {
+        // Rounds of 4 that always accept the first two and reject the third.
+        let mut c = Controller::new(DraftLen::Auto { max: 8 }, true);
+        for _ in 0..100 {
+            c.observe(4, 2, 1, 0.04, 0.01);
+        }
+        assert!(
+            c.alpha_at(0) > 0.95 && c.alpha_at(1) > 0.95,
+            "{}",
+            c.alpha_at(1)
+        );
+        assert!(c.alpha_at(2) < 0.05, "{}", c.alpha_at(2));
+        // Position 4 was never reached: it falls back to the overall rate (2 of 3 judged).
+        assert!((c.alpha_at(3) - c.alpha()).abs() < 1e-12);
+        let costs = {
+            let mut p = PassCosts::new(9);
+            for n in 1..=9 {
+                p.observe(n, 0.030 + 0.004 * n as f64);
+            }
+            p
+        };
+        assert_eq!(c.choose(&costs), 2);
+    }
+
+    #[test]
+    fn per_round_overhead_favours_longer_rounds() {
+        // Rounds of 8 whose tokens are each accepted with probability 0.93 (a fixed
+        // pseudo-random sequence), draft steps 14 ms, passes 33 ms plus 6 ms per extra token.
+        let mut c = Controller::new(DraftLen::Auto { max: 8 }, true);
+        let mut seed = 12345u64;
+        for _ in 0..400 {
+            let mut accepted = 0;
+            while accepted < 8 {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                if (seed >> 11) as f64 / (1u64 << 53) as f64 >= 0.93 {
+                    break;
+                }
+                accepted += 1;
+            }
+            c.observe(8, accepted, 1, 8.0 * 0.014, 0.014);
+        }
+        let mut costs = PassCosts::new(9);
+        for n in 1..=9 {
+            costs.observe(n, 0.033 + 0.006 * (n - 1) as f64);
+        }
+        let short = c.choose(&costs);
+        assert!((2..=4).contains(&short), "{short}");
+        // 30 ms of each round spent emitting tokens: fewer, longer rounds pay.
+        for _ in 0..20 {
+            costs.observe_overhead(0.030);
+        }
+        let long = c.choose(&costs);
+        assert!(long > short, "{short} then {long}");
     }
 
     #[test]
