@@ -221,6 +221,10 @@ pub fn matmul_reference(w: &QMatrix, x: &[f32], n_tokens: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::quant::random_data;
+    use rand::{Rng, SeedableRng};
+
     #[test]
     fn dot_equals_its_portable_order_bitwise() {
         let mut seed = 7u32;
@@ -238,10 +242,6 @@ mod tests {
             );
         }
     }
-
-    use super::*;
-    use crate::quant::random_data;
-    use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     fn case(dtype: DType, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {

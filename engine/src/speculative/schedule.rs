@@ -7,8 +7,9 @@
 //! catches up on the tokens the target emitted last round (one or two), so it is timed apart from
 //! the one-token steps after it; counting it per drafted token made short rounds look dear per
 //! token and kept the controller at k = 1. A round's time outside drafting and verification
-//! (emitting and streaming its tokens) is measured too and added to every k. The controller picks the k in 0..=max with the most
-//! tokens per second; k = 0 is plain decoding (speculation would not pay). Each a_i comes from
+//! (emitting and streaming its tokens) is measured too and added to every k. The controller
+//! picks the k in 0..=max with the most tokens per second; k = 0 is plain decoding (speculation
+//! would not pay). Each a_i comes from
 //! decayed counts of the rounds that reached position i, shrunk towards the overall acceptance
 //! rate where there are few; t_verify(n) from the passes of width n measured so far, with
 //! unmeasured widths interpolated (or extrapolated with a prior slope).

@@ -16,8 +16,7 @@
 //!   `accm = fma(mprod, -(dmin * d_a), accm)` (Q6_K: `-(d * d_a) * 32`).
 //!   Output: `hsum8(accf) + hsum8(accm)`.
 
-use super::OutRows;
-use super::{Kernel, WeightBlocks};
+use super::{Kernel, OutRows, WeightBlocks};
 use crate::q8::Q8Acts;
 use crate::quant::{f16_at, scale_min_k4};
 

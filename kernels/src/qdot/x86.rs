@@ -15,11 +15,9 @@
 
 use std::arch::x86_64::*;
 
-use super::{Kernel, WeightBlocks};
+use super::{Kernel, OutRows, WeightBlocks};
 use crate::q8::Q8Acts;
 use crate::quant::f16_at;
-
-use super::OutRows;
 
 const TILE: usize = 16;
 
@@ -228,6 +226,47 @@ unsafe fn group_b32<const VNNI: bool, const N: usize>(
     }
 }
 
+/// Evaluates `$call` with `$n` a constant equal to `$len` (1 to 8, the blocks of a group of
+/// 32-value blocks), so each case is fully unrolled with its blocks in registers.
+macro_rules! with_group_len {
+    ($len:expr, $n:ident => $call:expr) => {
+        match $len {
+            1 => {
+                const $n: usize = 1;
+                $call
+            }
+            2 => {
+                const $n: usize = 2;
+                $call
+            }
+            3 => {
+                const $n: usize = 3;
+                $call
+            }
+            4 => {
+                const $n: usize = 4;
+                $call
+            }
+            5 => {
+                const $n: usize = 5;
+                $call
+            }
+            6 => {
+                const $n: usize = 6;
+                $call
+            }
+            7 => {
+                const $n: usize = 7;
+                $call
+            }
+            _ => {
+                const $n: usize = 8;
+                $call
+            }
+        }
+    };
+}
+
 /// [`group_b32`] for a single token with the accumulators in registers: the same operations in
 /// the same order, so results are bitwise those of the batched path.
 #[inline(always)]
@@ -285,16 +324,7 @@ unsafe fn rows1_b32<const VNNI: bool>(
         let mut acc = (z, z, z);
         for g in 0..nb.div_ceil(8) {
             let blk = row.add(8 * g * bb);
-            acc = match nb - 8 * g {
-                1 => group1_b32::<VNNI, 1>(kind, blk, a, g, acc),
-                2 => group1_b32::<VNNI, 2>(kind, blk, a, g, acc),
-                3 => group1_b32::<VNNI, 3>(kind, blk, a, g, acc),
-                4 => group1_b32::<VNNI, 4>(kind, blk, a, g, acc),
-                5 => group1_b32::<VNNI, 5>(kind, blk, a, g, acc),
-                6 => group1_b32::<VNNI, 6>(kind, blk, a, g, acc),
-                7 => group1_b32::<VNNI, 7>(kind, blk, a, g, acc),
-                _ => group1_b32::<VNNI, 8>(kind, blk, a, g, acc),
-            };
+            acc = with_group_len!(nb - 8 * g, N => group1_b32::<VNNI, N>(kind, blk, a, g, acc));
         }
         out.set(r - r0, 0, hsum8(_mm256_add_ps(acc.0, acc.1)) + hsum8(acc.2));
     }
@@ -325,17 +355,10 @@ unsafe fn rows_b32<const VNNI: bool>(
             for g in 0..nb.div_ceil(8) {
                 let blk = row.add(8 * g * bb);
                 let (f0, f1, m) = (&mut accf0, &mut accf1, &mut accm);
-                // Constant group sizes, so each case is fully unrolled with its blocks in registers.
-                match nb - 8 * g {
-                    1 => group_b32::<VNNI, 1>(kind, blk, a, g, t0, nt, f0, f1, m),
-                    2 => group_b32::<VNNI, 2>(kind, blk, a, g, t0, nt, f0, f1, m),
-                    3 => group_b32::<VNNI, 3>(kind, blk, a, g, t0, nt, f0, f1, m),
-                    4 => group_b32::<VNNI, 4>(kind, blk, a, g, t0, nt, f0, f1, m),
-                    5 => group_b32::<VNNI, 5>(kind, blk, a, g, t0, nt, f0, f1, m),
-                    6 => group_b32::<VNNI, 6>(kind, blk, a, g, t0, nt, f0, f1, m),
-                    7 => group_b32::<VNNI, 7>(kind, blk, a, g, t0, nt, f0, f1, m),
-                    _ => group_b32::<VNNI, 8>(kind, blk, a, g, t0, nt, f0, f1, m),
-                }
+                with_group_len!(
+                    nb - 8 * g,
+                    N => group_b32::<VNNI, N>(kind, blk, a, g, t0, nt, f0, f1, m)
+                );
             }
             for t in 0..nt {
                 let v = hsum8(_mm256_add_ps(accf0[t], accf1[t])) + hsum8(accm[t]);
@@ -501,9 +524,9 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
     _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32(s2, 1)))
 }
 
-/// Q4_K (`SIX = false`) or Q6_K rows one at a time, for small batches where the 8-row
-/// kernel's transposes cost more than they save: the same exact integer sums per super-block
-/// and the same f32 operations as `portable::row_q4k` / `row_q6k` (and so as `rows8_*`).
+/// Q4_K (`SIX = false`) or Q6_K rows one at a time, for the rows of a task past its last whole
+/// group of eight: the same exact integer sums per super-block and the same f32 operations as
+/// `portable::row_q4k` / `row_q6k` (and so as `rows8_*`).
 #[inline(always)]
 unsafe fn rows1_kquant<const VNNI: bool, const SIX: bool>(
     w: &WeightBlocks,
@@ -609,7 +632,7 @@ unsafe fn rows_kquant<const VNNI: bool>(
 
 /// Tokens per pass of the 8-row K-quant kernels.
 const TILE8: usize = 16;
-/// How many groups of eight rows ahead the 8-row kernels prefetch, into L2. With the default
+/// How many groups of eight rows ahead the 8-row kernels prefetch, into L2. With the earlier
 /// distance of one group into L1 a forward of 5 tokens took 73 ms on the 1.5B target and one
 /// token 60 ms; with two groups into L2, 60 and 34 ms (bench/results, 2026-11-29): loads of the
 /// next rows overlap the integer work instead of following it.
