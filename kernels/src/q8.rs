@@ -37,6 +37,9 @@ pub struct Q8Acts {
     pub d: Vec<f32>,
     /// `[n][cols / 16]` sums of 16 consecutive `qs` (at most 16 * 127 in magnitude).
     pub sums16: Vec<i16>,
+    /// `[n][cols / 32]` sums of 32 consecutive `qs` (at most 32 * 127 in magnitude): two
+    /// sub-blocks' sums per 32-bit lane for the Q4_K minimum term.
+    pub sums32: Vec<i16>,
     /// `[n][cols / 32]`: `d` of the value's block times the sum of the 32 `qs` (for weight types
     /// whose blocks carry a minimum or an offset).
     pub dsum32: Vec<f32>,
@@ -57,6 +60,7 @@ impl Q8Acts {
             qs: Vec::new(),
             d: Vec::new(),
             sums16: Vec::new(),
+            sums32: Vec::new(),
             dsum32: Vec::new(),
         }
     }
@@ -74,6 +78,7 @@ impl Q8Acts {
         self.qs.resize(n * cols, 0);
         self.d.resize(n * cols / bl, 0.0);
         self.sums16.resize(n * cols / 16, 0);
+        self.sums32.resize(n * cols / 32, 0);
         self.dsum32.resize(n * cols / 32, 0.0);
         for (b, xb) in x.chunks_exact(bl).enumerate() {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -90,6 +95,7 @@ impl Q8Acts {
             for i in 0..bl / 32 {
                 let s = self.sums16[b * bl / 16 + 2 * i] as i32
                     + self.sums16[b * bl / 16 + 2 * i + 1] as i32;
+                self.sums32[b * bl / 32 + i] = s as i16;
                 self.dsum32[b * bl / 32 + i] = d * s as f32;
             }
         }

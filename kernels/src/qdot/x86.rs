@@ -755,25 +755,28 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
             let m4 = _mm256_set1_epi32(0x0f);
             let m2 = _mm256_set1_epi32(3);
             let mut sc = [_mm256_setzero_si256(); 8];
-            let mut mm = [_mm256_setzero_si256(); 8];
+            let mut mins = [_mm256_setzero_si256(); 8];
             for j in 0..4 {
                 // ggml's get_scale_min_k4: bytes j and j + 4 for j < 4; for j + 4, the low and
                 // high nibbles of byte j + 8 and the top two bits of bytes j and j + 4.
                 sc[j] = _mm256_and_si256(srl32(q0, 8 * j), m6);
-                let m = _mm256_and_si256(srl32(q1, 8 * j), m6);
-                mm[j] = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
+                mins[j] = _mm256_and_si256(srl32(q1, 8 * j), m6);
                 let top0 = _mm256_and_si256(srl32(q0, 8 * j + 6), m2);
                 let top1 = _mm256_and_si256(srl32(q1, 8 * j + 6), m2);
                 sc[j + 4] = _mm256_or_si256(
                     _mm256_and_si256(srl32(q2, 8 * j), m4),
                     _mm256_slli_epi32(top0, 4),
                 );
-                let m = _mm256_or_si256(
+                mins[j + 4] = _mm256_or_si256(
                     _mm256_and_si256(srl32(q2, 8 * j + 4), m4),
                     _mm256_slli_epi32(top1, 4),
                 );
-                mm[j + 4] = _mm256_or_si256(m, _mm256_slli_epi32(m, 16));
             }
+            // The minima of groups 2p and 2p + 1 as a 16-bit pair, against the pair of 32-value
+            // activation sums: one `vpdpwssd` per two groups.
+            let mm: [__m256i; 4] = std::array::from_fn(|p| {
+                _mm256_or_si256(mins[2 * p], _mm256_slli_epi32(mins[2 * p + 1], 16))
+            });
             isum[..nt].fill(_mm256_setzero_si256());
             for jj in 0..4 {
                 let x: [__m256i; 8] = std::array::from_fn(|r| load(blk[r].add(16 + 32 * jj)));
@@ -802,10 +805,10 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
             }
             for t in 0..nt {
                 let tt = t0 + t;
-                let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b) as *const u8;
+                let s32 = a.sums32.as_ptr().add(tt * (cols / 32) + 8 * b) as *const u8;
                 let mut msum = _mm256_setzero_si256();
-                for (j, &mv) in mm.iter().enumerate() {
-                    msum = dot2_i16::<VNNI>(msum, mv, bcast4(s16.add(4 * j)));
+                for (p, &mv) in mm.iter().enumerate() {
+                    msum = dot2_i16::<VNNI>(msum, mv, bcast4(s32.add(4 * p)));
                 }
                 let x = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[t]), dv);
                 let y = _mm256_mul_ps(_mm256_cvtepi32_ps(msum), dminv);
