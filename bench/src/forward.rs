@@ -22,7 +22,8 @@ pub struct ForwardResult {
     pub tokens_per_s: f64,
     /// Timed repeats.
     pub repeat: usize,
-    /// Median time relative to the one-token forward of the same run (when one was measured).
+    /// Median over the rounds of this entry's time over the one-token forward's in the same round
+    /// (when one was measured).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vs_one_token: Option<f64>,
 }
@@ -57,8 +58,9 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Runs the benchmark: one untimed warm-up per entry, then `repeat` timed forwards, each after
-/// rolling the cache back to the context.
+/// Runs the benchmark: one untimed warm-up per entry, then `repeat` rounds in which every entry
+/// is timed once, in turn (round-robin, so a drift in the machine's speed, common on shared
+/// hosts, touches every entry alike), each forward after rolling the cache back to the context.
 pub fn run(model: &Model, b: &ForwardBench) -> Result<Vec<ForwardResult>> {
     let max_new = b.tokens.iter().copied().max().unwrap_or(1);
     let mut cache = model.new_cache(b.context + max_new);
@@ -66,22 +68,35 @@ pub fn run(model: &Model, b: &ForwardBench) -> Result<Vec<ForwardResult>> {
         model.forward(&filler(model, b.context, 0), &mut cache, Logits::Last)?;
     }
     cache.commit();
-    let mut out: Vec<ForwardResult> = Vec::new();
-    for &k in &b.tokens {
-        let new = filler(model, k, 1);
-        let mut times = Vec::with_capacity(b.repeat);
-        for i in 0..=b.repeat {
+    let inputs: Vec<Vec<u32>> = b.tokens.iter().map(|&k| filler(model, k, 1)).collect();
+    let mut times = vec![Vec::with_capacity(b.repeat); b.tokens.len()];
+    for round in 0..=b.repeat {
+        for (e, new) in inputs.iter().enumerate() {
             cache.rollback();
             let t0 = Instant::now();
-            let logits = model.forward(&new, &mut cache, b.logits)?;
+            let logits = model.forward(new, &mut cache, b.logits)?;
             let dt = t0.elapsed().as_secs_f64();
             std::hint::black_box(logits);
-            if i > 0 {
-                times.push(dt);
+            if round > 0 {
+                times[e].push(dt);
             }
         }
-        let ms_min = times.iter().copied().fold(f64::INFINITY, f64::min) * 1e3;
-        let med = median(&mut times);
+    }
+    // Each entry's time over the one-token forward's of the same round.
+    let one = b.tokens.iter().position(|&k| k == 1);
+    let ratios: Vec<Option<f64>> = (0..b.tokens.len())
+        .map(|e| {
+            one.map(|o| {
+                let mut r: Vec<f64> = times[e].iter().zip(&times[o]).map(|(t, u)| t / u).collect();
+                median(&mut r)
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(b.tokens.len());
+    for (e, &k) in b.tokens.iter().enumerate() {
+        let t = &mut times[e];
+        let ms_min = t.iter().copied().fold(f64::INFINITY, f64::min) * 1e3;
+        let med = median(t);
         out.push(ForwardResult {
             tokens: k,
             context: b.context,
@@ -89,13 +104,8 @@ pub fn run(model: &Model, b: &ForwardBench) -> Result<Vec<ForwardResult>> {
             ms_min,
             tokens_per_s: k as f64 / med,
             repeat: b.repeat,
-            vs_one_token: None,
+            vs_one_token: ratios[e],
         });
-    }
-    if let Some(one) = out.iter().find(|r| r.tokens == 1).map(|r| r.ms_median) {
-        for r in &mut out {
-            r.vs_one_token = Some(r.ms_median / one);
-        }
     }
     Ok(out)
 }
