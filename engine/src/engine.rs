@@ -2,6 +2,7 @@
 //! (both mapped through the one store), and a thread pool sized by the caller.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use cascade_weights::{OpenOptions, StreamDecoder, WeightStore};
@@ -12,7 +13,7 @@ use crate::generate::{generate, GenerateConfig, GenerateStats, StopReason};
 use crate::model::{Model, Precision};
 use crate::perplexity::{perplexity, PerplexityResult};
 use crate::speculative::{
-    generate_speculative, Cascade, ModelProposer, Proposer, Rule, SpecConfig,
+    generate_speculative_with, Cascade, ModelProposer, Proposer, Rule, SpecConfig, SpecMemory,
 };
 
 #[derive(Debug, Clone, Default)]
@@ -122,6 +123,9 @@ pub struct Engine {
     target: Model,
     draft: Option<Model>,
     pool: rayon::ThreadPool,
+    /// What the draft-length controllers of this engine's speculative requests learned (pass
+    /// costs, acceptance): each request resumes from it.
+    spec_memory: Mutex<SpecMemory>,
     /// Seconds spent opening and mapping the models.
     pub load_s: f64,
 }
@@ -161,6 +165,7 @@ impl Engine {
             target,
             draft,
             pool,
+            spec_memory: Mutex::new(SpecMemory::default()),
             load_s: t0.elapsed().as_secs_f64(),
         })
     }
@@ -277,9 +282,29 @@ impl Engine {
                 if let Some(d) = draft.as_mut() {
                     proposers.push(d);
                 }
-                self.install(|| {
-                    generate_speculative(model, &mut proposers, &prompt, cfg, spec, on_token)
-                })?
+                // Concurrent requests each start from the memory as it was; each leaves its own
+                // settings' measurements (a poisoned lock only means a request panicked).
+                let mut memory = self
+                    .spec_memory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let g = self.install(|| {
+                    generate_speculative_with(
+                        model,
+                        &mut proposers,
+                        &prompt,
+                        cfg,
+                        spec,
+                        &mut memory,
+                        on_token,
+                    )
+                })?;
+                self.spec_memory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .absorb(&memory, spec, cfg.sampling);
+                g
             }
         };
         let rest = stream.finish();

@@ -22,6 +22,6 @@ pub use model::{Logits, Model, Precision};
 pub use perplexity::{perplexity, PerplexityResult};
 pub use sampler::{Distribution, Sampled, Sampler, SamplingParams};
 pub use speculative::{
-    generate_speculative, Cascade, DraftLen, ModelProposer, NgramProposer, Proposer, Rule,
-    SpecConfig, MAX_DRAFT_LEN,
+    generate_speculative, generate_speculative_with, Cascade, DraftLen, ModelProposer,
+    NgramProposer, Proposer, Rule, SpecConfig, SpecMemory, MAX_DRAFT_LEN,
 };

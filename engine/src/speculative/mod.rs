@@ -102,6 +102,81 @@ impl SpecConfig {
     }
 }
 
+/// What the draft-length controllers of an engine's speculative requests learned, for the next
+/// request to start from: the target's pass costs by width (a property of the machine and the
+/// model), and per proposer its acceptance by position and its draft step times, kept apart for
+/// each combination of speculative settings (draft length aside) and sampling parameters, since
+/// both change what gets accepted. A request resumes from it and leaves its own measurements.
+#[derive(Debug, Clone, Default)]
+pub struct SpecMemory {
+    costs: Option<PassCosts>,
+    controllers: Vec<(MemoryKey, Vec<Controller>)>,
+}
+
+/// The settings a proposer's learned acceptance holds for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MemoryKey {
+    spec: SpecConfig,
+    sampling: SamplingParams,
+}
+
+impl MemoryKey {
+    fn new(spec: &SpecConfig, sampling: SamplingParams) -> MemoryKey {
+        MemoryKey {
+            spec: SpecConfig {
+                draft_len: DraftLen::default(),
+                ..*spec
+            },
+            sampling,
+        }
+    }
+}
+
+impl SpecMemory {
+    /// Pass costs with room for passes of `max_width` tokens.
+    fn costs(&self, max_width: usize) -> PassCosts {
+        match &self.costs {
+            Some(c) => c.widened(max_width),
+            None => PassCosts::new(max_width),
+        }
+    }
+
+    /// One controller per proposer (`costly`: whether each drafts with a model): what earlier
+    /// requests with `key` learned, or fresh ones.
+    fn controllers(&self, key: &MemoryKey, costly: &[bool], mode: DraftLen) -> Vec<Controller> {
+        match self.controllers.iter().find(|(k, _)| k == key) {
+            Some((_, c)) if c.len() == costly.len() => c.iter().map(|c| c.resumed(mode)).collect(),
+            _ => costly.iter().map(|&c| Controller::new(mode, c)).collect(),
+        }
+    }
+
+    fn store(&mut self, key: MemoryKey, controllers: Vec<Controller>, costs: PassCosts) {
+        self.costs = Some(costs);
+        match self.controllers.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, c)) => *c = controllers,
+            None => self.controllers.push((key, controllers)),
+        }
+    }
+
+    /// Takes the pass costs, and the controllers of `spec` and `sampling`, from `other` (a copy
+    /// of this memory that one request ran with), leaving the other settings' entries as they
+    /// are: a request run alongside others only overwrites what it measured.
+    pub fn absorb(&mut self, other: &SpecMemory, spec: &SpecConfig, sampling: SamplingParams) {
+        let key = MemoryKey::new(spec, sampling);
+        if let (Some(costs), Some((_, c))) = (
+            &other.costs,
+            other.controllers.iter().find(|(k, _)| *k == key),
+        ) {
+            self.store(key, c.clone(), costs.clone());
+        }
+    }
+
+    /// Whether any request has left measurements.
+    pub fn is_empty(&self) -> bool {
+        self.costs.is_none()
+    }
+}
+
 /// The verifier's signature, so that tests can substitute a broken one and watch it fail.
 pub(crate) type VerifyFn = fn(&[Distribution], &[DraftProbs], &[u32], &mut ChaCha8Rng) -> Verdict;
 
@@ -117,8 +192,26 @@ pub fn generate_speculative(
     spec: &SpecConfig,
     on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
+    let mut memory = SpecMemory::default();
+    generate_speculative_with(target, proposers, prompt, cfg, spec, &mut memory, on_token)
+}
+
+/// [`generate_speculative`] starting from what earlier requests learned (`memory`), which it
+/// updates with this request's measurements when it completes. [`crate::Engine`] keeps one per
+/// engine.
+pub fn generate_speculative_with(
+    target: &Model,
+    proposers: &mut [&mut dyn Proposer],
+    prompt: &[u32],
+    cfg: &GenerateConfig,
+    spec: &SpecConfig,
+    memory: &mut SpecMemory,
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<Generation> {
     let verify_fn: VerifyFn = verify::<ChaCha8Rng>;
-    run(target, proposers, prompt, cfg, spec, verify_fn, on_token)
+    run(
+        target, proposers, prompt, cfg, spec, memory, verify_fn, on_token,
+    )
 }
 
 /// Per-position and per-round counters, turned into `GenerateStats` at the end.
@@ -128,12 +221,14 @@ struct Counters {
     rounds_by_len: Vec<usize>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run(
     target: &Model,
     proposers: &mut [&mut dyn Proposer],
     prompt: &[u32],
     cfg: &GenerateConfig,
     spec: &SpecConfig,
+    memory: &mut SpecMemory,
     verify_fn: VerifyFn,
     mut on_token: impl FnMut(u32) -> bool,
 ) -> Result<Generation> {
@@ -188,11 +283,10 @@ pub(crate) fn run(
     stats.prefill_s = t0.elapsed().as_secs_f64();
 
     let t1 = Instant::now();
-    let mut ctrls: Vec<Controller> = proposers
-        .iter()
-        .map(|p| Controller::new(spec.draft_len, p.costly()))
-        .collect();
-    let mut costs = PassCosts::new(kmax + 1);
+    let key = MemoryKey::new(spec, cfg.sampling);
+    let costly: Vec<bool> = proposers.iter().map(|p| p.costly()).collect();
+    let mut ctrls = memory.controllers(&key, &costly, spec.draft_len);
+    let mut costs = memory.costs(kmax + 1);
     // The previous round's start and the seconds it spent drafting and verifying: the rest of
     // its wall time (emitting tokens, streaming them out) is a per-round overhead the
     // draft-length controller weighs (it favours fewer, longer rounds).
@@ -280,6 +374,7 @@ pub(crate) fn run(
         new.push(verdict.next);
     };
     stats.decode_s = t1.elapsed().as_secs_f64();
+    memory.store(key, ctrls, costs);
     stats.generated_tokens = tokens.len();
     stats.target_s = stats.prefill_s + stats.verify_s - stats.answer_draft_s;
     stats.draft_s += stats.answer_draft_s;

@@ -14,7 +14,10 @@
 //! rate where there are few; t_verify(n) from the passes of width n measured so far, with
 //! unmeasured widths interpolated (or extrapolated with a prior slope).
 //! Each proposer of a request has its own controller (prompt lookup drafts for free, the draft
-//! model does not); the pass costs are shared.
+//! model does not); the pass costs are shared. What they learned carries over to the next
+//! request of the same engine and settings ([`super::SpecMemory`]): a 128-token request has
+//! only 30-40 rounds, too few to spend the first of them relearning the machine's costs and
+//! the pair's acceptance from a prior.
 
 /// `--draft-len`: a fixed number of drafted tokens per round, or adaptive up to `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +92,16 @@ impl PassCosts {
         }
     }
 
+    /// The same measurements with room for passes of up to `max_width` tokens (a later request
+    /// may draft longer).
+    pub fn widened(&self, max_width: usize) -> PassCosts {
+        let mut c = self.clone();
+        if c.t.len() < max_width + 1 {
+            c.t.resize(max_width + 1, Ema::default());
+        }
+        c
+    }
+
     pub fn observe(&mut self, width: usize, seconds: f64) {
         if let Some(e) = self.t.get_mut(width) {
             e.push(seconds);
@@ -147,6 +160,17 @@ impl Controller {
             plain_streak: 0,
             costly,
         }
+    }
+
+    /// This controller's measurements (acceptance, draft step times) under a new request's
+    /// `mode`: how a request resumes what the engine's earlier requests learned.
+    pub fn resumed(&self, mode: DraftLen) -> Controller {
+        let mut c = self.clone();
+        c.mode = mode;
+        c.reached_at.resize(mode.max(), 0.0);
+        c.accepted_at.resize(mode.max(), 0.0);
+        c.plain_streak = 0;
+        c
     }
 
     /// Estimated probability that drafted position `i` (0-based) is accepted given the ones
@@ -280,6 +304,27 @@ mod tests {
             c.observe(drafted, acc, 1, t_draft * drafted as f64, t_draft);
         }
         (c, costs)
+    }
+
+    #[test]
+    fn a_resumed_controller_keeps_what_it_learned() {
+        let (c, costs) = trained((1, 4), 0.004, &[(1, 0.03), (5, 0.045)]);
+        let r = c.resumed(DraftLen::Auto { max: 12 });
+        let wide = costs.widened(13);
+        assert_eq!(r.alpha(), c.alpha());
+        for i in 0..8 {
+            assert_eq!(r.alpha_at(i), c.alpha_at(i));
+        }
+        assert_eq!(r.reached_at.len(), 12);
+        assert_eq!(wide.t.len(), 14);
+        assert_eq!(wide.cost(5), costs.cost(5));
+        // Low acceptance learned: the next request does not open with the prior's k = 4.
+        let fresh = Controller::new(DraftLen::Auto { max: 12 }, true);
+        assert_eq!(fresh.choose(&PassCosts::new(13)), 4);
+        assert_eq!(r.choose(&wide), c.choose(&costs));
+        assert!(r.choose(&wide) < 4, "{}", r.choose(&wide));
+        // Under a fixed length it drafts that length, whatever it learned.
+        assert_eq!(c.resumed(DraftLen::Fixed(3)).choose(&wide), 3);
     }
 
     #[test]

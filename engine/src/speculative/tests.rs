@@ -273,7 +273,17 @@ fn second_tokens(
                 };
                 let s = spec(DraftLen::Fixed(1));
                 let mut d = ModelProposer::new(&p.draft, &p.target, 16, false);
-                let g = run(&p.target, &mut [&mut d], prompt, &cfg, &s, f, |_| true).unwrap();
+                let g = run(
+                    &p.target,
+                    &mut [&mut d],
+                    prompt,
+                    &cfg,
+                    &s,
+                    &mut SpecMemory::default(),
+                    f,
+                    |_| true,
+                )
+                .unwrap();
                 acc[g.tokens[1] as usize] += 1;
                 // The last two cells count drafted and accepted tokens.
                 let n = acc.len();
@@ -535,4 +545,52 @@ fn answer_mode_is_exact_without_a_rule_and_passes_whole_from_the_target_itself()
         let g = run_with_draft(&p, &p.draft, &prompt, &cfg, &lenient);
         assert_eq!(g.stats.answer_kept, g.stats.answer_drafted);
     }
+}
+
+#[test]
+fn learned_draft_lengths_carry_over_between_requests_and_output_stays_exact() {
+    let p = pair(DType::Q8_0, false);
+    let cfg = GenerateConfig {
+        max_tokens: 30,
+        stop_at_eog: false,
+        ..Default::default()
+    };
+    let s = spec(DraftLen::Auto { max: 8 });
+    let mut memory = SpecMemory::default();
+    assert!(memory.is_empty());
+    for text in PROMPTS.iter().take(3) {
+        let prompt = p.target.tokenizer.encode(text, true).unwrap();
+        let plain = generate(&p.target, &prompt, &cfg, |_| true).unwrap();
+        let mut d = ModelProposer::new(&p.draft, &p.target, 128, false);
+        let g = generate_speculative_with(
+            &p.target,
+            &mut [&mut d],
+            &prompt,
+            &cfg,
+            &s,
+            &mut memory,
+            |_| true,
+        )
+        .unwrap();
+        assert_eq!(g.tokens, plain.tokens, "{text}");
+        assert!(!memory.is_empty());
+    }
+    // The draft's learned acceptance is kept for these settings only: other sampling parameters
+    // start from the prior (α = 0.7).
+    let props = [true];
+    let learned = memory.controllers(&MemoryKey::new(&s, cfg.sampling), &props, s.draft_len);
+    let other = SamplingParams {
+        temperature: 0.7,
+        ..cfg.sampling
+    };
+    let fresh = memory.controllers(&MemoryKey::new(&s, other), &props, s.draft_len);
+    assert_eq!(fresh[0].alpha(), 0.7);
+    assert_ne!(learned[0].alpha(), 0.7);
+    // Another engine-wide memory absorbs exactly that entry and the pass costs.
+    let mut shared = SpecMemory::default();
+    shared.absorb(&memory, &s, other);
+    assert!(shared.is_empty());
+    shared.absorb(&memory, &s, cfg.sampling);
+    let again = shared.controllers(&MemoryKey::new(&s, cfg.sampling), &props, s.draft_len);
+    assert_eq!(again[0].alpha(), learned[0].alpha());
 }
