@@ -175,6 +175,14 @@ fn bad_speculative_flags_are_clear_errors() {
         "--draft-max 0: must be between 1 and 32",
     );
     assert_clean_error(
+        &gen(&["--draft", &ds, "--ngram-min", "4", "--ngram-max", "3"]),
+        "need 1 ≤ min (4) ≤ max (3)",
+    );
+    assert_clean_error(
+        &gen(&["--draft", "ngram", "--ngram-min", "0"]),
+        "need 1 ≤ min (0) ≤ max (3)",
+    );
+    assert_clean_error(
         &gen(&["--draft", "ngram", "--mode", "draft"]),
         "needs a draft model",
     );

@@ -117,6 +117,13 @@ pub struct GenerateArgs {
     /// n-gram match in the prompt and the text so far when there is one, for free).
     #[arg(long)]
     pub no_lookup: bool,
+    /// Prompt lookup's shortest n-gram: the context's last n tokens (n from --ngram-max down
+    /// to this) must occur earlier for it to propose what followed them.
+    #[arg(long, default_value_t = NgramProposer::default().min_n)]
+    pub ngram_min: usize,
+    /// Prompt lookup's longest n-gram.
+    #[arg(long, default_value_t = NgramProposer::default().max_n)]
+    pub ngram_max: usize,
     /// The prompt, used verbatim unless --chat.
     #[arg(
         long,
@@ -333,7 +340,10 @@ fn resolve_mode(a: &GenerateArgs) -> Result<Mode, CliError> {
         (ModeArg::Exact | ModeArg::Cascade | ModeArg::Answer, _) => Mode::Speculative(SpecConfig {
             draft_len,
             draft_model: model,
-            lookup: (!a.no_lookup).then(NgramProposer::default),
+            lookup: (!a.no_lookup).then_some(NgramProposer {
+                min_n: a.ngram_min,
+                max_n: a.ngram_max,
+            }),
             cascade,
             answer: asked == ModeArg::Answer,
         }),

@@ -45,6 +45,13 @@ pub struct SpecBenchArgs {
     /// Do not try prompt lookup before the draft model.
     #[arg(long)]
     pub no_lookup: bool,
+    /// Prompt lookup's shortest n-gram: the context's last n tokens (n from --ngram-max down
+    /// to this) must occur earlier for it to propose what followed them.
+    #[arg(long, default_value_t = NgramProposer::default().min_n)]
+    pub ngram_min: usize,
+    /// Prompt lookup's longest n-gram.
+    #[arg(long, default_value_t = NgramProposer::default().max_n)]
+    pub ngram_max: usize,
     /// Print one JSON object per setting, each as soon as it finishes.
     #[arg(long)]
     pub json: bool,
@@ -196,7 +203,10 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
         DraftArg::Model(p) => (true, Some(p.clone())),
         DraftArg::Ngram => (false, None),
     };
-    let lookup = (!a.no_lookup || !draft_model).then(NgramProposer::default);
+    let lookup = (!a.no_lookup || !draft_model).then_some(NgramProposer {
+        min_n: a.ngram_min,
+        max_n: a.ngram_max,
+    });
     let mut all = Vec::new();
     let mut reference: Option<Vec<Vec<u32>>> = None;
     for &threads in &a.threads {
