@@ -280,3 +280,82 @@ fn cascade_at_alpha_zero_and_answer_mode_reproduce_the_target() {
     assert_eq!(s["target_tokens"], 0);
     assert!(s["draft_tokens"].as_u64().unwrap() > 0, "{s}");
 }
+
+#[test]
+fn bench_speculative_runs_every_setting_per_prompt_and_checks_losslessness() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, d) = pair(dir.path());
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(
+        &prompts,
+        "{\"prompt\": \"the cat sat on the mat and the cat\", \"kind\": \"prose\"}\n\
+         {\"prompt\": \"a b a b a b\", \"kind\": \"prose\"}\n",
+    )
+    .unwrap();
+    let (ts, ds, ps) = (
+        t.display().to_string(),
+        d.display().to_string(),
+        prompts.display().to_string(),
+    );
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "speculative",
+            "--target",
+            &ts,
+            "--prompts",
+            &ps,
+            "--max-tokens",
+            "12",
+        ];
+        args.extend_from_slice(extra);
+        cascade(&args)
+    };
+    let out = bench(&[
+        "--draft",
+        &ds,
+        "--draft-len",
+        "2,auto",
+        "--lookup",
+        "off,1",
+        "--threads",
+        "1,2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Per thread count: target-only, then lookup {off, n>=1} x draft length {2, auto}.
+    assert_eq!(rows.len(), 2 * 5, "{rows:?}");
+    let labels: Vec<(String, String)> = rows[..5]
+        .iter()
+        .map(|r| {
+            (
+                r["lookup"].as_str().unwrap().to_string(),
+                r["draft_len"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(labels[0], ("-".to_string(), "-".to_string()));
+    assert_eq!(labels[1], ("off".to_string(), "2".to_string()));
+    assert_eq!(labels[4], ("n>=1".to_string(), "auto (max 8)".to_string()));
+    for r in &rows {
+        assert_eq!(r["prompts"], 2, "{r}");
+        assert_eq!(r["identical"], 2, "{r}");
+        assert!(r["median_speedup"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_usage_error(
+        &bench(&["--draft", &ds, "--lookup", "sometimes"]),
+        "'sometimes' is neither 'off' nor an n-gram length of at least 1",
+    );
+    assert_clean_error(
+        &bench(&["--draft", "ngram", "--lookup", "off"]),
+        "--lookup off leaves nothing to draft",
+    );
+}

@@ -42,19 +42,39 @@ pub struct SpecBenchArgs {
     /// The most tokens `auto` drafts per round.
     #[arg(long, default_value_t = 8)]
     pub draft_max: usize,
-    /// Do not try prompt lookup before the draft model.
-    #[arg(long)]
+    /// Do not try prompt lookup before the draft model (the same as --lookup off).
+    #[arg(long, conflicts_with = "lookup")]
     pub no_lookup: bool,
-    /// Prompt lookup's shortest n-gram: the context's last n tokens (n from --ngram-max down
-    /// to this) must occur earlier for it to propose what followed them.
-    #[arg(long, default_value_t = NgramProposer::default().min_n)]
-    pub ngram_min: usize,
+    /// Prompt lookup before the draft model, comma separated settings to run: `off`, or the
+    /// shortest n-gram it matches (the context's last n tokens, n from --ngram-max down to this,
+    /// must occur earlier).
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = parse_lookup)]
+    pub lookup: Vec<LookupArg>,
     /// Prompt lookup's longest n-gram.
     #[arg(long, default_value_t = NgramProposer::default().max_n)]
     pub ngram_max: usize,
-    /// Print one JSON object per setting, each as soon as it finishes.
+    /// Print one JSON object per setting (after each thread count's run).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--lookup`: no prompt lookup, or lookup from n-grams of at least this many tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LookupArg {
+    Off,
+    MinN(usize),
+}
+
+fn parse_lookup(s: &str) -> Result<LookupArg, String> {
+    match s {
+        "off" => Ok(LookupArg::Off),
+        _ => match s.parse() {
+            Ok(n) if n >= 1 => Ok(LookupArg::MinN(n)),
+            _ => Err(format!(
+                "'{s}' is neither 'off' nor an n-gram length of at least 1"
+            )),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +91,8 @@ struct PromptLine {
 struct Totals {
     mode: String,
     draft_len: String,
+    /// Prompt lookup: `off`, or `n>=N` (its shortest n-gram).
+    lookup: String,
     threads: usize,
     prompts: usize,
     /// Outputs equal to target-only decoding, token for token.
@@ -82,6 +104,10 @@ struct Totals {
     decode_tokens_per_s: f64,
     /// Median over prompts of each request's decode tokens/s.
     median_tokens_per_s: f64,
+    /// Median over prompts of this setting's decode tokens/s over target-only's on the same
+    /// prompt, run just before it (settings take turns per prompt, so a drift in the host's
+    /// speed touches them alike).
+    median_speedup: f64,
     target_passes: usize,
     drafted: usize,
     accepted: usize,
@@ -92,6 +118,8 @@ struct Totals {
     verify_s: f64,
     #[serde(skip)]
     rates: Vec<f64>,
+    #[serde(skip)]
+    speedups: Vec<f64>,
     #[serde(skip)]
     pos: Vec<(f64, usize)>,
 }
@@ -135,9 +163,18 @@ impl Totals {
         self.decode_tokens_per_s = decoded as f64 / self.decode_s.max(1e-9);
         self.acceptance_rate = self.accepted as f64 / (self.drafted.max(1)) as f64;
         self.per_position_acceptance = self.pos.iter().map(|&(a, n)| a / n.max(1) as f64).collect();
-        let mut r = self.rates.clone();
-        r.sort_by(f64::total_cmp);
-        self.median_tokens_per_s = r.get(r.len() / 2).copied().unwrap_or(0.0);
+        self.median_tokens_per_s = median(&self.rates);
+        self.median_speedup = median(&self.speedups);
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut r = v.to_vec();
+    r.sort_by(f64::total_cmp);
+    match r.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => r[n / 2],
+        n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
     }
 }
 
@@ -203,10 +240,33 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
         DraftArg::Model(p) => (true, Some(p.clone())),
         DraftArg::Ngram => (false, None),
     };
-    let lookup = (!a.no_lookup || !draft_model).then_some(NgramProposer {
-        min_n: a.ngram_min,
-        max_n: a.ngram_max,
-    });
+    // Prompt lookup settings: `--draft ngram` is lookup alone, so it always has one.
+    let lookups: Vec<Option<NgramProposer>> = if a.no_lookup && draft_model {
+        vec![None]
+    } else {
+        let mut v = Vec::new();
+        for l in &a.lookup {
+            let p = match *l {
+                LookupArg::Off if draft_model => None,
+                LookupArg::Off => {
+                    return Err(CliError::Usage(
+                        "--draft ngram is prompt lookup: --lookup off leaves nothing to draft"
+                            .into(),
+                    ))
+                }
+                LookupArg::MinN(n) => Some(NgramProposer {
+                    min_n: n,
+                    max_n: a.ngram_max,
+                }),
+            };
+            v.push(p);
+        }
+        v
+    };
+    let label = |l: &Option<NgramProposer>| match l {
+        None => "off".to_string(),
+        Some(p) => format!("n>={}", p.min_n),
+    };
     let mut all = Vec::new();
     let mut reference: Option<Vec<Vec<u32>>> = None;
     for &threads in &a.threads {
@@ -232,71 +292,80 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
         let mut base = Totals {
             mode: "target".into(),
             draft_len: "-".into(),
+            lookup: "-".into(),
             threads,
             ..Default::default()
         };
+        let mut settings: Vec<(SpecConfig, Totals)> = Vec::new();
+        for lookup in &lookups {
+            for &len in &lens {
+                let spec = SpecConfig {
+                    draft_len: len,
+                    draft_model,
+                    lookup: *lookup,
+                    ..Default::default()
+                };
+                let t = Totals {
+                    mode: "exact".into(),
+                    draft_len: match len {
+                        DraftLen::Fixed(k) => k.to_string(),
+                        DraftLen::Auto { max } => format!("auto (max {max})"),
+                    },
+                    lookup: label(lookup),
+                    threads,
+                    ..Default::default()
+                };
+                settings.push((spec, t));
+            }
+        }
+        // Each prompt runs target-only, then every setting in turn.
         let mut plain = Vec::new();
-        let bar = progress(prompts.len(), format!("{threads} threads, target"));
+        let bar = progress(prompts.len(), format!("{threads} threads"));
         for (i, p) in prompts.iter().enumerate() {
             let c = engine.generate(&request(p, Mode::Target), |_| {})?;
             // Target-only output must not depend on the thread count either.
             let same = reference.as_ref().is_none_or(|r| r[i] == c.tokens);
             base.add(&c, same);
+            let base_rate = c.stats.decode_tokens_per_s;
             plain.push(c.tokens);
+            for (spec, t) in &mut settings {
+                let c = engine.generate(&request(p, Mode::Speculative(*spec)), |_| {})?;
+                let same = c.tokens == plain[i];
+                if !same {
+                    bar.println(format!(
+                        "prompt {i}: exact output differs from the target's (draft length {}, lookup {})",
+                        t.draft_len, t.lookup
+                    ));
+                }
+                t.add(&c, same);
+                if base_rate > 0.0 {
+                    t.speedups.push(c.stats.decode_tokens_per_s / base_rate);
+                }
+            }
             bar.inc(1);
         }
         bar.finish_and_clear();
         reference.get_or_insert_with(|| plain.clone());
         base.finish();
-        if a.json {
-            print_json(&serde_json::to_value(&base).map_err(std::io::Error::other)?)?;
-        }
-        all.push(base);
-        for &len in &lens {
-            let spec = SpecConfig {
-                draft_len: len,
-                draft_model,
-                lookup,
-                ..Default::default()
-            };
-            let mut t = Totals {
-                mode: "exact".into(),
-                draft_len: match len {
-                    DraftLen::Fixed(k) => k.to_string(),
-                    DraftLen::Auto { max } => format!("auto (max {max})"),
-                },
-                threads,
-                ..Default::default()
-            };
-            let bar = progress(
-                prompts.len(),
-                format!("{threads} threads, exact, draft length {}", t.draft_len),
-            );
-            for (i, p) in prompts.iter().enumerate() {
-                let c = engine.generate(&request(p, Mode::Speculative(spec)), |_| {})?;
-                let same = c.tokens == plain[i];
-                if !same {
-                    bar.println(format!(
-                        "prompt {i}: exact output differs from the target's (draft length {})",
-                        t.draft_len
-                    ));
-                }
-                t.add(&c, same);
-                bar.inc(1);
-            }
-            bar.finish_and_clear();
+        base.speedups = vec![1.0];
+        base.median_speedup = 1.0;
+        let mut block = vec![base];
+        block.extend(settings.into_iter().map(|(_, mut t)| {
             t.finish();
-            if a.json {
-                print_json(&serde_json::to_value(&t).map_err(std::io::Error::other)?)?;
+            t
+        }));
+        if a.json {
+            for t in &block {
+                print_json(&serde_json::to_value(t).map_err(std::io::Error::other)?)?;
             }
-            all.push(t);
         }
+        all.extend(block);
     }
-    // With --json each setting's line was printed as soon as it finished.
+    // With --json each setting's line was printed after its thread count's run.
     if !a.json {
         println!(
-            "{:>6} {:>14} {:>7} {:>10} {:>9} {:>9} {:>8} {:>10} {:>8}  per-position acceptance / rounds by draft length",
-            "mode", "draft_len", "threads", "identical", "tok/s", "median", "vs_tgt", "passes/tok", "accept"
+            "{:>6} {:>14} {:>6} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>8}  per-position acceptance / rounds by draft length",
+            "mode", "draft_len", "lookup", "threads", "identical", "tok/s", "median", "vs_tgt", "med_x", "passes/tok", "accept"
         );
         let mut base_rate = 0.0;
         for t in &all {
@@ -304,15 +373,17 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
                 base_rate = t.decode_tokens_per_s;
             }
             println!(
-                "{:>6} {:>14} {:>7} {:>6}/{:<3} {:>9.2} {:>9.2} {:>7.2}x {:>10.3} {:>8.3}  {:?} / {:?}",
+                "{:>6} {:>14} {:>6} {:>7} {:>6}/{:<3} {:>9.2} {:>9.2} {:>7.2}x {:>7.2}x {:>10.3} {:>8.3}  {:?} / {:?}",
                 t.mode,
                 t.draft_len,
+                t.lookup,
                 t.threads,
                 t.identical,
                 t.prompts,
                 t.decode_tokens_per_s,
                 t.median_tokens_per_s,
                 t.decode_tokens_per_s / base_rate.max(1e-9),
+                t.median_speedup,
                 t.target_passes as f64 / t.tokens.max(1) as f64,
                 t.acceptance_rate,
                 t.per_position_acceptance
