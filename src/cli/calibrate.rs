@@ -103,7 +103,7 @@ pub fn run(a: CalibrateArgs) -> Result<(), CliError> {
                 DraftLenArg::Auto => DraftLen::Auto { max: 8 },
             },
             draft_model: true,
-            lookup: Some(NgramProposer::default()),
+            lookup: Some(NgramProposer::beside_draft()),
             cascade: None,
             answer: false,
         },

@@ -118,9 +118,10 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub no_lookup: bool,
     /// Prompt lookup's shortest n-gram: the context's last n tokens (n from --ngram-max down
-    /// to this) must occur earlier for it to propose what followed them.
-    #[arg(long, default_value_t = NgramProposer::default().min_n)]
-    pub ngram_min: usize,
+    /// to this) must occur earlier for it to propose what followed them. Default: 3 before a
+    /// draft model, 1 for --draft ngram.
+    #[arg(long)]
+    pub ngram_min: Option<usize>,
     /// Prompt lookup's longest n-gram.
     #[arg(long, default_value_t = NgramProposer::default().max_n)]
     pub ngram_max: usize,
@@ -341,7 +342,11 @@ fn resolve_mode(a: &GenerateArgs) -> Result<Mode, CliError> {
             draft_len,
             draft_model: model,
             lookup: (!a.no_lookup).then_some(NgramProposer {
-                min_n: a.ngram_min,
+                min_n: a.ngram_min.unwrap_or(if model {
+                    NgramProposer::beside_draft().min_n
+                } else {
+                    NgramProposer::default().min_n
+                }),
                 max_n: a.ngram_max,
             }),
             cascade,

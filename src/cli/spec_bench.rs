@@ -47,8 +47,9 @@ pub struct SpecBenchArgs {
     pub no_lookup: bool,
     /// Prompt lookup before the draft model, comma separated settings to run: `off`, or the
     /// shortest n-gram it matches (the context's last n tokens, n from --ngram-max down to this,
-    /// must occur earlier).
-    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = parse_lookup)]
+    /// must occur earlier). Default: what `generate` does (3 before a draft model, 1 for
+    /// --draft ngram).
+    #[arg(long, value_delimiter = ',', value_parser = parse_lookup)]
     pub lookup: Vec<LookupArg>,
     /// Prompt lookup's longest n-gram.
     #[arg(long, default_value_t = NgramProposer::default().max_n)]
@@ -245,7 +246,17 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
         vec![None]
     } else {
         let mut v = Vec::new();
-        for l in &a.lookup {
+        let default = if draft_model {
+            NgramProposer::beside_draft().min_n
+        } else {
+            NgramProposer::default().min_n
+        };
+        let asked = if a.lookup.is_empty() {
+            vec![LookupArg::MinN(default)]
+        } else {
+            a.lookup.clone()
+        };
+        for l in &asked {
             let p = match *l {
                 LookupArg::Off if draft_model => None,
                 LookupArg::Off => {

@@ -37,7 +37,8 @@ use crate::model::{Logits, Model};
 use crate::sampler::{Distribution, Sampler, SamplingParams};
 
 /// How a speculative request drafts. Each round asks prompt lookup first (free when it finds a
-/// match), then the draft model.
+/// match), then the draft model. The default looks up 3-grams only
+/// ([`NgramProposer::beside_draft`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SpecConfig {
     pub draft_len: DraftLen,
@@ -56,7 +57,7 @@ impl Default for SpecConfig {
         SpecConfig {
             draft_len: DraftLen::default(),
             draft_model: true,
-            lookup: Some(NgramProposer::default()),
+            lookup: Some(NgramProposer::beside_draft()),
             cascade: None,
             answer: false,
         }
