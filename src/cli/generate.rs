@@ -342,11 +342,9 @@ fn resolve_mode(a: &GenerateArgs) -> Result<Mode, CliError> {
             draft_len,
             draft_model: model,
             lookup: (!a.no_lookup).then_some(NgramProposer {
-                min_n: a.ngram_min.unwrap_or(if model {
-                    NgramProposer::beside_draft().min_n
-                } else {
-                    NgramProposer::default().min_n
-                }),
+                min_n: a
+                    .ngram_min
+                    .unwrap_or(NgramProposer::for_request(model).min_n),
                 max_n: a.ngram_max,
             }),
             cascade,

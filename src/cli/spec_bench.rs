@@ -12,6 +12,8 @@ use cascade_engine::{
     Prompt, Request, SamplingParams, SpecConfig,
 };
 
+use cascade_bench::forward;
+
 use super::generate::{parse_draft, parse_draft_len, DraftArg, DraftLenArg};
 use super::{print_json, CliError};
 
@@ -169,14 +171,12 @@ impl Totals {
     }
 }
 
+/// [`forward::median`] of a copy, 0 for none.
 fn median(v: &[f64]) -> f64 {
-    let mut r = v.to_vec();
-    r.sort_by(f64::total_cmp);
-    match r.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => r[n / 2],
-        n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+    if v.is_empty() {
+        return 0.0;
     }
+    forward::median(&mut v.to_vec())
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
@@ -244,35 +244,25 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
     // Prompt lookup settings: `--draft ngram` is lookup alone, so it always has one.
     let lookups: Vec<Option<NgramProposer>> = if a.no_lookup && draft_model {
         vec![None]
+    } else if a.lookup.is_empty() {
+        vec![Some(NgramProposer {
+            max_n: a.ngram_max,
+            ..NgramProposer::for_request(draft_model)
+        })]
     } else {
-        let mut v = Vec::new();
-        let default = if draft_model {
-            NgramProposer::beside_draft().min_n
-        } else {
-            NgramProposer::default().min_n
-        };
-        let asked = if a.lookup.is_empty() {
-            vec![LookupArg::MinN(default)]
-        } else {
-            a.lookup.clone()
-        };
-        for l in &asked {
-            let p = match *l {
-                LookupArg::Off if draft_model => None,
-                LookupArg::Off => {
-                    return Err(CliError::Usage(
-                        "--draft ngram is prompt lookup: --lookup off leaves nothing to draft"
-                            .into(),
-                    ))
-                }
-                LookupArg::MinN(n) => Some(NgramProposer {
+        a.lookup
+            .iter()
+            .map(|l| match *l {
+                LookupArg::Off if draft_model => Ok(None),
+                LookupArg::Off => Err(CliError::Usage(
+                    "--draft ngram is prompt lookup: --lookup off leaves nothing to draft".into(),
+                )),
+                LookupArg::MinN(n) => Ok(Some(NgramProposer {
                     min_n: n,
                     max_n: a.ngram_max,
-                }),
-            };
-            v.push(p);
-        }
-        v
+                })),
+            })
+            .collect::<Result<_, _>>()?
     };
     let label = |l: &Option<NgramProposer>| match l {
         None => "off".to_string(),
@@ -358,7 +348,6 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
         bar.finish_and_clear();
         reference.get_or_insert_with(|| plain.clone());
         base.finish();
-        base.speedups = vec![1.0];
         base.median_speedup = 1.0;
         let mut block = vec![base];
         block.extend(settings.into_iter().map(|(_, mut t)| {

@@ -177,6 +177,16 @@ impl NgramProposer {
         NgramProposer { min_n: 3, max_n: 3 }
     }
 
+    /// The default lookup of a request: [`NgramProposer::beside_draft`] ahead of a draft model,
+    /// [`NgramProposer::default`] when lookup drafts alone.
+    pub fn for_request(with_draft_model: bool) -> NgramProposer {
+        if with_draft_model {
+            NgramProposer::beside_draft()
+        } else {
+            NgramProposer::default()
+        }
+    }
+
     /// The continuation of the latest earlier match of the context's suffix, up to `k` tokens.
     pub fn lookup(&self, context: &[u32], k: usize) -> Vec<u32> {
         let len = context.len();
