@@ -162,7 +162,7 @@ pub fn generate(
         if cache.len() >= cache.capacity() {
             break StopReason::ContextFull;
         }
-        logits = model.forward(&[tok], &mut cache, Logits::Last)?;
+        model.forward_into(&[tok], &mut cache, Logits::Last, &mut logits)?;
         steps += 1;
     };
     stats.decode_s = t1.elapsed().as_secs_f64();

@@ -214,6 +214,21 @@ impl Model {
     /// Runs `tokens` through the model on top of `cache`, appends them to the cache, and returns
     /// logits `[n][vocab_size]` for the positions `want` selects.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, want: Logits) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        self.forward_into(tokens, cache, want, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Model::forward`] writing the logits into `logits` (resized to `[n][vocab_size]` for the
+    /// positions `want` selects), so that a decode loop reuses one buffer: a fresh one per step
+    /// costs a page-faulting or zeroing pass over up to `n * vocab_size` values.
+    pub fn forward_into(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        want: Logits,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let n = tokens.len();
         if n == 0 {
             return Err(EngineError::EmptyPrompt);
@@ -229,7 +244,7 @@ impl Model {
             });
         }
         let mut scratch = std::mem::take(&mut cache.scratch);
-        let result = self.forward_with(tokens, cache, want, &mut scratch);
+        let result = self.forward_with(tokens, cache, want, &mut scratch, logits);
         cache.scratch = scratch;
         result
     }
@@ -240,7 +255,8 @@ impl Model {
         cache: &mut KvCache,
         want: Logits,
         s: &mut Scratch,
-    ) -> Result<Vec<f32>> {
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         let c = &self.config;
         let n = tokens.len();
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
@@ -323,10 +339,11 @@ impl Model {
         let m = n - from;
         let last = &mut s.xn[..m * h];
         ops::rms_norm(&s.x[from * h..], &self.output_norm, c.rms_eps, last);
-        let mut logits = vec![0f32; m * c.vocab_size];
+        // Every value is overwritten by the product: resizing only fills what is new.
+        let logits = sized(logits, m * c.vocab_size);
         s.input.reset();
-        self.project(&self.output, &mut s.input, &s.xn[..m * h], m, &mut logits)?;
-        Ok(logits)
+        self.project(&self.output, &mut s.input, &s.xn[..m * h], m, logits)?;
+        Ok(())
     }
 
     /// Bytes of the matrices one decode step reads: every weight but the embedding table, of

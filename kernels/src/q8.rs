@@ -81,13 +81,26 @@ impl Q8Acts {
         self.sums32.resize(n * cols / 32, 0);
         self.dsum32.resize(n * cols / 32, 0.0);
         for (b, xb) in x.chunks_exact(bl).enumerate() {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // The maximum in 16 lanes, then across them: max is exact, so the result is the
+            // sequential fold's, and the loop vectorizes.
+            let mut lanes = [0f32; 16];
+            for c in xb.chunks_exact(16) {
+                for (m, v) in lanes.iter_mut().zip(c) {
+                    *m = m.max(v.abs());
+                }
+            }
+            let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };
             self.d[b] = d;
             let qb = &mut self.qs[b * bl..(b + 1) * bl];
             for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+                // `max` and `min` map NaN to -127 and keep the value in [-127, 127]; the
+                // saturating `as` casts do not vectorize, so the cast is the unchecked one.
+                #[allow(clippy::manual_clamp)] // clamp keeps NaN, which the cast must not see
+                let r = round_half_away(v * id).max(-127.0).min(127.0);
+                // SAFETY: `r` is an integer in [-127, 127], never NaN.
+                *q = unsafe { r.to_int_unchecked::<i32>() } as i8;
             }
             for (i, s) in qb.chunks_exact(16).enumerate() {
                 self.sums16[b * bl / 16 + i] = s.iter().map(|&q| q as i16).sum();
@@ -135,6 +148,16 @@ impl Q8Acts {
     }
 }
 
+/// `x.round()` (halves away from zero), bitwise, from operations that vectorize (the
+/// library call does not): the truncation plus one, away from zero, where the dropped fraction
+/// (exact: `x - trunc(x)` loses nothing) is at least a half.
+#[inline(always)]
+fn round_half_away(x: f32) -> f32 {
+    let t = x.trunc();
+    let up = if (x - t).abs() >= 0.5 { 1f32 } else { 0f32 };
+    t + up.copysign(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +177,37 @@ mod tests {
             }
             let s: i16 = a.row(1)[..16].iter().map(|&q| q as i16).sum();
             assert_eq!(a.sums16(1)[0], s);
+        }
+    }
+
+    #[test]
+    fn rounding_matches_the_library_round() {
+        let mut xs = vec![
+            0.5f32,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            0.499_999_97,
+            -0.499_999_97,
+            126.5,
+            -126.5,
+        ];
+        xs.extend([
+            8_388_607.5f32,
+            8_388_608.0,
+            1e9,
+            -0.0,
+            0.0,
+            f32::MIN_POSITIVE,
+        ]);
+        let mut x = -130.0f32;
+        while x < 130.0 {
+            xs.push(x);
+            x += 0.012_5;
+        }
+        for &x in &xs {
+            assert_eq!(round_half_away(x).to_bits(), x.round().to_bits(), "{x}");
         }
     }
 

@@ -292,6 +292,8 @@ pub(crate) fn run(
     // its wall time (emitting tokens, streaming them out) is a per-round overhead the
     // draft-length controller weighs (it favours fewer, longer rounds).
     let mut last_round: Option<(Instant, f64)> = None;
+    // The verification's logits, one buffer for every round (`Model::forward_into`).
+    let mut logits_buf = Vec::new();
     let stop = 'rounds: loop {
         for &t in &new {
             tokens.push(t);
@@ -341,9 +343,9 @@ pub(crate) fn run(
         let mut input = Vec::with_capacity(proposal.len() + 1);
         input.push(pending);
         input.extend_from_slice(&proposal.tokens);
-        let logits = target.forward(&input, &mut cache, Logits::All)?;
+        target.forward_into(&input, &mut cache, Logits::All, &mut logits_buf)?;
         stats.target_tokens += input.len();
-        let p = judge.targets(&logits, &proposal, &mut stats);
+        let p = judge.targets(&logits_buf, &proposal, &mut stats);
         let verdict = verify_fn(&p, &proposal.probs, &proposal.tokens, sampler.rng());
         cache.rollback_to(base + 1 + verdict.accepted)?;
         let verify_s = tv.elapsed().as_secs_f64();

@@ -142,9 +142,8 @@ impl Proposer for ModelProposer<'_> {
             if out.len() == k || eog {
                 break;
             }
-            logits = self
-                .model
-                .forward(&[s.token], &mut self.cache, Logits::Last)?;
+            self.model
+                .forward_into(&[s.token], &mut self.cache, Logits::Last, &mut logits)?;
             self.fed.push(s.token);
             out.computed += 1;
         }
