@@ -777,7 +777,6 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
             let mm: [__m256i; 4] = std::array::from_fn(|p| {
                 _mm256_or_si256(mins[2 * p], _mm256_slli_epi32(mins[2 * p + 1], 16))
             });
-            isum[..nt].fill(_mm256_setzero_si256());
             for jj in 0..4 {
                 let x: [__m256i; 8] = std::array::from_fn(|r| load(blk[r].add(16 + 32 * jj)));
                 let tq = transpose8(x);
@@ -800,7 +799,13 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
                         _mm256_mullo_epi32(p0, sc_lo),
                         _mm256_mullo_epi32(p1, sc_hi),
                     );
-                    *acc = _mm256_add_epi32(*acc, s);
+                    // The first group sets the sums (a fill of the array was a memset call
+                    // per super-block).
+                    *acc = if jj == 0 {
+                        s
+                    } else {
+                        _mm256_add_epi32(*acc, s)
+                    };
                 }
             }
             for t in 0..nt {
@@ -823,14 +828,47 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
     }
 }
 
+/// The 6-bit quants of group `K` (0..4) of a Q6_K half super-block from its transposed low
+/// bits `l0`, `l1` and high bits `qh`: low nibbles of `l0` / `l1` for groups 0 / 1, high nibbles
+/// for 2 / 3, with bit pairs 0, 1, 2, 3 of `qh` on top.
+#[inline(always)]
+unsafe fn q6_group<const K: usize>(
+    l0: &[__m256i; 8],
+    l1: &[__m256i; 8],
+    qh: &[__m256i; 8],
+) -> [__m256i; 8] {
+    let low = _mm256_set1_epi8(0x0f);
+    let three = _mm256_set1_epi8(3);
+    let top = _mm256_set1_epi8(0x30);
+    std::array::from_fn(|c| {
+        let (lo, h) = match K {
+            0 => (
+                _mm256_and_si256(l0[c], low),
+                _mm256_slli_epi16(_mm256_and_si256(qh[c], three), 4),
+            ),
+            1 => (
+                _mm256_and_si256(l1[c], low),
+                _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh[c], 2), three), 4),
+            ),
+            2 => (
+                _mm256_and_si256(_mm256_srli_epi16(l0[c], 4), low),
+                _mm256_and_si256(qh[c], top),
+            ),
+            _ => (
+                _mm256_and_si256(_mm256_srli_epi16(l1[c], 4), low),
+                _mm256_and_si256(_mm256_srli_epi16(qh[c], 2), top),
+            ),
+        };
+        _mm256_or_si256(lo, h)
+    })
+}
+
 /// Q6_K, eight rows at a time, one row per 32-bit lane, as [`rows8_q4k`]: the arithmetic of
 /// `portable::row_q6k`.
 #[inline(always)]
 unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, out: OutRows) {
     let (n, cols) = (a.n, a.cols);
     let nb = cols / 256;
-    let low = _mm256_set1_epi8(0x0f);
-    let three = _mm256_set1_epi8(3);
     let rows: [*const u8; 8] = std::array::from_fn(|i| w.row(r0 + i).as_ptr());
     let mut accf = [_mm256_setzero_ps(); TILE8];
     let mut isum = [_mm256_setzero_si256(); TILE8];
@@ -865,54 +903,41 @@ unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
             let v: [i16; 8] =
                 std::array::from_fn(|r| (blk[r].add(208) as *const i16).read_unaligned());
             let dv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i));
-            isum[..nt].fill(_mm256_setzero_si256());
             for half in 0..2 {
                 let l0 = transpose8(std::array::from_fn(|r| load(blk[r].add(64 * half))));
                 let l1 = transpose8(std::array::from_fn(|r| load(blk[r].add(64 * half + 32))));
                 let qh = transpose8(std::array::from_fn(|r| load(blk[r].add(128 + 32 * half))));
-                for k in 0..4 {
-                    let q: [__m256i; 8] = std::array::from_fn(|c| {
-                        let (lo, h) = match k {
-                            0 => (
-                                _mm256_and_si256(l0[c], low),
-                                _mm256_slli_epi16(_mm256_and_si256(qh[c], three), 4),
-                            ),
-                            1 => (
-                                _mm256_and_si256(l1[c], low),
-                                _mm256_slli_epi16(
-                                    _mm256_and_si256(_mm256_srli_epi16(qh[c], 2), three),
-                                    4,
-                                ),
-                            ),
-                            2 => (
-                                _mm256_and_si256(_mm256_srli_epi16(l0[c], 4), low),
-                                _mm256_and_si256(qh[c], _mm256_set1_epi8(0x30)),
-                            ),
-                            _ => (
-                                _mm256_and_si256(_mm256_srli_epi16(l1[c], 4), low),
-                                _mm256_and_si256(
-                                    _mm256_srli_epi16(qh[c], 2),
-                                    _mm256_set1_epi8(0x30),
-                                ),
-                            ),
-                        };
-                        _mm256_or_si256(lo, h)
-                    });
-                    let g = 4 * half + k;
-                    let (sc0, sc1) = (sc[2 * g], sc[2 * g + 1]);
+                // Groups 4 * half + 0, 1, then + 2, 3: two groups (16 `vpdpbusd`) per token and
+                // pass, as the Q4_K kernel (one group per pass ran at 70% of its rate).
+                for pair in 0..2 {
+                    let g = 4 * half + 2 * pair;
+                    let (qa, qb) = if pair == 0 {
+                        (q6_group::<0>(&l0, &l1, &qh), q6_group::<1>(&l0, &l1, &qh))
+                    } else {
+                        (q6_group::<2>(&l0, &l1, &qh), q6_group::<3>(&l0, &l1, &qh))
+                    };
+                    let scs = [sc[2 * g], sc[2 * g + 1], sc[2 * g + 2], sc[2 * g + 3]];
                     for (t, acc) in isum[..nt].iter_mut().enumerate() {
                         let ap = a.qs.as_ptr().add((t0 + t) * cols + 256 * b + 32 * g) as *const u8;
-                        let mut p0 = _mm256_setzero_si256();
-                        let mut p1 = _mm256_setzero_si256();
+                        let mut p = [_mm256_setzero_si256(); 4];
                         for c in 0..4 {
-                            p0 = dot4::<VNNI>(p0, q[c], bcast4(ap.add(4 * c)));
-                            p1 = dot4::<VNNI>(p1, q[c + 4], bcast4(ap.add(16 + 4 * c)));
+                            p[0] = dot4::<VNNI>(p[0], qa[c], bcast4(ap.add(4 * c)));
+                            p[1] = dot4::<VNNI>(p[1], qa[c + 4], bcast4(ap.add(16 + 4 * c)));
+                            p[2] = dot4::<VNNI>(p[2], qb[c], bcast4(ap.add(32 + 4 * c)));
+                            p[3] = dot4::<VNNI>(p[3], qb[c + 4], bcast4(ap.add(48 + 4 * c)));
                         }
                         let s = _mm256_add_epi32(
-                            _mm256_mullo_epi32(p0, sc0),
-                            _mm256_mullo_epi32(p1, sc1),
+                            _mm256_add_epi32(
+                                _mm256_mullo_epi32(p[0], scs[0]),
+                                _mm256_mullo_epi32(p[1], scs[1]),
+                            ),
+                            _mm256_add_epi32(
+                                _mm256_mullo_epi32(p[2], scs[2]),
+                                _mm256_mullo_epi32(p[3], scs[3]),
+                            ),
                         );
-                        *acc = _mm256_add_epi32(*acc, s);
+                        // The first pass sets the sums (exact integers: order is free).
+                        *acc = if g == 0 { s } else { _mm256_add_epi32(*acc, s) };
                     }
                 }
             }
