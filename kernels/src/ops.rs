@@ -69,8 +69,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5; // Cephes' 5.0000001201e-1, which rounds to 0.5 in f32
     let e = p * (r * r) + r + 1.0;
-    // n is an integer in [-126, 127]: 2^n built from its exponent bits.
-    e * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // n is an integer in [-126, 127]: n + 127 + 2^23 holds n + 127 in its low mantissa bits,
+    // which the shift moves into the exponent field, giving 2^n (no float-to-int cast, whose
+    // saturating form does not vectorize).
+    e * f32::from_bits((n + 8_388_735.0).to_bits() << 23)
 }
 
 /// Numerically stable softmax in place.
