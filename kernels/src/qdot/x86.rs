@@ -970,6 +970,13 @@ unsafe fn rows_any<const VNNI: bool>(
     out: OutRows,
 ) {
     match w.kind {
+        // One token of Q6_K: a row at a time. The 8-row kernel's six transposes per super-block
+        // cost more than its shared scale work saves when there is one token to amortize them
+        // over; streamed from DRAM the row kernel took 0.75x the time on 8960x1536 and
+        // 1536x8960 (in-process A/B, medians of 200 alternating pairs; bitwise the same sums).
+        // From two tokens on the 8-row kernel wins (1536x8960: 1.37x slower the row way), and
+        // Q4_K's 8-row kernel wins at any count (1.15-1.32x at one token).
+        Kernel::Q6K if a.n == 1 => rows1_kquant::<VNNI, true>(w, a, r0, r1, out),
         Kernel::Q4K | Kernel::Q6K => {
             // Whole groups of eight rows on the 8-row kernel, the rest one at a time.
             let full = r0 + (r1 - r0) / 8 * 8;
