@@ -972,10 +972,10 @@ unsafe fn rows_any<const VNNI: bool>(
     match w.kind {
         // One token of Q6_K: a row at a time. The 8-row kernel's six transposes per super-block
         // cost more than its shared scale work saves when there is one token to amortize them
-        // over; streamed from DRAM the row kernel took 0.75x the time on 8960x1536 and
-        // 1536x8960 (in-process A/B, medians of 200 alternating pairs; bitwise the same sums).
-        // From two tokens on the 8-row kernel wins (1536x8960: 1.37x slower the row way), and
-        // Q4_K's 8-row kernel wins at any count (1.15-1.32x at one token).
+        // over: streamed from DRAM the 8-row kernel took 1.18x / 1.14x the row kernel's time on
+        // 8960x1536 / 1536x8960, cached 1.06x / 0.99x (in-process A/B, each variant reading
+        // its own matrix, first in turn, medians of 200 pairs; bitwise the same sums). From
+        // two tokens on the 8-row kernel wins, and Q4_K's wins at any count.
         Kernel::Q6K if a.n == 1 => rows1_kquant::<VNNI, true>(w, a, r0, r1, out),
         Kernel::Q4K | Kernel::Q6K => {
             // Whole groups of eight rows on the 8-row kernel, the rest one at a time.
