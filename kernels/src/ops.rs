@@ -183,22 +183,24 @@ fn weighted_rows(p: &[f32], v: &[f32], stride: usize, off: usize, o: &mut [f32])
         let mut acc = [0f32; VCHUNK];
         let w = oc.len();
         if w == VCHUNK {
-            for (j, &pj) in p.iter().enumerate() {
-                let vr = &v[j * stride + off + start..][..VCHUNK];
-                for (a, &b) in acc.iter_mut().zip(vr) {
-                    *a += pj * b;
-                }
-            }
+            // The whole array, so that the width is a constant once inlined.
+            add_weighted(&mut acc, p, v, stride, off + start);
         } else {
-            for (j, &pj) in p.iter().enumerate() {
-                let vr = &v[j * stride + off + start..][..w];
-                for (a, &b) in acc.iter_mut().zip(vr) {
-                    *a += pj * b;
-                }
-            }
+            add_weighted(&mut acc[..w], p, v, stride, off + start);
         }
         oc.copy_from_slice(&acc[..w]);
         start += w;
+    }
+}
+
+/// `acc[i] += p[j] · v[j * stride + at + i]` for each `j` in order.
+#[inline(always)]
+fn add_weighted(acc: &mut [f32], p: &[f32], v: &[f32], stride: usize, at: usize) {
+    let w = acc.len();
+    for (j, &pj) in p.iter().enumerate() {
+        for (a, &b) in acc.iter_mut().zip(&v[j * stride + at..][..w]) {
+            *a += pj * b;
+        }
     }
 }
 
