@@ -9,6 +9,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
+pub mod repack;
 pub mod sampler;
 mod scratch;
 pub mod speculative;

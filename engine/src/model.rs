@@ -98,6 +98,7 @@ fn qmat(t: &TensorView) -> QMatrix<'_> {
         data: t.bytes(),
         rows: t.shape[0],
         cols: t.shape[1],
+        layout: t.layout,
     }
 }
 

@@ -4,6 +4,7 @@
 //! on the other rows of its call or on the thread count.
 
 pub mod error;
+pub mod interleave;
 pub mod matmul;
 pub mod ops;
 pub mod q8;

@@ -5,10 +5,11 @@
 //! with every token row. Every output element is computed by one thread in a fixed order, so a
 //! row's result does not depend on the batch size or the thread count (batch invariance).
 
-use cascade_weights::DType;
+use cascade_weights::{DType, Layout};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
+use crate::interleave;
 use crate::quant::dequantize;
 
 /// A `[rows, cols]` weight matrix in any supported type, viewed in place.
@@ -18,15 +19,32 @@ pub struct QMatrix<'a> {
     pub data: &'a [u8],
     pub rows: usize,
     pub cols: usize,
+    /// Block order ([`Layout::Interleaved8`] for matrices written by `cascade repack`).
+    pub layout: Layout,
 }
 
 impl<'a> QMatrix<'a> {
+    /// A row-major matrix.
     pub fn new(dtype: DType, data: &'a [u8], rows: usize, cols: usize) -> Result<Self> {
-        if !cols.is_multiple_of(dtype.block_len()) || data.len() != dtype.bytes_for(rows * cols) {
+        Self::with_layout(dtype, data, rows, cols, Layout::Rows)
+    }
+
+    pub fn with_layout(
+        dtype: DType,
+        data: &'a [u8],
+        rows: usize,
+        cols: usize,
+        layout: Layout,
+    ) -> Result<Self> {
+        if !cols.is_multiple_of(dtype.block_len())
+            || data.len() != dtype.bytes_for(rows * cols)
+            || !layout.supports(dtype)
+            || !rows.is_multiple_of(layout.group_rows())
+        {
             return Err(KernelError::Shape {
                 op: "QMatrix",
                 detail: format!(
-                    "{} bytes of {dtype} cannot hold [{rows}, {cols}]",
+                    "{} bytes of {dtype} cannot hold [{rows}, {cols}] in layout {layout:?}",
                     data.len()
                 ),
             });
@@ -36,6 +54,7 @@ impl<'a> QMatrix<'a> {
             data,
             rows,
             cols,
+            layout,
         })
     }
 
@@ -43,14 +62,49 @@ impl<'a> QMatrix<'a> {
         self.dtype.bytes_for(self.cols)
     }
 
+    /// Row `r`'s blocks (row-major matrices only: an interleaved row is not contiguous).
     pub fn row(&self, r: usize) -> &'a [u8] {
+        debug_assert_eq!(self.layout, Layout::Rows, "row() of an interleaved matrix");
         let rb = self.row_bytes();
         &self.data[r * rb..(r + 1) * rb]
     }
 
     /// Dequantizes row `r` into `out` (length `cols`): an embedding lookup.
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
-        dequantize(self.dtype, self.row(r), out);
+        match self.layout {
+            Layout::Rows => dequantize(self.dtype, self.row(r), out),
+            Layout::Interleaved8 => dequantize(
+                self.dtype,
+                &interleave::row_of(self.dtype, self.data, self.cols, r),
+                out,
+            ),
+        }
+    }
+
+    /// Rows `r0..r1` as a row-major matrix: a view when the matrix is row-major, otherwise the
+    /// rows' bytes gathered into `buf` (`r0`, `r1` multiples of the layout's group, or `r1` the
+    /// last row). For the paths without an interleaved kernel.
+    pub(crate) fn rows_major<'b>(&self, r0: usize, r1: usize, buf: &'b mut Vec<u8>) -> QMatrix<'b>
+    where
+        'a: 'b,
+    {
+        let rb = self.row_bytes();
+        let data: &'b [u8] = match self.layout {
+            Layout::Rows => &self.data[r0 * rb..r1 * rb],
+            Layout::Interleaved8 => {
+                let bytes = &self.data[r0 * rb..r1 * rb];
+                *buf = interleave::deinterleave8(self.dtype, bytes, r1 - r0, self.cols)
+                    .expect("whole groups of a checked interleaved matrix");
+                buf
+            }
+        };
+        QMatrix {
+            dtype: self.dtype,
+            data,
+            rows: r1 - r0,
+            cols: self.cols,
+            layout: Layout::Rows,
+        }
     }
 }
 
@@ -177,8 +231,11 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Resul
     (0..n_tasks).into_par_iter().for_each(|task| {
         let mut buf = [0f32; SEGMENT];
         let mut acc = [0f32; TOKEN_TILE];
-        for r in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(rows) {
-            let row = w.row(r);
+        let (r0, r1) = (task * ROWS_PER_TASK, ((task + 1) * ROWS_PER_TASK).min(rows));
+        let mut gathered = Vec::new();
+        let local = w.rows_major(r0, r1, &mut gathered);
+        for r in r0..r1 {
+            let row = local.row(r - r0);
             for t0 in (0..n_tokens).step_by(TOKEN_TILE) {
                 let nt = TOKEN_TILE.min(n_tokens - t0);
                 acc[..nt].fill(0.0);
@@ -206,7 +263,12 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Resul
 /// Reference product: dequantize the whole matrix, multiply in f64. For tests.
 pub fn matmul_reference(w: &QMatrix, x: &[f32], n_tokens: usize) -> Vec<f32> {
     let mut wf = vec![0f32; w.rows * w.cols];
-    dequantize(w.dtype, w.data, &mut wf);
+    let mut gathered = Vec::new();
+    dequantize(
+        w.dtype,
+        w.rows_major(0, w.rows, &mut gathered).data,
+        &mut wf,
+    );
     let mut out = vec![0f32; n_tokens * w.rows];
     for t in 0..n_tokens {
         for r in 0..w.rows {

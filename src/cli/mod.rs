@@ -12,6 +12,7 @@ mod demo;
 mod generate;
 mod inspect;
 mod perplexity;
+mod repack;
 mod spec_bench;
 mod tokenize;
 
@@ -66,6 +67,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Quality against cost over an evaluation set: target, draft, exact and cascade rules × α.
     Calibrate(calibrate::CalibrateArgs),
+    /// Rewrite a GGUF file with its Q4_K/Q6_K matrices interleaved for the 8-row CPU kernels
+    /// (bitwise the same results, faster products).
+    Repack(repack::RepackArgs),
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -78,6 +82,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo(a) => demo::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Calibrate(a) => calibrate::run(a),
+        Command::Repack(a) => repack::run(a),
     }
 }
 

@@ -21,6 +21,63 @@ pub enum DType {
 /// Values in one K-quant super-block.
 pub const QK_K: usize = 256;
 
+/// How a matrix's blocks are ordered in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Layout {
+    /// Row after row, each row its blocks in order (every GGUF writer's layout).
+    #[default]
+    Rows,
+    /// Q4_K / Q6_K matrices written by `cascade repack`: groups of eight rows, and within a group
+    /// one record per super-block column holding that column's super-blocks of all eight rows
+    /// with their fields transposed to one row per 32-bit lane (the order the AVX-512 kernels
+    /// use). The same bytes as [`Layout::Rows`], reordered; the rows must be a multiple of 8.
+    Interleaved8,
+}
+
+/// GGUF type ids of the interleaved layouts: outside GGML's range, so that other readers refuse
+/// the tensors instead of misreading them.
+const INTERLEAVED8_BASE: u32 = 0x4341_0000;
+
+impl Layout {
+    /// Rows per group of this layout.
+    pub fn group_rows(self) -> usize {
+        match self {
+            Layout::Rows => 1,
+            Layout::Interleaved8 => 8,
+        }
+    }
+
+    /// Whether `dtype` can be stored in this layout.
+    pub fn supports(self, dtype: DType) -> bool {
+        match self {
+            Layout::Rows => true,
+            Layout::Interleaved8 => matches!(dtype, DType::Q4K | DType::Q6K),
+        }
+    }
+}
+
+/// The GGUF type id of `dtype` stored in `layout` (`layout` must support `dtype`).
+pub fn stored_id(dtype: DType, layout: Layout) -> u32 {
+    match layout {
+        Layout::Rows => dtype.ggml_id(),
+        Layout::Interleaved8 => INTERLEAVED8_BASE | dtype.ggml_id(),
+    }
+}
+
+/// The type and layout of a stored GGUF type id, or `Err(name)` as [`DType::from_ggml_id`].
+pub fn from_stored_id(id: u32) -> Result<(DType, Layout), String> {
+    if id & 0xffff_0000 == INTERLEAVED8_BASE {
+        let base = id & 0xffff;
+        return match DType::from_ggml_id(base) {
+            Ok(t) if Layout::Interleaved8.supports(t) => Ok((t, Layout::Interleaved8)),
+            _ => Err(format!(
+                "interleaved type {id:#x} (no such interleaved type)"
+            )),
+        };
+    }
+    DType::from_ggml_id(id).map(|t| (t, Layout::Rows))
+}
+
 impl DType {
     pub const ALL: [DType; 13] = [
         DType::F32,
@@ -160,5 +217,21 @@ mod tests {
             assert_eq!(DType::from_ggml_id(t.ggml_id()), Ok(t));
         }
         assert!(DType::from_ggml_id(9).unwrap_err().contains("Q8_1"));
+    }
+
+    #[test]
+    fn stored_ids_round_trip() {
+        for t in DType::ALL {
+            for l in [Layout::Rows, Layout::Interleaved8] {
+                if l.supports(t) {
+                    assert_eq!(from_stored_id(stored_id(t, l)), Ok((t, l)));
+                }
+            }
+        }
+        assert!(from_stored_id(INTERLEAVED8_BASE | 8).is_err());
+        assert_eq!(
+            from_stored_id(DType::Q6K.ggml_id()),
+            Ok((DType::Q6K, Layout::Rows))
+        );
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::dtype::DType;
+use crate::dtype::{from_stored_id, stored_id, DType, Layout};
 use crate::error::{Result, WeightsError};
 
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -127,6 +127,8 @@ pub struct TensorInfo {
     /// GGML order: `dims[0]` is the contiguous (innermost) dimension.
     pub dims: Vec<u64>,
     pub dtype: DType,
+    /// Block order (interleaved only in files written by `cascade repack`).
+    pub layout: Layout,
     /// Absolute byte offset in the file.
     pub offset: u64,
     pub n_bytes: u64,
@@ -330,12 +332,19 @@ impl GgufHeader {
         let file_len = bytes.len() as u64;
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, dims, ty, rel) in raw {
-            let dtype =
-                DType::from_ggml_id(ty).map_err(|ty| WeightsError::UnsupportedTensorType {
+            let (dtype, layout) =
+                from_stored_id(ty).map_err(|ty| WeightsError::UnsupportedTensorType {
                     path: path.to_path_buf(),
                     name: name.clone(),
                     ty,
                 })?;
+            let group = layout.group_rows() as u64;
+            if group > 1 && (dims.len() != 2 || dims[1] % group != 0) {
+                return Err(c.corrupt(format!(
+                    "tensor '{name}' is stored {layout:?} but has shape {dims:?} (a matrix with \
+                     rows a multiple of {group} is needed)"
+                )));
+            }
             let n_elems = dims
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
@@ -366,6 +375,7 @@ impl GgufHeader {
                         name,
                         dims,
                         dtype,
+                        layout,
                         offset: start,
                         n_bytes,
                     });
@@ -395,8 +405,11 @@ impl GgufHeader {
 #[derive(Debug, Default, Clone)]
 pub struct GgufWriter {
     metadata: Vec<(String, Value)>,
-    tensors: Vec<(String, Vec<u64>, DType, Vec<u8>)>,
+    tensors: Vec<PendingTensor>,
 }
+
+/// A tensor waiting in a [`GgufWriter`]: name, GGML dims, type, layout and bytes.
+type PendingTensor = (String, Vec<u64>, DType, Layout, Vec<u8>);
 
 impl GgufWriter {
     pub fn new() -> Self {
@@ -411,14 +424,33 @@ impl GgufWriter {
 
     /// Adds a tensor; `dims` in GGML order (innermost first), `data` in the type's block format.
     pub fn tensor(&mut self, name: &str, dims: &[u64], dtype: DType, data: Vec<u8>) -> &mut Self {
+        self.tensor_in(name, dims, dtype, Layout::Rows, data)
+    }
+
+    /// [`GgufWriter::tensor`] with its blocks in `layout` (which must support `dtype`, with
+    /// `dims` a matrix whose rows are a multiple of the layout's group).
+    pub fn tensor_in(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        dtype: DType,
+        layout: Layout,
+        data: Vec<u8>,
+    ) -> &mut Self {
         let n: u64 = dims.iter().product();
         assert_eq!(
             dtype.bytes_for(n as usize),
             data.len(),
             "tensor {name}: data length does not match shape {dims:?} of {dtype}"
         );
+        assert!(
+            layout.supports(dtype)
+                && (layout == Layout::Rows
+                    || (dims.len() == 2 && dims[1].is_multiple_of(layout.group_rows() as u64))),
+            "tensor {name}: {dtype} {dims:?} cannot be stored {layout:?}"
+        );
         self.tensors
-            .push((name.to_string(), dims.to_vec(), dtype, data));
+            .push((name.to_string(), dims.to_vec(), dtype, layout, data));
         self
     }
 
@@ -452,6 +484,28 @@ impl GgufWriter {
 
     /// The whole file's bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.header_bytes();
+        let base = out.len();
+        for (off, (.., data)) in self.offsets().into_iter().zip(&self.tensors) {
+            out.resize(base + off as usize, 0);
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    /// Each tensor's offset from the start of the data section.
+    fn offsets(&self) -> Vec<u64> {
+        let mut rel = 0u64;
+        let mut offsets = Vec::with_capacity(self.tensors.len());
+        for (.., data) in &self.tensors {
+            offsets.push(rel);
+            rel = align_up(rel + data.len() as u64, DEFAULT_ALIGNMENT);
+        }
+        offsets
+    }
+
+    /// Everything before the tensor data, padded to the alignment.
+    fn header_bytes(&self) -> Vec<u8> {
         let align = DEFAULT_ALIGNMENT;
         let mut out = Vec::new();
         out.extend_from_slice(&GGUF_MAGIC);
@@ -463,33 +517,38 @@ impl GgufWriter {
             out.extend_from_slice(&v.type_id().to_le_bytes());
             Self::put_value(&mut out, v);
         }
-        let mut rel = 0u64;
-        let mut offsets = Vec::new();
-        for (name, dims, dtype, data) in &self.tensors {
+        for ((name, dims, dtype, layout, _), rel) in self.tensors.iter().zip(self.offsets()) {
             Self::put_value(&mut out, &Value::String(name.clone()));
             out.extend_from_slice(&(dims.len() as u32).to_le_bytes());
             for d in dims {
                 out.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&dtype.ggml_id().to_le_bytes());
+            out.extend_from_slice(&stored_id(*dtype, *layout).to_le_bytes());
             out.extend_from_slice(&rel.to_le_bytes());
-            offsets.push(rel);
-            rel = align_up(rel + data.len() as u64, align);
         }
         out.resize(align_up(out.len() as u64, align) as usize, 0);
-        let base = out.len();
-        for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
-            out.resize(base + off as usize, 0);
-            out.extend_from_slice(data);
-        }
         out
     }
 
+    /// Writes the file, streaming the tensors (no second copy of their bytes in memory).
     pub fn write(&self, path: &Path) -> Result<()> {
-        std::fs::write(path, self.to_bytes()).map_err(|source| WeightsError::Io {
+        use std::io::Write;
+        let io = |source| WeightsError::Io {
             path: PathBuf::from(path),
             source,
-        })
+        };
+        let file = std::fs::File::create(path).map_err(io)?;
+        let mut out = std::io::BufWriter::new(file);
+        let header = self.header_bytes();
+        out.write_all(&header).map_err(io)?;
+        let mut pos = 0u64;
+        for (off, (.., data)) in self.offsets().into_iter().zip(&self.tensors) {
+            let pad = vec![0u8; (off - pos) as usize];
+            out.write_all(&pad).map_err(io)?;
+            out.write_all(data).map_err(io)?;
+            pos = off + data.len() as u64;
+        }
+        out.flush().map_err(io)
     }
 }
 
@@ -530,6 +589,44 @@ mod tests {
         );
         w.tensor("t1", &[32], DType::Q8_0, vec![1; 34]);
         w
+    }
+
+    #[test]
+    fn interleaved_tensors_keep_their_layout_and_need_whole_groups() {
+        let mut w = GgufWriter::new();
+        w.tensor_in(
+            "m",
+            &[256, 8],
+            DType::Q4K,
+            Layout::Interleaved8,
+            vec![5; 8 * 144],
+        );
+        w.tensor("v", &[256, 4], DType::Q4K, vec![6; 4 * 144]);
+        let bytes = w.to_bytes();
+        let h = GgufHeader::parse(Path::new("mem"), &bytes).unwrap();
+        assert_eq!(h.tensors[0].layout, Layout::Interleaved8);
+        assert_eq!(h.tensors[0].dtype, DType::Q4K);
+        assert_eq!(h.tensors[1].layout, Layout::Rows);
+        // Streamed to a file: the same bytes.
+        let dir = std::env::temp_dir().join(format!("cascade-gguf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.gguf");
+        w.write(&path).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        std::fs::remove_dir_all(&dir).unwrap();
+        // The row-major tensor's type id patched to the interleaved one: 4 rows is not a whole
+        // group, so the file is refused, naming the tensor.
+        let id = stored_id(DType::Q4K, Layout::Rows).to_le_bytes();
+        let il = stored_id(DType::Q4K, Layout::Interleaved8).to_le_bytes();
+        let name = [1, 0, 0, 0, 0, 0, 0, 0, b'v'];
+        let name_at = bytes.windows(9).position(|x| x == name).unwrap();
+        let mut bad = bytes.clone();
+        // After the name: the dimension count (4 bytes) and two dimensions (8 bytes each).
+        let ty_at = name_at + 9 + 4 + 16;
+        assert_eq!(bad[ty_at..ty_at + 4], id);
+        bad[ty_at..ty_at + 4].copy_from_slice(&il);
+        let err = GgufHeader::parse(Path::new("mem"), &bad).unwrap_err();
+        assert!(err.to_string().contains("'v'"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod store;
 pub mod tokenizer;
 
 pub use config::{Architecture, ModelConfig, RopeStyle};
-pub use dtype::{DType, QK_K};
+pub use dtype::{from_stored_id, stored_id, DType, Layout, QK_K};
 pub use error::{Result, WeightsError};
 pub use gguf::{GgufHeader, GgufWriter, Value};
 pub use safetensors_src::canonical_name;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use memmap2::Mmap;
 
 use crate::config::ModelConfig;
-use crate::dtype::DType;
+use crate::dtype::{DType, Layout};
 use crate::error::{Result, WeightsError};
 use crate::gguf::{GgufHeader, Value};
 use crate::safetensors_src;
@@ -59,6 +59,8 @@ impl MappedFile {
 pub struct TensorView {
     pub name: String,
     pub dtype: DType,
+    /// Block order of a matrix (interleaved only in files written by `cascade repack`).
+    pub layout: Layout,
     /// Row-major, outermost dimension first (a weight matrix is `[out_features, in_features]`).
     pub shape: Vec<usize>,
     file: Arc<MappedFile>,
@@ -222,6 +224,7 @@ impl WeightStore {
                 TensorView {
                     name: info.name.clone(),
                     dtype: info.dtype,
+                    layout: info.layout,
                     shape,
                     file: file.clone(),
                     start: info.offset as usize,
@@ -264,6 +267,7 @@ impl WeightStore {
         TensorView {
             name,
             dtype,
+            layout: Layout::Rows,
             shape,
             file: file.clone(),
             start,

@@ -8,7 +8,7 @@
 
 use std::sync::OnceLock;
 
-use cascade_weights::DType;
+use cascade_weights::{DType, Layout};
 use rayon::prelude::*;
 
 use crate::error::{KernelError, Result};
@@ -223,6 +223,7 @@ pub fn matmul_q8_with(isa: Isa, w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> 
             detail: format!("this CPU cannot run the {} path", isa.name()),
         });
     }
+    debug_assert!(ROWS_PER_TASK.is_multiple_of(w.layout.group_rows()));
     let wb = WeightBlocks { kind, m: w };
     let rows = w.rows;
     let out_ptr = SyncPtr(out.as_mut_ptr());
@@ -237,6 +238,14 @@ pub fn matmul_q8_with(isa: Isa, w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> 
         // SAFETY (all arms): `o` covers rows r0..r1 of every token (out.len() == n * rows,
         // checked above), which belong to this task only; `isa` was checked against the CPU.
         match isa {
+            // The portable twin reads rows; an interleaved task's rows are gathered first (the
+            // same blocks, so the same sums).
+            Isa::Portable if w.layout != Layout::Rows => {
+                let mut gathered = Vec::new();
+                let local = w.rows_major(r0, r1, &mut gathered);
+                let lb = WeightBlocks { kind, m: &local };
+                unsafe { portable::rows(&lb, acts, 0, r1 - r0, o) }
+            }
             Isa::Portable => unsafe { portable::rows(&wb, acts, r0, r1, o) },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { x86::rows_avx2(&wb, acts, r0, r1, o) },

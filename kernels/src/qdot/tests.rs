@@ -179,3 +179,57 @@ fn mismatched_activations_are_an_error() {
     let wf = QMatrix::new(DType::F32, &f, 4, 256).unwrap();
     assert!(matmul_q8(&wf, &acts(Kernel::Q4K, &x, 1, 256), &mut [0.0; 4]).is_err());
 }
+
+#[test]
+fn interleaved_matrices_give_the_row_major_results_bitwise() {
+    // The same weights in both layouts: every path, every token count from 1 to 20 (one and more
+    // than one tile), 1 and 3 threads. 48 rows: three tasks, the last one a single group.
+    for kind in [Kernel::Q4K, Kernel::Q6K] {
+        let dtype = kind.dtype();
+        let (rows, cols) = (48, 768);
+        let (data, x) = case(kind, rows, cols, 20, 21);
+        let il = crate::interleave::interleave8(dtype, &data, rows, cols).unwrap();
+        let w = QMatrix::new(dtype, &data, rows, cols).unwrap();
+        let wi = QMatrix::with_layout(dtype, &il, rows, cols, Layout::Interleaved8).unwrap();
+        for isa in Isa::available() {
+            for n in 1..=20 {
+                let a = acts(kind, &x[..n * cols], n, cols);
+                let mut want = vec![0f32; n * rows];
+                matmul_q8_with(isa, &w, &a, &mut want).unwrap();
+                for threads in [1, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut got = vec![0f32; n * rows];
+                    pool.install(|| matmul_q8_with(isa, &wi, &a, &mut got).unwrap());
+                    assert_eq!(
+                        got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{kind:?} {isa:?} n={n} threads={threads}"
+                    );
+                }
+            }
+        }
+        // The f32 path and row lookups read interleaved matrices too.
+        let mut want = vec![0f32; 3 * rows];
+        let mut got = vec![0f32; 3 * rows];
+        crate::matmul::matmul(&w, &x[..3 * cols], 3, &mut want).unwrap();
+        crate::matmul::matmul(&wi, &x[..3 * cols], 3, &mut got).unwrap();
+        assert_eq!(got, want, "{kind:?} f32 path");
+        for r in [0, 9, 47] {
+            let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+            w.dequant_row(r, &mut a);
+            wi.dequant_row(r, &mut b);
+            assert_eq!(a, b, "{kind:?} row {r}");
+        }
+    }
+}
+
+#[test]
+fn interleaved_layout_needs_whole_groups() {
+    let (data, _) = case(Kernel::Q4K, 12, 256, 1, 1);
+    assert!(QMatrix::with_layout(DType::Q4K, &data, 12, 256, Layout::Interleaved8).is_err());
+    let (q8, _) = case(Kernel::Q8_0, 8, 256, 1, 1);
+    assert!(QMatrix::with_layout(DType::Q8_0, &q8, 8, 256, Layout::Interleaved8).is_err());
+}

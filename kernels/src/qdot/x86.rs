@@ -15,6 +15,8 @@
 
 use std::arch::x86_64::*;
 
+use cascade_weights::Layout;
+
 use super::{Kernel, OutRows, WeightBlocks};
 use crate::q8::Q8Acts;
 use crate::quant::f16_at;
@@ -731,12 +733,26 @@ unsafe fn prefetch(p: *const u8, bytes: usize) {
 /// quants are transposed in registers so that one `vpdpbusd` does 32 multiply-adds for eight
 /// rows, and the group scales are applied once per group and token (`vpmulld`), not once per
 /// pair of bytes. The arithmetic is that of `portable::row_q4k`.
+///
+/// `IL`: the matrix is interleaved (`cascade_weights::Layout::Interleaved8`), so the transposed
+/// vectors are loaded as they are instead of built: same vectors, same arithmetic.
 #[inline(always)]
-unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, out: OutRows) {
+unsafe fn rows8_q4k<const VNNI: bool, const IL: bool>(
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    out: OutRows,
+) {
     let (n, cols) = (a.n, a.cols);
     let nb = cols / 256;
     let low = _mm256_set1_epi8(0x0f);
-    let rows: [*const u8; 8] = std::array::from_fn(|i| w.row(r0 + i).as_ptr());
+    // Rows r0.. or group r0 / 8: either way the eight rows' bytes start here.
+    let group = w.m.data.as_ptr().add(r0 * nb * 144);
+    let rows: [*const u8; 8] = if IL {
+        [group; 8]
+    } else {
+        std::array::from_fn(|i| w.row(r0 + i).as_ptr())
+    };
     let mut accf = [_mm256_setzero_ps(); TILE8];
     let mut isum = [_mm256_setzero_si256(); TILE8];
     for t0 in (0..n).step_by(TILE8) {
@@ -744,12 +760,17 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
         accf[..nt].fill(_mm256_setzero_ps());
         for b in 0..nb {
             let blk: [*const u8; 8] = std::array::from_fn(|i| rows[i].add(144 * b));
+            let rec = group.add(8 * 144 * b);
             prefetch(
-                rows[0].wrapping_add(8 * 144 * (PREFETCH_GROUPS * nb + b)),
+                group.wrapping_add(8 * 144 * (PREFETCH_GROUPS * nb + b)),
                 8 * 144,
             );
             // d | dmin, then the 12 bytes of packed scales and mins, lane r = row r.
-            let [dd, q0, q1, q2] = transpose_heads(&blk);
+            let [dd, q0, q1, q2] = if IL {
+                std::array::from_fn(|i| load(rec.add(32 * i)))
+            } else {
+                transpose_heads(&blk)
+            };
             let (dv, dminv) = (halves_ps::<false>(dd), halves_ps::<true>(dd));
             let m6 = _mm256_set1_epi32(63);
             let m4 = _mm256_set1_epi32(0x0f);
@@ -778,8 +799,11 @@ unsafe fn rows8_q4k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
                 _mm256_or_si256(mins[2 * p], _mm256_slli_epi32(mins[2 * p + 1], 16))
             });
             for jj in 0..4 {
-                let x: [__m256i; 8] = std::array::from_fn(|r| load(blk[r].add(16 + 32 * jj)));
-                let tq = transpose8(x);
+                let tq = if IL {
+                    std::array::from_fn(|k| load(rec.add(128 + 256 * jj + 32 * k)))
+                } else {
+                    transpose8(std::array::from_fn(|r| load(blk[r].add(16 + 32 * jj))))
+                };
                 let lo: [__m256i; 8] = std::array::from_fn(|k| _mm256_and_si256(tq[k], low));
                 let hi: [__m256i; 8] =
                     std::array::from_fn(|k| _mm256_and_si256(_mm256_srli_epi16(tq[k], 4), low));
@@ -865,11 +889,22 @@ unsafe fn q6_group<const K: usize>(
 
 /// Q6_K, eight rows at a time, one row per 32-bit lane, as [`rows8_q4k`]: the arithmetic of
 /// `portable::row_q6k`.
+/// `IL` as in [`rows8_q4k`].
 #[inline(always)]
-unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, out: OutRows) {
+unsafe fn rows8_q6k<const VNNI: bool, const IL: bool>(
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    out: OutRows,
+) {
     let (n, cols) = (a.n, a.cols);
     let nb = cols / 256;
-    let rows: [*const u8; 8] = std::array::from_fn(|i| w.row(r0 + i).as_ptr());
+    let group = w.m.data.as_ptr().add(r0 * nb * 210);
+    let rows: [*const u8; 8] = if IL {
+        [group; 8]
+    } else {
+        std::array::from_fn(|i| w.row(r0 + i).as_ptr())
+    };
     let mut accf = [_mm256_setzero_ps(); TILE8];
     let mut isum = [_mm256_setzero_si256(); TILE8];
     for t0 in (0..n).step_by(TILE8) {
@@ -877,14 +912,19 @@ unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
         accf[..nt].fill(_mm256_setzero_ps());
         for b in 0..nb {
             let blk: [*const u8; 8] = std::array::from_fn(|i| rows[i].add(210 * b));
+            let rec = group.add(8 * 210 * b);
             prefetch(
-                rows[0].wrapping_add(8 * 210 * (PREFETCH_GROUPS * nb + b)),
+                group.wrapping_add(8 * 210 * (PREFETCH_GROUPS * nb + b)),
                 8 * 210,
             );
             // Signed scales, lane r = row r; and as (sc_2i, sc_2i+1) 16-bit pairs for the
             // offset term.
             let heads: [*const u8; 8] = std::array::from_fn(|r| blk[r].add(192));
-            let sq = transpose_heads(&heads);
+            let sq = if IL {
+                std::array::from_fn(|i| load(rec.add(1536 + 32 * i)))
+            } else {
+                transpose_heads(&heads)
+            };
             let mut sc = [_mm256_setzero_si256(); 16];
             let mut sp = [_mm256_setzero_si256(); 8];
             let lo16 = _mm256_set1_epi32(0xffff);
@@ -900,13 +940,25 @@ unsafe fn rows8_q6k<const VNNI: bool>(w: &WeightBlocks, a: &Q8Acts, r0: usize, o
                 sp[2 * i + 1] =
                     _mm256_or_si256(_mm256_srli_epi32(even, 16), _mm256_andnot_si256(lo16, odd));
             }
-            let v: [i16; 8] =
-                std::array::from_fn(|r| (blk[r].add(208) as *const i16).read_unaligned());
-            let dv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i));
+            let dv = if IL {
+                _mm256_cvtph_ps(_mm_loadu_si128(rec.add(1664) as *const __m128i))
+            } else {
+                let v: [i16; 8] =
+                    std::array::from_fn(|r| (blk[r].add(208) as *const i16).read_unaligned());
+                _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr() as *const __m128i))
+            };
             for half in 0..2 {
-                let l0 = transpose8(std::array::from_fn(|r| load(blk[r].add(64 * half))));
-                let l1 = transpose8(std::array::from_fn(|r| load(blk[r].add(64 * half + 32))));
-                let qh = transpose8(std::array::from_fn(|r| load(blk[r].add(128 + 32 * half))));
+                // Dwords 16 * half.., 16 * half + 8.. and 32 + 8 * half.. of the super-blocks.
+                let part = |at: usize| -> [__m256i; 8] {
+                    if IL {
+                        std::array::from_fn(|k| load(rec.add(32 * (at / 4) + 32 * k)))
+                    } else {
+                        transpose8(std::array::from_fn(|r| load(blk[r].add(at))))
+                    }
+                };
+                let l0 = part(64 * half);
+                let l1 = part(64 * half + 32);
+                let qh = part(128 + 32 * half);
                 // Groups 4 * half + 0, 1, then + 2, 3: two groups (16 `vpdpbusd`) per token and
                 // pass, as the Q4_K kernel (one group per pass ran at 70% of its rate).
                 for pair in 0..2 {
@@ -970,6 +1022,18 @@ unsafe fn rows_any<const VNNI: bool>(
     out: OutRows,
 ) {
     match w.kind {
+        // Interleaved matrices: whole groups of eight rows (the layout needs rows a multiple of
+        // eight, and tasks start at multiples of 16), at every token count.
+        Kernel::Q4K | Kernel::Q6K if w.m.layout == Layout::Interleaved8 => {
+            for r in (r0..r1).step_by(8) {
+                let o = out.offset(r - r0);
+                if w.kind == Kernel::Q4K {
+                    rows8_q4k::<VNNI, true>(w, a, r, o);
+                } else {
+                    rows8_q6k::<VNNI, true>(w, a, r, o);
+                }
+            }
+        }
         // One token of Q6_K: a row at a time. The 8-row kernel's six transposes per super-block
         // cost more than its shared scale work saves when there is one token to amortize them
         // over: streamed from DRAM the 8-row kernel took 1.18x / 1.14x the row kernel's time on
@@ -983,9 +1047,9 @@ unsafe fn rows_any<const VNNI: bool>(
             for r in (r0..full).step_by(8) {
                 let o = out.offset(r - r0);
                 if w.kind == Kernel::Q4K {
-                    rows8_q4k::<VNNI>(w, a, r, o);
+                    rows8_q4k::<VNNI, false>(w, a, r, o);
                 } else {
-                    rows8_q6k::<VNNI>(w, a, r, o);
+                    rows8_q6k::<VNNI, false>(w, a, r, o);
                 }
             }
             let tail = out.offset(full - r0);

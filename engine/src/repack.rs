@@ -1,0 +1,175 @@
+//! `cascade repack`: a GGUF file rewritten with its Q4_K and Q6_K weight matrices in the
+//! interleaved layout ([`Layout::Interleaved8`]) that the 8-row integer kernels read without
+//! transposing. Everything else (metadata, other tensors, their order) is copied as it is; the
+//! products, and so the logits, are bitwise those of the source file. Done once, offline; the
+//! result is mapped like any model file.
+
+use std::path::{Path, PathBuf};
+
+use cascade_kernels::interleave::{interleave8, GROUP};
+use cascade_weights::{GgufHeader, GgufWriter, Layout, TensorView, Value, WeightStore};
+
+use crate::error::{EngineError, Result};
+
+/// Metadata key marking a repacked file (value: the layout's name).
+pub const REPACKED_KEY: &str = "cascade.repacked";
+
+/// What a repack did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepackSummary {
+    /// Matrices written interleaved.
+    pub interleaved: usize,
+    /// Tensors copied unchanged.
+    pub copied: usize,
+    /// Bytes of the interleaved matrices.
+    pub interleaved_bytes: u64,
+}
+
+/// Whether the tensor `name` of `dtype`, GGML dims `dims`, stored in `layout`, is interleaved: a
+/// Q4_K / Q6_K matrix of a whole number of row groups, other than the embedding table (read one
+/// row at a time, by token id).
+fn eligible(name: &str, dtype: cascade_weights::DType, dims: &[u64], layout: Layout) -> bool {
+    layout == Layout::Rows
+        && Layout::Interleaved8.supports(dtype)
+        && dims.len() == 2
+        && dims[1].is_multiple_of(GROUP as u64)
+        && name != "token_embd.weight"
+}
+
+/// Writes `src` (a GGUF file) to `dst` with its eligible matrices interleaved. The output is
+/// written next to `dst` under a temporary name and renamed into place, so a failure never
+/// leaves a partial file at `dst`.
+pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
+    let same = match (src.canonicalize(), dst.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same {
+        return Err(EngineError::InvalidParam {
+            name: "out",
+            reason: format!("{} is the source file; pick another path", dst.display()),
+        });
+    }
+    let store = WeightStore::new();
+    let file = store.map(src)?;
+    let header = GgufHeader::parse(src, file.bytes())?;
+    if header.metadata.contains_key(REPACKED_KEY) {
+        return Err(EngineError::InvalidParam {
+            name: "model",
+            reason: format!("{} is already repacked", src.display()),
+        });
+    }
+    let mut w = GgufWriter::new();
+    for (k, v) in &header.metadata {
+        // The writer aligns to the default; a source's own alignment does not carry over.
+        if k != "general.alignment" {
+            w.meta(k, v.clone());
+        }
+    }
+    w.meta(REPACKED_KEY, Value::String("interleaved8".into()));
+    let mut summary = RepackSummary::default();
+    for t in &header.tensors {
+        let bytes = &file.bytes()[t.offset as usize..(t.offset + t.n_bytes) as usize];
+        if eligible(&t.name, t.dtype, &t.dims, t.layout) {
+            let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
+            let data = interleave8(t.dtype, bytes, rows, cols)?;
+            w.tensor_in(&t.name, &t.dims, t.dtype, Layout::Interleaved8, data);
+            summary.interleaved += 1;
+            summary.interleaved_bytes += t.n_bytes;
+        } else {
+            w.tensor_in(&t.name, &t.dims, t.dtype, t.layout, bytes.to_vec());
+            summary.copied += 1;
+        }
+    }
+    let tmp = temp_path(dst);
+    let written = w.write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, dst).map_err(|source| cascade_weights::WeightsError::Io {
+            path: dst.to_path_buf(),
+            source,
+        })
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    Ok(summary)
+}
+
+fn temp_path(dst: &Path) -> PathBuf {
+    let mut name = dst.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp-{}", std::process::id()));
+    dst.with_file_name(name)
+}
+
+/// Whether a tensor view is stored interleaved (for `inspect`-style summaries).
+pub fn is_interleaved(t: &TensorView) -> bool {
+    t.layout == Layout::Interleaved8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixture::{write, FixtureSpec};
+    use crate::model::{Logits, Model};
+    use cascade_weights::{DType, OpenOptions};
+
+    fn logits_of(path: &Path, tokens: &[u32]) -> Vec<f32> {
+        let store = WeightStore::new();
+        let m = Model::load(&store, path, &OpenOptions::default()).unwrap();
+        let mut cache = m.new_cache(64);
+        // A prefill, then a 5-token "verification" on top of it.
+        m.forward(&tokens[..7], &mut cache, Logits::All).unwrap();
+        let mut out = m.forward(&tokens[7..], &mut cache, Logits::All).unwrap();
+        out.extend(m.forward(&tokens[..1], &mut cache, Logits::Last).unwrap());
+        out
+    }
+
+    #[test]
+    fn a_repacked_model_gives_bitwise_the_same_logits() {
+        let dir = tempfile::tempdir().unwrap();
+        for (dtype, embd) in [(DType::Q4K, DType::Q6K), (DType::Q6K, DType::Q4K)] {
+            // 256 + 6 merges + 3 specials + 15 padding = 280 rows: the output matrix is a whole
+            // number of groups, and is interleaved too.
+            let spec = FixtureSpec {
+                hidden: 256,
+                ffn: 512,
+                dtype,
+                embd_dtype: embd,
+                pad_vocab: 15,
+                ..FixtureSpec::default()
+            };
+            let src = dir.path().join(format!("{dtype}.gguf"));
+            let dst = dir.path().join(format!("{dtype}-r8.gguf"));
+            write(&spec, &src).unwrap();
+            let s = repack_gguf(&src, &dst).unwrap();
+            // Seven matrices per layer and the output matrix.
+            assert_eq!(s.interleaved, 2 * 7 + 1, "{dtype}");
+            let store = WeightStore::new();
+            let files = store.open_model(&dst, &OpenOptions::default()).unwrap();
+            assert!(is_interleaved(
+                files.tensor("blk.1.ffn_down.weight").unwrap()
+            ));
+            assert!(is_interleaved(files.tensor("output.weight").unwrap()));
+            assert!(!is_interleaved(files.tensor("token_embd.weight").unwrap()));
+            let tokens = [1u32, 40, 7, 99, 3, 17, 250, 5, 6, 120, 33, 8];
+            let (a, b) = (logits_of(&src, &tokens), logits_of(&dst, &tokens));
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{dtype}"
+            );
+            // A repacked file is not repacked again, and a file never overwrites itself.
+            assert!(repack_gguf(&dst, &dir.path().join("again.gguf")).is_err());
+            assert!(repack_gguf(&src, &src).is_err());
+        }
+    }
+
+    #[test]
+    fn a_missing_source_names_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.gguf");
+        let err = repack_gguf(&missing, &dir.path().join("out.gguf")).unwrap_err();
+        assert!(err.to_string().contains("nope.gguf"), "{err}");
+        assert!(!dir.path().join("out.gguf").exists());
+    }
+}
