@@ -2,7 +2,9 @@
 //! so its weights come from L2/L3) and streamed (distinct matrices in turn, 120 MB or more in
 //! all, so they come from DRAM). The gap is the part of the read time the kernel does not
 //! overlap with its arithmetic; the cache-resident time against the token count is the
-//! arithmetic's cost per token.
+//! arithmetic's cost per token. Q4_K and Q6_K are also timed in the interleaved layout of
+//! `cascade repack`, alternating with the row-major one (each reading its own matrices), and the
+//! median of the pairs' ratios is printed.
 //!
 //! ```sh
 //! cargo run --release -p cascade-bench --example stream -- q6k 8960 1536 1,5,8 [reps]
@@ -11,8 +13,9 @@
 use std::time::Instant;
 
 use cascade_bench::matmul_case;
+use cascade_kernels::interleave::interleave8;
 use cascade_kernels::{matmul_q8, Kernel, Q8Acts, QMatrix};
-use cascade_weights::DType;
+use cascade_weights::{DType, Layout};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -54,6 +57,14 @@ fn main() {
         .map(|i| matmul_case(dtype, rows, cols, 1, i + 1).0)
         .collect();
     let (_, x) = matmul_case(dtype, rows, cols, 16, 99);
+    // The interleaved copies (Q4_K, Q6_K with whole groups of 8 rows).
+    let interleaved: Vec<Vec<u8>> = if Layout::Interleaved8.supports(dtype) && rows % 8 == 0 {
+        mats.iter()
+            .map(|m| interleave8(dtype, m, rows, cols).expect("interleavable"))
+            .collect()
+    } else {
+        Vec::new()
+    };
     for n in ns {
         let mut acts = Q8Acts::new(kernel.act_block());
         acts.quantize(&x[..n * cols], n, cols);
@@ -75,5 +86,50 @@ fn main() {
             "{dtype} {rows}x{cols} n {n}: cached {cached:.3} ms  streamed {streamed:.3} ms ({:.1} GB/s)",
             bytes as f64 / streamed / 1e6
         );
+        if !interleaved.is_empty() {
+            let (rm, il, ratio) = layout_pairs(dtype, rows, cols, &mats, &interleaved, &acts, reps);
+            println!(
+                "{dtype} {rows}x{cols} n {n}: streamed, row-major {:.3} ms  interleaved {:.3} ms  \
+                 (median ratio of pairs {:.3})",
+                rm, il, ratio
+            );
+        }
     }
+}
+
+/// Row-major and interleaved products streamed from DRAM, alternating which goes first, each
+/// reading its own matrices: row-major and interleaved medians (ms) and the median of the pairs'
+/// interleaved / row-major ratios.
+fn layout_pairs(
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    mats: &[Vec<u8>],
+    interleaved: &[Vec<u8>],
+    acts: &Q8Acts,
+    reps: usize,
+) -> (f64, f64, f64) {
+    let mut out = vec![0f32; acts.n * rows];
+    let mut ts = [Vec::with_capacity(reps), Vec::with_capacity(reps)];
+    for rep in 0..reps {
+        for k in 0..2 {
+            let v = (rep + k) % 2;
+            let i = (2 * rep + k) % mats.len();
+            let w = if v == 0 {
+                QMatrix::new(dtype, &mats[i], rows, cols)
+            } else {
+                QMatrix::with_layout(dtype, &interleaved[i], rows, cols, Layout::Interleaved8)
+            }
+            .expect("shape");
+            let t = Instant::now();
+            matmul_q8(&w, acts, &mut out).expect("product");
+            ts[v].push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let mut ratios: Vec<f64> = ts[1].iter().zip(&ts[0]).map(|(a, b)| a / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    for t in ts.iter_mut() {
+        t.sort_by(f64::total_cmp);
+    }
+    (ts[0][reps / 2], ts[1][reps / 2], ratios[reps / 2])
 }
