@@ -205,6 +205,77 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     (v[0] + v[2]) + (v[1] + v[3])
 }
 
+/// `[dot(a, b_0), .., dot(a, b_7)]` for eight rows `b_m = b[m * stride..][..a.len()]`: bitwise
+/// eight calls of [`dot`], with `a` loaded once per chunk for all rows and the eight final
+/// reductions done together (attention scores eight keys at a time).
+#[inline(always)]
+pub fn dot8(a: &[f32], b: &[f32], stride: usize) -> [f32; 8] {
+    assert!(
+        b.len() >= 7 * stride + a.len(),
+        "dot8: rows past the end of b"
+    );
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if a.len().is_multiple_of(16) {
+        // SAFETY: the target has AVX2 (checked at compile time above); rows are in bounds
+        // (asserted above).
+        return unsafe { dot8_avx2(a, b, stride) };
+    }
+    std::array::from_fn(|m| dot(a, &b[m * stride..][..a.len()]))
+}
+
+/// [`dot8`] for lengths that are a multiple of 16: per row the two 8-lane accumulators of
+/// [`dot_avx2`], then its reduction tree (`lo + hi`, halves, then `(v0 + v2) + (v1 + v3)`) on
+/// the eight rows at once after an 8x8 transpose.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+unsafe fn dot8_avx2(a: &[f32], b: &[f32], stride: usize) -> [f32; 8] {
+    use std::arch::x86_64::*;
+    let len = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut lo = [_mm256_setzero_ps(); 8];
+    let mut hi = [_mm256_setzero_ps(); 8];
+    let mut i = 0;
+    while i < len {
+        let (a0, a1) = (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pa.add(i + 8)));
+        for m in 0..8 {
+            let r = pb.add(m * stride + i);
+            lo[m] = _mm256_add_ps(lo[m], _mm256_mul_ps(a0, _mm256_loadu_ps(r)));
+            hi[m] = _mm256_add_ps(hi[m], _mm256_mul_ps(a1, _mm256_loadu_ps(r.add(8))));
+        }
+        i += 16;
+    }
+    // s8 per row, then lane i of every row in one vector (8x8 transpose).
+    let s: [__m256; 8] = std::array::from_fn(|m| _mm256_add_ps(lo[m], hi[m]));
+    let t0 = _mm256_unpacklo_ps(s[0], s[1]);
+    let t1 = _mm256_unpackhi_ps(s[0], s[1]);
+    let t2 = _mm256_unpacklo_ps(s[2], s[3]);
+    let t3 = _mm256_unpackhi_ps(s[2], s[3]);
+    let t4 = _mm256_unpacklo_ps(s[4], s[5]);
+    let t5 = _mm256_unpackhi_ps(s[4], s[5]);
+    let t6 = _mm256_unpacklo_ps(s[6], s[7]);
+    let t7 = _mm256_unpackhi_ps(s[6], s[7]);
+    let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
+    let u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+    let u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
+    let u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+    let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+    let u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+    // Lane i of every row: T_i; the halves' sum s4[i] = s8[i] + s8[i + 4].
+    let s4 = |x: __m256, y: __m256| {
+        _mm256_add_ps(
+            _mm256_permute2f128_ps(x, y, 0x20),
+            _mm256_permute2f128_ps(x, y, 0x31),
+        )
+    };
+    let (v0, v1, v2, v3) = (s4(u0, u4), s4(u1, u5), s4(u2, u6), s4(u3, u7));
+    let r = _mm256_add_ps(_mm256_add_ps(v0, v2), _mm256_add_ps(v1, v3));
+    let mut out = [0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), r);
+    out
+}
+
 /// `out[t * w.rows + r] = dot(x[t * w.cols ..], W[r])` for `t < n_tokens`.
 pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
     if x.len() != n_tokens * w.cols || out.len() != n_tokens * w.rows {
@@ -286,6 +357,31 @@ mod tests {
     use super::*;
     use crate::quant::random_data;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn dot8_is_bitwise_eight_dots() {
+        let f = |i: usize| ((i * 7919 % 2003) as f32 - 1001.0) / 977.0;
+        for (len, stride) in [
+            (16, 16),
+            (64, 256),
+            (128, 256),
+            (128, 131),
+            (72, 80),
+            (5, 9),
+        ] {
+            let a: Vec<f32> = (0..len).map(f).collect();
+            let b: Vec<f32> = (0..7 * stride + len).map(|i| f(i + 17)).collect();
+            let got = super::dot8(&a, &b, stride);
+            for (m, g) in got.iter().enumerate() {
+                let want = super::dot(&a, &b[m * stride..][..len]);
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "len {len} stride {stride} row {m}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn dot_equals_its_portable_order_bitwise() {
