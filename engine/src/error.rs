@@ -34,6 +34,12 @@ pub enum EngineError {
     ThreadPool(String),
     #[error("tensor '{name}': {reason}")]
     BadTensor { name: String, reason: String },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -50,6 +50,12 @@ pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
             reason: format!("{} is the source file; pick another path", dst.display()),
         });
     }
+    if src.is_dir() {
+        return Err(EngineError::InvalidParam {
+            name: "model",
+            reason: format!("{} is a folder; repack takes a GGUF file", src.display()),
+        });
+    }
     let store = WeightStore::new();
     let file = store.map(src)?;
     let header = GgufHeader::parse(src, file.bytes())?;
@@ -57,6 +63,20 @@ pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
         return Err(EngineError::InvalidParam {
             name: "model",
             reason: format!("{} is already repacked", src.display()),
+        });
+    }
+    if !header
+        .tensors
+        .iter()
+        .any(|t| eligible(&t.name, t.dtype, &t.dims, t.layout))
+    {
+        return Err(EngineError::InvalidParam {
+            name: "model",
+            reason: format!(
+                "{} has no Q4_K or Q6_K matrix with rows a multiple of {GROUP}: nothing to \
+                 interleave (the other types' kernels read the file as it is)",
+                src.display()
+            ),
         });
     }
     let mut w = GgufWriter::new();
@@ -82,16 +102,18 @@ pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
         }
     }
     let tmp = temp_path(dst);
-    let written = w.write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, dst).map_err(|source| cascade_weights::WeightsError::Io {
+    let written = match w.write(&tmp) {
+        Ok(()) => std::fs::rename(&tmp, dst),
+        Err(cascade_weights::WeightsError::Io { source, .. }) => Err(source),
+        Err(e) => Err(std::io::Error::other(e)),
+    };
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(EngineError::Write {
             path: dst.to_path_buf(),
             source,
-        })
-    });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        });
     }
-    written?;
     Ok(summary)
 }
 
@@ -162,6 +184,28 @@ mod tests {
             assert!(repack_gguf(&dst, &dir.path().join("again.gguf")).is_err());
             assert!(repack_gguf(&src, &src).is_err());
         }
+    }
+
+    #[test]
+    fn nothing_to_interleave_and_unwritable_outputs_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let q8 = dir.path().join("q8.gguf");
+        write(&FixtureSpec::default(), &q8).unwrap();
+        let err = repack_gguf(&q8, &dir.path().join("o.gguf")).unwrap_err();
+        assert!(err.to_string().contains("nothing to interleave"), "{err}");
+        assert!(repack_gguf(dir.path(), &dir.path().join("o.gguf")).is_err());
+        let spec = FixtureSpec {
+            hidden: 256,
+            ffn: 512,
+            dtype: DType::Q4K,
+            ..FixtureSpec::default()
+        };
+        let src = dir.path().join("k.gguf");
+        write(&spec, &src).unwrap();
+        let bad = dir.path().join("no-such-dir").join("o.gguf");
+        let err = repack_gguf(&src, &bad).unwrap_err();
+        assert!(err.to_string().starts_with("cannot write"), "{err}");
+        assert!(err.to_string().contains("no-such-dir"), "{err}");
     }
 
     #[test]

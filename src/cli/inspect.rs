@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use serde_json::json;
 
-use cascade_weights::{DType, ModelFormat, OpenOptions, WeightStore};
+use cascade_weights::{DType, Layout, ModelFormat, OpenOptions, WeightStore};
 
 use super::{print_json, CliError};
 
@@ -32,6 +32,10 @@ pub fn run(a: InspectArgs) -> Result<(), CliError> {
         }
     }
     types.sort_by_key(|(d, _, _)| d.ggml_id());
+    let interleaved = m
+        .tensors()
+        .filter(|t| t.layout == Layout::Interleaved8)
+        .count();
     let n_params: usize = m.tensors().map(|t| t.n_elements()).sum();
     let format = match m.format {
         ModelFormat::Gguf { version } => format!("GGUF v{version}"),
@@ -58,6 +62,7 @@ pub fn run(a: InspectArgs) -> Result<(), CliError> {
             "context_length": c.context_length,
             "rope_theta": c.rope_theta,
             "tied_embeddings": c.tied_embeddings,
+            "interleaved_matrices": interleaved,
             "tensor_types": types.iter().map(|(d, n, b)| json!({"type": d.name(), "count": n, "bytes": b})).collect::<Vec<_>>(),
             "tokenizer": {"source": tok.source, "tokens": tok.n_vocab(), "valid_tokens": valid, "bos": tok.bos, "eos": tok.eos, "add_bos": tok.add_bos, "end_of_generation": tok.eog_ids()},
             "chat_template": tok.chat_template.is_some(),
@@ -92,6 +97,9 @@ pub fn run(a: InspectArgs) -> Result<(), CliError> {
             n,
             *b as f64 / (1 << 20) as f64
         );
+    }
+    if interleaved > 0 {
+        println!("interleaved      {interleaved} matrices (written by `cascade repack`)");
     }
     println!(
         "tokenizer        {}: {} tokens ({} valid), bos {:?}, eos {:?}, add_bos {}",
