@@ -144,6 +144,17 @@ impl Model {
             });
         }
         let tokenizer = files.tokenizer.clone();
+        let row_major = files
+            .tensors()
+            .filter(|t| crate::repack::would_interleave(t))
+            .count();
+        if row_major > 0 {
+            tracing::info!(
+                "{}: {row_major} Q4_K/Q6_K matrices are row-major; `cascade repack` writes a copy \
+                 whose products are faster (bitwise the same results)",
+                files.path.display()
+            );
+        }
         let valid = (0..c.vocab_size as u32)
             .map(|i| tokenizer.is_valid(i))
             .collect();

@@ -36,6 +36,12 @@ fn eligible(name: &str, dtype: cascade_weights::DType, dims: &[u64], layout: Lay
         && name != "token_embd.weight"
 }
 
+/// Whether `cascade repack` would interleave this (row-major) tensor.
+pub fn would_interleave(t: &TensorView) -> bool {
+    let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+    eligible(&t.name, t.dtype, &dims, t.layout)
+}
+
 /// Writes `src` (a GGUF file) to `dst` with its eligible matrices interleaved. The output is
 /// written next to `dst` under a temporary name and renamed into place, so a failure never
 /// leaves a partial file at `dst`.
