@@ -4,6 +4,7 @@
 //! products, and so the logits, are bitwise those of the source file. Done once, offline; the
 //! result is mapped like any model file.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use cascade_kernels::interleave::{interleave8, GROUP};
@@ -93,22 +94,33 @@ pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
         }
     }
     w.meta(REPACKED_KEY, Value::String("interleaved8".into()));
+    // Every tensor's bytes are given as the file is written, one at a time: the source's
+    // mapping as it is, or an interleaved copy of one matrix.
     let mut summary = RepackSummary::default();
     for t in &header.tensors {
-        let bytes = &file.bytes()[t.offset as usize..(t.offset + t.n_bytes) as usize];
         if eligible(&t.name, t.dtype, &t.dims, t.layout) {
-            let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
-            let data = interleave8(t.dtype, bytes, rows, cols)?;
-            w.tensor_in(&t.name, &t.dims, t.dtype, Layout::Interleaved8, data);
+            w.tensor_later(&t.name, &t.dims, t.dtype, Layout::Interleaved8);
             summary.interleaved += 1;
             summary.interleaved_bytes += t.n_bytes;
         } else {
-            w.tensor_in(&t.name, &t.dims, t.dtype, t.layout, bytes.to_vec());
+            w.tensor_later(&t.name, &t.dims, t.dtype, t.layout);
             summary.copied += 1;
         }
     }
+    let bytes_of = |i: usize| -> std::io::Result<Cow<'_, [u8]>> {
+        let t = &header.tensors[i];
+        let bytes = &file.bytes()[t.offset as usize..(t.offset + t.n_bytes) as usize];
+        if eligible(&t.name, t.dtype, &t.dims, t.layout) {
+            let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
+            interleave8(t.dtype, bytes, rows, cols)
+                .map(Cow::Owned)
+                .map_err(std::io::Error::other)
+        } else {
+            Ok(Cow::Borrowed(bytes))
+        }
+    };
     let tmp = temp_path(dst);
-    let written = match w.write(&tmp) {
+    let written = match w.write_with(&tmp, bytes_of) {
         Ok(()) => std::fs::rename(&tmp, dst),
         Err(cascade_weights::WeightsError::Io { source, .. }) => Err(source),
         Err(e) => Err(std::io::Error::other(e)),

@@ -409,7 +409,23 @@ pub struct GgufWriter {
 }
 
 /// A tensor waiting in a [`GgufWriter`]: name, GGML dims, type, layout and bytes.
-type PendingTensor = (String, Vec<u64>, DType, Layout, Vec<u8>);
+type PendingTensor = (String, Vec<u64>, DType, Layout, TensorBytes);
+
+/// A pending tensor's bytes: held, or asked for when the file is written.
+#[derive(Debug, Clone)]
+enum TensorBytes {
+    Held(Vec<u8>),
+    Later(usize),
+}
+
+impl TensorBytes {
+    fn len(&self) -> usize {
+        match self {
+            TensorBytes::Held(v) => v.len(),
+            TensorBytes::Later(n) => *n,
+        }
+    }
+}
 
 impl GgufWriter {
     pub fn new() -> Self {
@@ -443,6 +459,31 @@ impl GgufWriter {
             data.len(),
             "tensor {name}: data length does not match shape {dims:?} of {dtype}"
         );
+        self.push(name, dims, dtype, layout, TensorBytes::Held(data))
+    }
+
+    /// Declares a tensor whose bytes [`GgufWriter::write_with`] asks for as it writes them, so
+    /// that a large file is never held in memory at once.
+    pub fn tensor_later(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        dtype: DType,
+        layout: Layout,
+    ) -> &mut Self {
+        let n: u64 = dims.iter().product();
+        let len = dtype.bytes_for(n as usize);
+        self.push(name, dims, dtype, layout, TensorBytes::Later(len))
+    }
+
+    fn push(
+        &mut self,
+        name: &str,
+        dims: &[u64],
+        dtype: DType,
+        layout: Layout,
+        data: TensorBytes,
+    ) -> &mut Self {
         assert!(
             layout.supports(dtype)
                 && (layout == Layout::Rows
@@ -482,13 +523,16 @@ impl GgufWriter {
         }
     }
 
-    /// The whole file's bytes.
+    /// The whole file's bytes (every tensor's bytes held: none declared with `tensor_later`).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = self.header_bytes();
         let base = out.len();
-        for (off, (.., data)) in self.offsets().into_iter().zip(&self.tensors) {
+        for (off, (name, .., data)) in self.offsets().into_iter().zip(&self.tensors) {
             out.resize(base + off as usize, 0);
-            out.extend_from_slice(data);
+            match data {
+                TensorBytes::Held(d) => out.extend_from_slice(d),
+                TensorBytes::Later(_) => panic!("tensor {name}: bytes only given to write_with"),
+            }
         }
         out
     }
@@ -532,6 +576,22 @@ impl GgufWriter {
 
     /// Writes the file, streaming the tensors (no second copy of their bytes in memory).
     pub fn write(&self, path: &Path) -> Result<()> {
+        self.write_with(path, |i| {
+            Err(std::io::Error::other(format!(
+                "tensor {}: no bytes given (declared with tensor_later; use write_with)",
+                self.tensors[i].0
+            )))
+        })
+    }
+
+    /// [`GgufWriter::write`], asking `bytes_of(i)` for the bytes of tensor `i` (in the order
+    /// added) when it was declared with [`GgufWriter::tensor_later`]: one tensor in memory at a
+    /// time. Bytes of the wrong length are an error.
+    pub fn write_with<'a>(
+        &self,
+        path: &Path,
+        mut bytes_of: impl FnMut(usize) -> std::io::Result<std::borrow::Cow<'a, [u8]>>,
+    ) -> Result<()> {
         use std::io::Write;
         let io = |source| WeightsError::Io {
             path: PathBuf::from(path),
@@ -542,10 +602,24 @@ impl GgufWriter {
         let header = self.header_bytes();
         out.write_all(&header).map_err(io)?;
         let mut pos = 0u64;
-        for (off, (.., data)) in self.offsets().into_iter().zip(&self.tensors) {
+        for (i, (off, (name, .., data))) in
+            self.offsets().into_iter().zip(&self.tensors).enumerate()
+        {
             let pad = vec![0u8; (off - pos) as usize];
             out.write_all(&pad).map_err(io)?;
-            out.write_all(data).map_err(io)?;
+            match data {
+                TensorBytes::Held(d) => out.write_all(d).map_err(io)?,
+                TensorBytes::Later(len) => {
+                    let d = bytes_of(i).map_err(io)?;
+                    if d.len() != *len {
+                        return Err(io(std::io::Error::other(format!(
+                            "tensor {name}: {} bytes given, {len} declared",
+                            d.len()
+                        ))));
+                    }
+                    out.write_all(&d).map_err(io)?;
+                }
+            }
             pos = off + data.len() as u64;
         }
         out.flush().map_err(io)
@@ -627,6 +701,38 @@ mod tests {
         bad[ty_at..ty_at + 4].copy_from_slice(&il);
         let err = GgufHeader::parse(Path::new("mem"), &bad).unwrap_err();
         assert!(err.to_string().contains("'v'"), "{err}");
+    }
+
+    #[test]
+    fn tensors_given_at_write_time_make_the_same_file() {
+        let data = |i: usize| vec![i as u8 + 1; 34 * 2];
+        let mut held = GgufWriter::new();
+        let mut later = GgufWriter::new();
+        for (w, defer) in [(&mut held, false), (&mut later, true)] {
+            w.meta("general.architecture", Value::String("llama".into()));
+            for i in 0..3 {
+                let name = format!("t{i}");
+                if defer {
+                    w.tensor_later(&name, &[64], DType::Q8_0, Layout::Rows);
+                } else {
+                    w.tensor(&name, &[64], DType::Q8_0, data(i));
+                }
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("cascade-later-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.gguf");
+        later
+            .write_with(&path, |i| Ok(std::borrow::Cow::Owned(data(i))))
+            .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), held.to_bytes());
+        // Bytes of the wrong length, or none at all, are errors naming the tensor.
+        let err = later
+            .write_with(&path, |_| Ok(std::borrow::Cow::Owned(vec![0; 3])))
+            .unwrap_err();
+        assert!(err.to_string().contains("t0"), "{err}");
+        assert!(later.write(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
