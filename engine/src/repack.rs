@@ -72,11 +72,13 @@ pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
             reason: format!("{} is already repacked", src.display()),
         });
     }
-    if !header
+    // Which tensors are interleaved, decided once.
+    let plan: Vec<bool> = header
         .tensors
         .iter()
-        .any(|t| eligible(&t.name, t.dtype, &t.dims, t.layout))
-    {
+        .map(|t| eligible(&t.name, t.dtype, &t.dims, t.layout))
+        .collect();
+    if !plan.contains(&true) {
         return Err(EngineError::InvalidParam {
             name: "model",
             reason: format!(
@@ -97,8 +99,8 @@ pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
     // Every tensor's bytes are given as the file is written, one at a time: the source's
     // mapping as it is, or an interleaved copy of one matrix.
     let mut summary = RepackSummary::default();
-    for t in &header.tensors {
-        if eligible(&t.name, t.dtype, &t.dims, t.layout) {
+    for (t, &il) in header.tensors.iter().zip(&plan) {
+        if il {
             w.tensor_later(&t.name, &t.dims, t.dtype, Layout::Interleaved8);
             summary.interleaved += 1;
             summary.interleaved_bytes += t.n_bytes;
@@ -110,7 +112,7 @@ pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
     let bytes_of = |i: usize| -> std::io::Result<Cow<'_, [u8]>> {
         let t = &header.tensors[i];
         let bytes = &file.bytes()[t.offset as usize..(t.offset + t.n_bytes) as usize];
-        if eligible(&t.name, t.dtype, &t.dims, t.layout) {
+        if plan[i] {
             let (rows, cols) = (t.dims[1] as usize, t.dims[0] as usize);
             interleave8(t.dtype, bytes, rows, cols)
                 .map(Cow::Owned)
@@ -139,11 +141,6 @@ fn temp_path(dst: &Path) -> PathBuf {
     let mut name = dst.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp-{}", std::process::id()));
     dst.with_file_name(name)
-}
-
-/// Whether a tensor view is stored interleaved (for `inspect`-style summaries).
-pub fn is_interleaved(t: &TensorView) -> bool {
-    t.layout == Layout::Interleaved8
 }
 
 #[cfg(test)]
@@ -186,11 +183,10 @@ mod tests {
             assert_eq!(s.interleaved, 2 * 7 + 1, "{dtype}");
             let store = WeightStore::new();
             let files = store.open_model(&dst, &OpenOptions::default()).unwrap();
-            assert!(is_interleaved(
-                files.tensor("blk.1.ffn_down.weight").unwrap()
-            ));
-            assert!(is_interleaved(files.tensor("output.weight").unwrap()));
-            assert!(!is_interleaved(files.tensor("token_embd.weight").unwrap()));
+            let layout = |name: &str| files.tensor(name).unwrap().layout;
+            assert_eq!(layout("blk.1.ffn_down.weight"), Layout::Interleaved8);
+            assert_eq!(layout("output.weight"), Layout::Interleaved8);
+            assert_eq!(layout("token_embd.weight"), Layout::Rows);
             let tokens = [1u32, 40, 7, 99, 3, 17, 250, 5, 6, 120, 33, 8];
             let (a, b) = (logits_of(&src, &tokens), logits_of(&dst, &tokens));
             assert_eq!(

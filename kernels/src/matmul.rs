@@ -244,32 +244,16 @@ unsafe fn dot8_avx2(a: &[f32], b: &[f32], stride: usize) -> [f32; 8] {
         }
         i += 16;
     }
-    // s8 per row, then lane i of every row in one vector (8x8 transpose).
-    let s: [__m256; 8] = std::array::from_fn(|m| _mm256_add_ps(lo[m], hi[m]));
-    let t0 = _mm256_unpacklo_ps(s[0], s[1]);
-    let t1 = _mm256_unpackhi_ps(s[0], s[1]);
-    let t2 = _mm256_unpacklo_ps(s[2], s[3]);
-    let t3 = _mm256_unpackhi_ps(s[2], s[3]);
-    let t4 = _mm256_unpacklo_ps(s[4], s[5]);
-    let t5 = _mm256_unpackhi_ps(s[4], s[5]);
-    let t6 = _mm256_unpacklo_ps(s[6], s[7]);
-    let t7 = _mm256_unpackhi_ps(s[6], s[7]);
-    let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
-    let u1 = _mm256_shuffle_ps(t0, t2, 0xee);
-    let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
-    let u3 = _mm256_shuffle_ps(t1, t3, 0xee);
-    let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
-    let u5 = _mm256_shuffle_ps(t4, t6, 0xee);
-    let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
-    let u7 = _mm256_shuffle_ps(t5, t7, 0xee);
-    // Lane i of every row: T_i; the halves' sum s4[i] = s8[i] + s8[i + 4].
-    let s4 = |x: __m256, y: __m256| {
-        _mm256_add_ps(
-            _mm256_permute2f128_ps(x, y, 0x20),
-            _mm256_permute2f128_ps(x, y, 0x31),
-        )
-    };
-    let (v0, v1, v2, v3) = (s4(u0, u4), s4(u1, u5), s4(u2, u6), s4(u3, u7));
+    // s8 per row, then lane i of every row in one vector (8x8 transpose: T_i).
+    let s: [__m256i; 8] = std::array::from_fn(|m| _mm256_castps_si256(_mm256_add_ps(lo[m], hi[m])));
+    let t = crate::qdot::x86::transpose8(s).map(|v| _mm256_castsi256_ps(v));
+    // The halves' sum s4[i] = s8[i] + s8[i + 4], then (s4[0] + s4[2]) + (s4[1] + s4[3]).
+    let (v0, v1, v2, v3) = (
+        _mm256_add_ps(t[0], t[4]),
+        _mm256_add_ps(t[1], t[5]),
+        _mm256_add_ps(t[2], t[6]),
+        _mm256_add_ps(t[3], t[7]),
+    );
     let r = _mm256_add_ps(_mm256_add_ps(v0, v2), _mm256_add_ps(v1, v3));
     let mut out = [0f32; 8];
     _mm256_storeu_ps(out.as_mut_ptr(), r);

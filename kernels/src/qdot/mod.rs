@@ -17,7 +17,7 @@ use crate::q8::{ActBlock, Q8Acts};
 
 mod portable;
 #[cfg(target_arch = "x86_64")]
-mod x86;
+pub(crate) mod x86;
 
 /// Weight types with an integer product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

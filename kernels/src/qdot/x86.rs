@@ -641,8 +641,9 @@ const TILE8: usize = 16;
 const PREFETCH_GROUPS: usize = 2;
 
 /// Eight 32-byte rows transposed as 8x8 dwords: lane `r` of output `k` is dword `k` of row `r`.
+/// (Also `matmul::dot8`'s transpose of eight f32 rows: the shuffles only move bits.)
 #[inline(always)]
-unsafe fn transpose8(x: [__m256i; 8]) -> [__m256i; 8] {
+pub(crate) unsafe fn transpose8(x: [__m256i; 8]) -> [__m256i; 8] {
     let t0 = _mm256_unpacklo_epi32(x[0], x[1]);
     let t1 = _mm256_unpackhi_epi32(x[0], x[1]);
     let t2 = _mm256_unpacklo_epi32(x[2], x[3]);
@@ -1013,6 +1014,25 @@ unsafe fn rows8_q6k<const VNNI: bool, const IL: bool>(
     }
 }
 
+/// Rows `r0..r1` (whole groups of eight) of Q4_K or Q6_K on the 8-row kernels.
+#[inline(always)]
+unsafe fn groups8<const VNNI: bool, const IL: bool>(
+    w: &WeightBlocks,
+    a: &Q8Acts,
+    r0: usize,
+    r1: usize,
+    out: OutRows,
+) {
+    for r in (r0..r1).step_by(8) {
+        let o = out.offset(r - r0);
+        if w.kind == Kernel::Q4K {
+            rows8_q4k::<VNNI, IL>(w, a, r, o);
+        } else {
+            rows8_q6k::<VNNI, IL>(w, a, r, o);
+        }
+    }
+}
+
 #[inline(always)]
 unsafe fn rows_any<const VNNI: bool>(
     w: &WeightBlocks,
@@ -1025,14 +1045,7 @@ unsafe fn rows_any<const VNNI: bool>(
         // Interleaved matrices: whole groups of eight rows (the layout needs rows a multiple of
         // eight, and tasks start at multiples of 16), at every token count.
         Kernel::Q4K | Kernel::Q6K if w.m.layout == Layout::Interleaved8 => {
-            for r in (r0..r1).step_by(8) {
-                let o = out.offset(r - r0);
-                if w.kind == Kernel::Q4K {
-                    rows8_q4k::<VNNI, true>(w, a, r, o);
-                } else {
-                    rows8_q6k::<VNNI, true>(w, a, r, o);
-                }
-            }
+            groups8::<VNNI, true>(w, a, r0, r1, out)
         }
         // One token of Q6_K: a row at a time. The 8-row kernel's six transposes per super-block
         // cost more than its shared scale work saves when there is one token to amortize them
@@ -1044,14 +1057,7 @@ unsafe fn rows_any<const VNNI: bool>(
         Kernel::Q4K | Kernel::Q6K => {
             // Whole groups of eight rows on the 8-row kernel, the rest one at a time.
             let full = r0 + (r1 - r0) / 8 * 8;
-            for r in (r0..full).step_by(8) {
-                let o = out.offset(r - r0);
-                if w.kind == Kernel::Q4K {
-                    rows8_q4k::<VNNI, false>(w, a, r, o);
-                } else {
-                    rows8_q6k::<VNNI, false>(w, a, r, o);
-                }
-            }
+            groups8::<VNNI, false>(w, a, r0, full, out);
             let tail = out.offset(full - r0);
             if w.kind == Kernel::Q4K {
                 rows1_kquant::<VNNI, false>(w, a, full, r1, tail)
