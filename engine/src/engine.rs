@@ -2,7 +2,7 @@
 //! (both mapped through the one store), and a thread pool sized by the caller.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use cascade_weights::{OpenOptions, StreamDecoder, WeightStore};
@@ -12,6 +12,9 @@ use crate::error::{EngineError, Result};
 use crate::generate::{generate, GenerateConfig, GenerateStats, StopReason};
 use crate::model::{Model, Precision};
 use crate::perplexity::{perplexity, PerplexityResult};
+use crate::scheduler::{
+    CancelToken, EventSink, RequestHandle, Scheduler, SchedulerConfig, SchedulerStats,
+};
 use crate::speculative::{
     generate_speculative_with, Cascade, ModelProposer, Proposer, Rule, SpecConfig, SpecMemory,
 };
@@ -27,6 +30,8 @@ pub struct EngineConfig {
     pub threads: Option<usize>,
     /// How activations enter the matrix products (default: 8-bit integer).
     pub precision: Precision,
+    /// Batching, queueing and KV memory.
+    pub scheduler: SchedulerConfig,
 }
 
 /// Which loaded model runs a request.
@@ -114,18 +119,28 @@ pub struct Completion {
     pub text: String,
     pub tokens: Vec<u32>,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose KV entries came from the prefix cache instead of a forward pass.
+    pub cached_tokens: usize,
     pub stop: StopReason,
     pub stats: GenerateStats,
 }
 
-pub struct Engine {
-    store: WeightStore,
-    target: Model,
-    draft: Option<Model>,
-    pool: rayon::ThreadPool,
+/// The loaded models and what their requests share; the scheduler thread holds one too.
+pub(crate) struct Shared {
+    pub(crate) store: WeightStore,
+    pub(crate) target: Model,
+    pub(crate) draft: Option<Model>,
+    pub(crate) pool: rayon::ThreadPool,
     /// What the draft-length controllers of this engine's speculative requests learned (pass
     /// costs, acceptance): each request resumes from it.
-    spec_memory: Mutex<SpecMemory>,
+    pub(crate) spec_memory: Mutex<SpecMemory>,
+}
+
+/// What users embed: the models, and the scheduler thread that runs every request submitted to
+/// it in one batch per step.
+pub struct Engine {
+    shared: Arc<Shared>,
+    scheduler: Scheduler,
     /// Seconds spent opening and mapping the models.
     pub load_s: f64,
 }
@@ -160,42 +175,120 @@ impl Engine {
             }
             None => None,
         };
-        Ok(Engine {
+        let shared = Arc::new(Shared {
             store,
             target,
             draft,
             pool,
             spec_memory: Mutex::new(SpecMemory::default()),
+        });
+        let scheduler = Scheduler::start(shared.clone(), cfg.scheduler)?;
+        Ok(Engine {
+            shared,
+            scheduler,
             load_s: t0.elapsed().as_secs_f64(),
         })
     }
 
     pub fn store(&self) -> &WeightStore {
-        &self.store
+        &self.shared.store
     }
 
     pub fn target(&self) -> &Model {
-        &self.target
+        &self.shared.target
     }
 
     pub fn draft(&self) -> Option<&Model> {
-        self.draft.as_ref()
+        self.shared.draft.as_ref()
     }
 
     pub fn model(&self, role: Role) -> Result<&Model> {
+        self.shared.model(role)
+    }
+
+    /// Runs `f` on the engine's thread pool.
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.shared.pool.install(f)
+    }
+
+    /// The prompt as token ids for `role`'s model.
+    pub fn encode(&self, role: Role, prompt: &Prompt) -> Result<Vec<u32>> {
+        self.shared.encode(role, prompt)
+    }
+
+    /// Queues a request for the scheduler; its events arrive on the handle (dropping it cancels
+    /// the request). Refuses with [`EngineError::QueueFull`] past the queue bound, and checks the
+    /// prompt (template, length, KV budget) before queueing it.
+    pub fn submit(&self, req: Request) -> Result<RequestHandle> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let cancel = CancelToken::default();
+        let id = self.scheduler.submit(&self.shared, req, Box::new(tx), cancel.clone())?;
+        Ok(RequestHandle {
+            id,
+            events: rx,
+            cancel,
+        })
+    }
+
+    /// [`Engine::submit`] delivering the events to `sink` (which must not block); cancel through
+    /// the token returned (or by returning false from the sink).
+    pub fn submit_with(&self, req: Request, sink: Box<dyn EventSink>) -> Result<(u64, CancelToken)> {
+        let cancel = CancelToken::default();
+        let id = self.scheduler.submit(&self.shared, req, sink, cancel.clone())?;
+        Ok((id, cancel))
+    }
+
+    /// The scheduler's state now.
+    pub fn stats(&self) -> SchedulerStats {
+        self.scheduler.stats()
+    }
+
+    /// The scheduler's settings.
+    pub fn scheduler_config(&self) -> SchedulerConfig {
+        self.scheduler.config()
+    }
+
+    /// Stops taking requests, cancels what is queued or running, and waits for the scheduler
+    /// thread (also done on drop).
+    pub fn shutdown(&self) {
+        self.scheduler.shutdown();
+    }
+
+    /// Generates a completion through the scheduler (a batch of one unless other requests run);
+    /// `on_text` receives the text as it becomes complete UTF-8.
+    pub fn generate(&self, req: &Request, on_text: impl FnMut(&str) + Send) -> Result<Completion> {
+        self.submit(req.clone())?.wait(on_text)
+    }
+
+    /// Perplexity of `text` under `role`'s model with windows of `ctx` tokens.
+    pub fn perplexity(
+        &self,
+        role: Role,
+        text: &str,
+        ctx: usize,
+        on_window: impl FnMut(usize, usize, f64) + Send,
+    ) -> Result<PerplexityResult> {
+        let model = self.model(role)?;
+        let ids = model.tokenizer.encode(text, true)?;
+        self.install(|| perplexity(model, &ids, ctx, on_window))
+    }
+}
+
+impl Shared {
+    /// Runs `f` on the engine's thread pool (inline when already on it).
+    pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    pub(crate) fn model(&self, role: Role) -> Result<&Model> {
         match role {
             Role::Target => Ok(&self.target),
             Role::Draft => self.draft.as_ref().ok_or(EngineError::NoDraft),
         }
     }
 
-    /// Runs `f` on the engine's thread pool.
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
-    }
-
     /// The prompt as token ids for `role`'s model.
-    pub fn encode(&self, role: Role, prompt: &Prompt) -> Result<Vec<u32>> {
+    pub(crate) fn encode(&self, role: Role, prompt: &Prompt) -> Result<Vec<u32>> {
         let model = self.model(role)?;
         let tok = &model.tokenizer;
         let ids = match prompt {
@@ -223,27 +316,27 @@ impl Engine {
         Ok(ids)
     }
 
-    /// Generates a completion; `on_text` receives the text as it becomes complete UTF-8.
-    pub fn generate(
+    /// One request decoded alone on the calling thread (answer mode's path under the scheduler).
+    /// `on_text` receives the text as it becomes complete UTF-8 and returns false to stop.
+    pub(crate) fn run_one(
         &self,
         req: &Request,
-        mut on_text: impl FnMut(&str) + Send,
+        prompt: &[u32],
+        mut on_text: impl FnMut(&[u32], &str) -> bool + Send,
     ) -> Result<Completion> {
         let role = req.mode.role();
         let model = self.model(role)?;
-        let prompt = self.encode(role, &req.prompt)?;
+        let prompt = prompt.to_vec();
         let tok = &model.tokenizer;
         let mut text = String::new();
         let mut stream = StreamDecoder::new();
         let on_token = |id| {
+            let mut piece = String::new();
             if !(req.config.stop_at_eog && tok.is_eog(id)) {
-                let piece = stream.push(tok, id);
-                if !piece.is_empty() {
-                    on_text(&piece);
-                    text.push_str(&piece);
-                }
+                piece = stream.push(tok, id);
+                text.push_str(&piece);
             }
-            true
+            on_text(&[id], &piece)
         };
         let gen = match &req.mode {
             Mode::Target => self.install(|| generate(model, &prompt, &req.config, on_token))?,
@@ -309,28 +402,16 @@ impl Engine {
         };
         let rest = stream.finish();
         if !rest.is_empty() {
-            on_text(&rest);
+            on_text(&[], &rest);
             text.push_str(&rest);
         }
         Ok(Completion {
             text,
             tokens: gen.tokens,
             prompt_tokens: prompt.len(),
+            cached_tokens: 0,
             stop: gen.stop,
             stats: gen.stats,
         })
-    }
-
-    /// Perplexity of `text` under `role`'s model with windows of `ctx` tokens.
-    pub fn perplexity(
-        &self,
-        role: Role,
-        text: &str,
-        ctx: usize,
-        on_window: impl FnMut(usize, usize, f64) + Send,
-    ) -> Result<PerplexityResult> {
-        let model = self.model(role)?;
-        let ids = model.tokenizer.encode(text, true)?;
-        self.install(|| perplexity(model, &ids, ctx, on_window))
     }
 }

@@ -34,6 +34,21 @@ pub enum EngineError {
     ThreadPool(String),
     #[error("tensor '{name}': {reason}")]
     BadTensor { name: String, reason: String },
+    #[error("the request queue is full ({limit} requests waiting); try again later")]
+    QueueFull { limit: usize },
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("the scheduler thread stopped")]
+    SchedulerGone,
+    #[error(
+        "the request needs {needed} KV blocks ({tokens} tokens) but the KV budget holds {total}; \
+         raise the KV budget or lower max_tokens"
+    )]
+    KvBudget {
+        needed: usize,
+        tokens: usize,
+        total: usize,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: std::path::PathBuf,

@@ -11,6 +11,7 @@ pub mod model;
 pub mod perplexity;
 pub mod repack;
 pub mod sampler;
+pub mod scheduler;
 mod scratch;
 pub mod speculative;
 
@@ -21,6 +22,9 @@ pub use generate::{generate, GenerateConfig, GenerateStats, Generation, StopReas
 pub use kv_cache::KvCache;
 pub use model::{Logits, Model, Precision};
 pub use perplexity::{perplexity, PerplexityResult};
+pub use scheduler::{
+    CancelGuard, CancelToken, Event, EventSink, RequestHandle, SchedulerConfig, SchedulerStats,
+};
 pub use sampler::{Distribution, Sampled, Sampler, SamplingParams};
 pub use speculative::{
     generate_speculative, generate_speculative_with, Cascade, DraftLen, ModelProposer,

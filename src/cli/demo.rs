@@ -32,6 +32,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         tokenizer: None,
         threads: a.threads,
         precision: Default::default(),
+        scheduler: Default::default(),
     });
     pb.finish_and_clear();
     let engine = engine?;

@@ -194,6 +194,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         tokenizer: a.tokenizer.clone(),
         threads: a.threads,
         precision: a.precision.into(),
+        scheduler: Default::default(),
     });
     if let Some(pb) = pb {
         pb.finish_and_clear();

@@ -44,6 +44,7 @@ pub fn run(a: PerplexityArgs) -> Result<(), CliError> {
         tokenizer: a.tokenizer.clone(),
         threads: a.threads,
         precision: a.precision.into(),
+        scheduler: Default::default(),
     })?;
     let t0 = std::time::Instant::now();
     let quiet = a.json;
