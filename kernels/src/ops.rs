@@ -149,54 +149,156 @@ pub fn attention(
     out: &mut [f32],
     scores: &mut [f32],
 ) {
-    let AttentionShape {
-        n_heads,
-        n_kv_heads,
-        head_dim,
-    } = s;
-    let q_dim = n_heads * head_dim;
-    let kv_dim = n_kv_heads * head_dim;
-    let group = n_heads / n_kv_heads;
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let n_tokens = out.len() / q_dim;
-    let stride = past + n_tokens;
-    out.par_chunks_mut(group * head_dim)
-        .zip(scores[..n_tokens * n_heads * stride].par_chunks_mut(group * stride))
-        .enumerate()
-        .for_each(|(i, (o, sc))| {
-            let (t, kvh) = (i / n_kv_heads, i % n_kv_heads);
-            let n_keys = past + t + 1;
-            let qt = &q[t * q_dim + kvh * group * head_dim..][..group * head_dim];
-            // Eight keys at a time (`dot8`: bitwise eight `dot`s), the rest one by one.
-            let full = n_keys / 8 * 8;
-            for j in (0..full).step_by(8) {
-                let kj = &k[j * kv_dim + kvh * head_dim..];
-                for (g, qh) in qt.chunks_exact(head_dim).enumerate() {
-                    let d = dot8(qh, kj, kv_dim);
-                    for (m, x) in d.iter().enumerate() {
-                        sc[g * stride + j + m] = x * scale;
-                    }
-                }
+    let n_tokens = out.len() / (s.n_heads * s.head_dim);
+    let seq = AttnSeq {
+        row: 0,
+        n_tokens,
+        past,
+        kv: KvLayer {
+            k,
+            v,
+            pages: None,
+        },
+    };
+    attention_batch(q, &[seq], s, out, scores);
+}
+
+/// Where one sequence's keys and values of one layer live: rows of `kv_dim` values in `k` and
+/// `v`, either in order (`pages: None`) or in fixed-size blocks (`Some((table, block))`: key `j`
+/// at row `table[j / block] * block + j % block`).
+#[derive(Debug, Clone, Copy)]
+pub struct KvLayer<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub pages: Option<(&'a [u32], usize)>,
+}
+
+impl KvLayer<'_> {
+    /// Calls `f(first_key, first_row, len)` for each run of keys `0..n_keys` stored in
+    /// consecutive rows, in key order (adjacent blocks that are adjacent in memory form one run).
+    #[inline]
+    fn runs(&self, n_keys: usize, mut f: impl FnMut(usize, usize, usize)) {
+        let Some((table, block)) = self.pages else {
+            f(0, 0, n_keys);
+            return;
+        };
+        let mut j = 0;
+        while j < n_keys {
+            let b = j / block;
+            let row = table[b] as usize * block + j % block;
+            let mut end = ((b + 1) * block).min(n_keys);
+            let mut nb = b + 1;
+            while end < n_keys && table[nb] == table[nb - 1] + 1 {
+                nb += 1;
+                end = (nb * block).min(n_keys);
             }
-            for j in full..n_keys {
-                let kj = &k[j * kv_dim + kvh * head_dim..][..head_dim];
-                for (g, qh) in qt.chunks_exact(head_dim).enumerate() {
-                    sc[g * stride + j] = dot(qh, kj) * scale;
-                }
+            f(j, row, end - j);
+            j = end;
+        }
+    }
+}
+
+/// One sequence's part of a batched attention call: query rows `row..row + n_tokens` of the
+/// batch, at positions `past..past + n_tokens`, over the keys of `kv` (which holds them all).
+#[derive(Debug, Clone, Copy)]
+pub struct AttnSeq<'a> {
+    pub row: usize,
+    pub n_tokens: usize,
+    pub past: usize,
+    pub kv: KvLayer<'a>,
+}
+
+/// Causal attention for a ragged batch: `q` and `out` hold `[rows][n_heads * head_dim]`, the
+/// rows of each sequence of `seqs` in turn; each sequence attends over its own keys. One task per
+/// (row, KV head), with its score buffer carved out of `scores`
+/// ([`attention_batch_scratch`] values). Per (row, head) the operations and their order are
+/// those of the plain per-key loop whatever the batch, the block layout or the thread count:
+/// `dot8` is bitwise eight `dot`s, and the weighted value sums add keys in order.
+pub fn attention_batch(
+    q: &[f32],
+    seqs: &[AttnSeq],
+    s: AttentionShape,
+    out: &mut [f32],
+    scores: &mut [f32],
+) {
+    let group = s.n_heads / s.n_kv_heads;
+    let width = group * s.head_dim;
+    let mut tasks = Vec::with_capacity(out.len() / width);
+    let (mut outs, mut sc) = (&mut out[..], &mut scores[..]);
+    for (si, seq) in seqs.iter().enumerate() {
+        for t in 0..seq.n_tokens {
+            let n_keys = seq.past + t + 1;
+            for kvh in 0..s.n_kv_heads {
+                let (o, rest) = std::mem::take(&mut outs).split_at_mut(width);
+                let (c, rest_sc) = std::mem::take(&mut sc).split_at_mut(group * n_keys);
+                outs = rest;
+                sc = rest_sc;
+                tasks.push((si, seq.row + t, n_keys, kvh, o, c));
             }
-            for g in 0..group {
-                softmax(&mut sc[g * stride..g * stride + n_keys]);
-            }
-            o.fill(0.0);
-            for j0 in (0..n_keys).step_by(VKEYS) {
-                let j1 = (j0 + VKEYS).min(n_keys);
-                for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
-                    let p = &sc[g * stride + j0..g * stride + j1];
-                    let vb = &v[j0 * kv_dim..];
-                    weighted_rows(p, vb, kv_dim, kvh * head_dim, og);
-                }
-            }
+        }
+    }
+    tasks
+        .into_par_iter()
+        .for_each(|(si, row, n_keys, kvh, o, sc)| {
+            let qt = &q[row * s.n_heads * s.head_dim + kvh * width..][..width];
+            head_group(qt, &seqs[si].kv, n_keys, kvh, s, o, sc);
         });
+}
+
+/// Attention of one row's query group (the heads sharing KV head `kvh`) over `n_keys` keys.
+#[inline]
+fn head_group(
+    qt: &[f32],
+    kv: &KvLayer,
+    n_keys: usize,
+    kvh: usize,
+    s: AttentionShape,
+    o: &mut [f32],
+    sc: &mut [f32],
+) {
+    let hd = s.head_dim;
+    let kv_dim = s.n_kv_heads * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    // Eight keys at a time (`dot8`: bitwise eight `dot`s), the rest of a run one by one.
+    kv.runs(n_keys, |j0, row0, len| {
+        let full = len / 8 * 8;
+        for j in (0..full).step_by(8) {
+            let kj = &kv.k[(row0 + j) * kv_dim + kvh * hd..];
+            for (g, qh) in qt.chunks_exact(hd).enumerate() {
+                let d = dot8(qh, kj, kv_dim);
+                for (m, x) in d.iter().enumerate() {
+                    sc[g * n_keys + j0 + j + m] = x * scale;
+                }
+            }
+        }
+        for j in full..len {
+            let kj = &kv.k[(row0 + j) * kv_dim + kvh * hd..][..hd];
+            for (g, qh) in qt.chunks_exact(hd).enumerate() {
+                sc[g * n_keys + j0 + j] = dot(qh, kj) * scale;
+            }
+        }
+    });
+    for g in sc.chunks_exact_mut(n_keys) {
+        softmax(g);
+    }
+    o.fill(0.0);
+    kv.runs(n_keys, |j0, row0, len| {
+        for c0 in (0..len).step_by(VKEYS) {
+            let c1 = (c0 + VKEYS).min(len);
+            let vb = &kv.v[(row0 + c0) * kv_dim..];
+            for (g, og) in o.chunks_exact_mut(hd).enumerate() {
+                let p = &sc[g * n_keys + j0 + c0..g * n_keys + j0 + c1];
+                weighted_rows(p, vb, kv_dim, kvh * hd, og);
+            }
+        }
+    });
+}
+
+/// Scratch values [`attention_batch`] needs for `seqs` with `n_heads` query heads.
+pub fn attention_batch_scratch(seqs: &[AttnSeq], n_heads: usize) -> usize {
+    seqs.iter()
+        .map(|q| attention_scratch(q.n_tokens, q.past, n_heads))
+        .sum()
 }
 
 /// `o[i] += Σ_j p[j] · v[j * stride + off + i]`, summed over `j` in order onto the value `o[i]`
@@ -352,6 +454,85 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// Scatters `rows` (`[n][kv_dim]`) into blocks of `block` rows taken from `table`, in a pool
+    /// of `n_blocks` blocks filled with NaN elsewhere (a stray read shows).
+    fn scatter(rows: &[f32], kv_dim: usize, table: &[u32], block: usize, n_blocks: usize) -> Vec<f32> {
+        let mut pool = vec![f32::NAN; n_blocks * block * kv_dim];
+        for (j, r) in rows.chunks_exact(kv_dim).enumerate() {
+            let at = (table[j / block] as usize * block + j % block) * kv_dim;
+            pool[at..at + kv_dim].copy_from_slice(r);
+        }
+        pool
+    }
+
+    #[test]
+    fn paged_batched_attention_is_bitwise_each_sequence_alone() {
+        // Three sequences of different lengths in one call, their keys scattered over blocks in
+        // a shuffled order (some adjacent, most not), against each run alone and contiguous.
+        let f = |i: usize| ((i * 7919 % 2003) as f32 - 1001.0) / 977.0;
+        let s = AttentionShape {
+            n_heads: 12,
+            n_kv_heads: 2,
+            head_dim: 64,
+        };
+        let (q_dim, kv_dim, block) = (12 * 64, 2 * 64, 16);
+        let seqs_spec = [(1usize, 0usize), (5, 37), (3, 130)];
+        let n_blocks = 40;
+        let mut order: Vec<u32> = (0..n_blocks as u32).collect();
+        order.reverse();
+        order.swap(3, 17);
+        let (mut rows, mut next) = (0, 0);
+        let mut want = Vec::new();
+        let mut q_all = Vec::new();
+        let mut specs = Vec::new();
+        for (si, &(n, past)) in seqs_spec.iter().enumerate() {
+            let keys = past + n;
+            let q: Vec<f32> = (0..n * q_dim).map(|i| f(i + 97 * si)).collect();
+            let k: Vec<f32> = (0..keys * kv_dim).map(|i| f(i + 11 + si)).collect();
+            let v: Vec<f32> = (0..keys * kv_dim).map(|i| f(i + 29 + si)).collect();
+            let mut out = vec![0f32; n * q_dim];
+            let mut sc = vec![0f32; attention_scratch(n, past, 12)];
+            attention(&q, &k, &v, past, s, &mut out, &mut sc);
+            want.extend(out);
+            q_all.extend(q);
+            let nb = keys.div_ceil(block);
+            let table: Vec<u32> = order[next..next + nb].to_vec();
+            next += nb;
+            specs.push((rows, n, past, table, k, v));
+            rows += n;
+        }
+        // One pool per sequence here (the kernel only needs each sequence's own k and v).
+        let pools: Vec<(Vec<f32>, Vec<f32>)> = specs
+            .iter()
+            .map(|(_, _, _, t, k, v)| {
+                (scatter(k, kv_dim, t, block, n_blocks), scatter(v, kv_dim, t, block, n_blocks))
+            })
+            .collect();
+        let seqs: Vec<AttnSeq> = specs
+            .iter()
+            .zip(&pools)
+            .map(|((row, n, past, table, _, _), (pk, pv))| AttnSeq {
+                row: *row,
+                n_tokens: *n,
+                past: *past,
+                kv: KvLayer {
+                    k: pk,
+                    v: pv,
+                    pages: Some((table, block)),
+                },
+            })
+            .collect();
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = vec![f32::NAN; rows * q_dim];
+            let mut sc = vec![0f32; attention_batch_scratch(&seqs, 12)];
+            pool.install(|| attention_batch(&q_all, &seqs, s, &mut out, &mut sc));
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "threads {threads} value {i}");
             }
         }
     }
