@@ -9,6 +9,7 @@ pub mod calibrate;
 pub mod error;
 pub mod forward;
 pub mod hardware;
+pub mod svg;
 
 pub use error::BenchError;
 

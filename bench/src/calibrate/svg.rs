@@ -4,75 +4,23 @@
 use std::fmt::Write;
 
 use super::{frontier, SettingResult};
-
-const W: f64 = 720.0;
-const H: f64 = 480.0;
-const L: f64 = 70.0;
-const R: f64 = 30.0;
-const T: f64 = 40.0;
-const B: f64 = 60.0;
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-}
+use crate::svg::{esc, Chart, L, R, W};
 
 /// The plot, with the floor (a fraction of target-only's score) drawn if given.
 pub fn plot(results: &[SettingResult], floor: Option<f64>, title: &str) -> String {
     let pts: Vec<&SettingResult> = results.iter().filter(|r| r.cost.is_finite()).collect();
-    let xmax = pts.iter().map(|r| r.cost).fold(1.0f64, f64::max) * 1.1;
-    let x = |c: f64| L + (W - L - R) * c / xmax;
-    let y = |s: f64| H - B - (H - T - B) * s;
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">"#
-    );
-    let _ = writeln!(o, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        o,
-        r#"<text x="{}" y="22" font-size="14" text-anchor="middle">{}</text>"#,
-        W / 2.0,
-        esc(title)
-    );
-    // Axes and ticks.
-    let _ = writeln!(
-        o,
-        r#"<path d="M{L},{T} V{} H{}" stroke="black" fill="none"/>"#,
-        H - B,
-        W - R
-    );
-    for i in 0..=5 {
-        let s = i as f64 / 5.0;
-        let _ = writeln!(
-            o,
-            r##"<line x1="{L}" x2="{}" y1="{y}" y2="{y}" stroke="#ddd"/><text x="{}" y="{}" text-anchor="end">{s:.1}</text>"##,
-            W - R,
-            L - 6.0,
-            y(s) + 4.0,
-            y = y(s)
-        );
-        let c = xmax * i as f64 / 5.0;
-        let _ = writeln!(
-            o,
-            r#"<text x="{}" y="{}" text-anchor="middle">{c:.2}</text>"#,
-            x(c),
-            H - B + 16.0
-        );
-    }
-    let _ = writeln!(
-        o,
-        r#"<text x="{}" y="{}" text-anchor="middle">cost per output token relative to target-only</text>"#,
-        (L + W - R) / 2.0,
-        H - 18.0
-    );
-    let _ = writeln!(
-        o,
-        r#"<text x="18" y="{}" text-anchor="middle" transform="rotate(-90 18 {})">score (fraction passed)</text>"#,
-        (T + H - B) / 2.0,
-        (T + H - B) / 2.0
-    );
+    let chart = Chart {
+        title: title.into(),
+        x_label: "cost per output token relative to target-only".into(),
+        y_label: "score (fraction passed)".into(),
+        x_max: pts.iter().map(|r| r.cost).fold(1.0f64, f64::max) * 1.1,
+        y_max: 1.0,
+        x_decimals: 2,
+        y_decimals: 1,
+    };
+    let x = |c: f64| chart.x(c);
+    let y = |s: f64| chart.y(s);
+    let mut o = chart.begin();
     if let (Some(f), Some(t)) = (floor, results.iter().find(|r| r.setting == "target")) {
         let fy = y(f * t.score);
         let _ = writeln!(
@@ -116,7 +64,7 @@ pub fn plot(results: &[SettingResult], floor: Option<f64>, title: &str) -> Strin
             esc(&r.setting)
         );
     }
-    o.push_str("</svg>\n");
+    Chart::end(&mut o);
     o
 }
 
