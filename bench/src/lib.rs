@@ -1,6 +1,7 @@
 //! cascade-bench: the workload runner behind `cascade bench` (forward passes, the machine's
 //! floors), `cascade calibrate` (quality against cost over an evaluation set) and the criterion
-//! micro-benchmarks of the kernels (`cargo bench -p cascade-bench`).
+//! micro-benchmarks of the kernels (`cargo bench -p cascade-bench`), and `cascade bench serve`,
+//! a load generator for any OpenAI-compatible server.
 
 use cascade_kernels::quant::random_data;
 use cascade_weights::DType;
@@ -9,6 +10,7 @@ pub mod calibrate;
 pub mod error;
 pub mod forward;
 pub mod hardware;
+pub mod serve;
 pub mod svg;
 
 pub use error::BenchError;
