@@ -18,3 +18,4 @@ pub use cascade_weights as weights;
 
 pub mod cli;
 pub mod models;
+pub mod serve;

@@ -13,6 +13,7 @@ mod generate;
 mod inspect;
 mod perplexity;
 mod repack;
+mod serve;
 mod spec_bench;
 mod tokenize;
 
@@ -38,6 +39,8 @@ pub enum CliError {
     Fetch(String),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Serve(#[from] crate::serve::ServeError),
 }
 
 #[derive(Debug, Parser)]
@@ -70,6 +73,8 @@ pub enum Command {
     /// Rewrite a GGUF file with its Q4_K/Q6_K matrices interleaved for the 8-row CPU kernels
     /// (bitwise the same results, faster products).
     Repack(repack::RepackArgs),
+    /// An OpenAI-compatible HTTP server (chat and completions, streamed or not; /metrics).
+    Serve(serve::ServeArgs),
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -83,6 +88,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench(a) => bench::run(a),
         Command::Calibrate(a) => calibrate::run(a),
         Command::Repack(a) => repack::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

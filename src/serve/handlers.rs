@@ -1,0 +1,135 @@
+//! The routes' handlers.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use cascade_engine::{Prompt, Request};
+
+use super::error::ApiError;
+use super::openai::{parse_body, read, ChatRequest, Common, CompletionRequest};
+use super::params::{chat_prompt, completion_prompt, settings};
+use super::response::{self, Chunks, Kind, Meta};
+use super::run::{Piece, Run};
+use super::{sse, AppState, Phase};
+
+type Shared = State<Arc<AppState>>;
+
+pub async fn health(State(st): Shared) -> Response {
+    let (code, status) = match st.phase() {
+        Phase::Loading => (StatusCode::SERVICE_UNAVAILABLE, "loading"),
+        Phase::Ready => (StatusCode::OK, "ok"),
+        Phase::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+    };
+    (code, Json(json!({ "status": status }))).into_response()
+}
+
+pub async fn metrics(State(st): Shared) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.prometheus.render(),
+    )
+        .into_response()
+}
+
+pub async fn models(State(st): Shared) -> Result<Response, ApiError> {
+    let engine = st.engine()?;
+    let name = &st.cfg.model_name;
+    Ok(Json(json!({"object": "list", "data": [{
+        "id": name,
+        "object": "model",
+        "created": st.started,
+        "owned_by": "cascade",
+        "root": st.cfg.engine.target.display().to_string(),
+        "parent": null,
+        "max_model_len": engine.target().config.context_length,
+    }]}))
+    .into_response())
+}
+
+pub async fn chat(
+    State(st): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let v = parse_body(&body_bytes(&st, body)?)?;
+    let common: Common = read(&v)?;
+    check_model(&st, &common)?;
+    let prompt = chat_prompt(&read::<ChatRequest>(&v)?)?;
+    generate(st, Kind::Chat, prompt, &common).await
+}
+
+pub async fn completions(
+    State(st): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let v = parse_body(&body_bytes(&st, body)?)?;
+    let common: Common = read(&v)?;
+    check_model(&st, &common)?;
+    let prompt = completion_prompt(&read::<CompletionRequest>(&v)?)?;
+    generate(st, Kind::Completion, prompt, &common).await
+}
+
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(uri.path())
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// The body, or 413 past `--max-body-bytes`.
+fn body_bytes(st: &AppState, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(st.cfg.max_body_bytes),
+        _ => ApiError::bad_request(format!("reading the request body: {}", r.body_text())),
+    })
+}
+
+fn check_model(st: &AppState, c: &Common) -> Result<(), ApiError> {
+    match c.model.as_deref() {
+        None => Err(ApiError::field("model", "required")),
+        Some(m) if m == st.cfg.model_name => Ok(()),
+        Some(m) => Err(ApiError::model_not_found(m, &st.cfg.model_name)),
+    }
+}
+
+/// Submits the request and answers: whole, or as a stream once its first piece is known.
+async fn generate(
+    st: Arc<AppState>,
+    kind: Kind,
+    prompt: Prompt,
+    common: &Common,
+) -> Result<Response, ApiError> {
+    let engine = st.engine()?;
+    let s = settings(common, &st.cfg.defaults, st.limits(&engine, kind))?;
+    let meta = Meta::new(kind, st.next_id(), &st.cfg.model_name, s.mode);
+    let req = Request {
+        prompt,
+        mode: s.mode,
+        config: s.config,
+    };
+    let mut run = Run::start(&st, engine, req, s.stops).await?;
+    let first = run.next().await?;
+    if s.stream {
+        let chunks = Chunks {
+            meta,
+            include_usage: s.include_usage,
+        };
+        return Ok(sse::respond(run, chunks, first));
+    }
+    let mut text = String::new();
+    let mut piece = first;
+    loop {
+        match piece {
+            Piece::Text(t) => text.push_str(&t),
+            Piece::End(o) => return Ok(Json(response::full(&meta, text, &o)).into_response()),
+        }
+        piece = run.next().await?;
+    }
+}
