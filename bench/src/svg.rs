@@ -34,13 +34,29 @@ pub struct Chart {
     pub y_decimals: usize,
 }
 
-/// Decimals that keep ticks of an axis ending at `max` readable.
-pub fn decimals_for(max: f64) -> usize {
-    match max {
-        m if m >= 50.0 => 0,
-        m if m >= 5.0 => 1,
-        _ => 2,
+/// A round axis maximum at or above `v` (1, 1.5, 2, 2.5, 3, 4, 5, 6 or 8 times a power of ten),
+/// so that its five tick intervals are round too.
+pub fn nice_max(v: f64) -> f64 {
+    if !(v.is_finite() && v > 0.0) {
+        return 1.0;
     }
+    let p = 10f64.powi(v.log10().floor() as i32);
+    [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0]
+        .iter()
+        .map(|m| m * p)
+        .find(|&x| x >= v * (1.0 - 1e-12))
+        .unwrap_or(10.0 * p)
+}
+
+/// Decimals that print every tick of an axis ending at `max` exactly (up to 4).
+pub fn tick_decimals(max: f64) -> usize {
+    let step = max / 5.0;
+    (0..4)
+        .find(|&d| {
+            let x = step * 10f64.powi(d as i32);
+            (x - x.round()).abs() < 1e-6 * x.max(1.0)
+        })
+        .unwrap_or(4)
 }
 
 impl Chart {
@@ -132,8 +148,8 @@ mod tests {
             y_label: "tokens/s".into(),
             x_max: 200.0,
             y_max: 50.0,
-            x_decimals: decimals_for(200.0),
-            y_decimals: decimals_for(50.0),
+            x_decimals: tick_decimals(200.0),
+            y_decimals: tick_decimals(50.0),
         };
         assert_eq!(c.x(0.0), L);
         assert_eq!(c.x(200.0), W - R);
@@ -144,6 +160,18 @@ mod tests {
         assert!(s.contains("a &lt;b&gt;") && s.contains("x &amp; y"));
         assert!(s.contains(">160<") && s.contains(">40<"));
         assert!(s.trim_end().ends_with("</svg>"));
-        assert_eq!(decimals_for(0.5), 2);
+    }
+
+    #[test]
+    fn round_axes() {
+        assert_eq!(nice_max(13.2), 15.0);
+        assert_eq!(nice_max(264.0), 300.0);
+        assert_eq!(nice_max(637.0), 800.0);
+        assert_eq!(nice_max(0.042), 0.05);
+        assert_eq!(nice_max(100.0), 100.0);
+        assert_eq!(nice_max(0.0), 1.0);
+        assert_eq!(tick_decimals(15.0), 0);
+        assert_eq!(tick_decimals(1.5), 1);
+        assert_eq!(tick_decimals(0.05), 2);
     }
 }

@@ -318,7 +318,7 @@ fn clip(s: &str, max: usize) -> String {
 
 /// An error with its causes (reqwest's own message alone is often just "error sending
 /// request").
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {

@@ -207,9 +207,15 @@ async fn first_model(
     if let Some(k) = api_key {
         req = req.bearer_auth(k);
     }
-    let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| fail(client::error_chain(&e)))?;
     let status = resp.status();
-    let text = resp.text().await.map_err(|e| fail(e.to_string()))?;
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| fail(client::error_chain(&e)))?;
     if !status.is_success() {
         return Err(fail(format!("{status}: {}", client::error_message(&text))));
     }

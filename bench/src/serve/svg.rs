@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use crate::svg::{decimals_for, esc, Chart, L, PALETTE, T};
+use crate::svg::{esc, nice_max, tick_decimals, Chart, L, PALETTE, T};
 
 use super::stats::Level;
 
@@ -50,12 +50,7 @@ fn points(s: &Series, axis: XAxis) -> Vec<(f64, f64, usize)> {
 pub fn plot(series: &[Series], axis: XAxis, title: &str) -> String {
     let all: Vec<Vec<(f64, f64, usize)>> = series.iter().map(|s| points(s, axis)).collect();
     let max = |f: fn(&(f64, f64, usize)) -> f64| {
-        let m = all.iter().flatten().map(f).fold(0.0f64, f64::max);
-        if m > 0.0 {
-            m * 1.1
-        } else {
-            1.0
-        }
+        nice_max(all.iter().flatten().map(f).fold(0.0f64, f64::max) * 1.05)
     };
     let (x_max, y_max) = (max(|p| p.0), max(|p| p.1));
     let chart = Chart {
@@ -64,8 +59,8 @@ pub fn plot(series: &[Series], axis: XAxis, title: &str) -> String {
         y_label: "output tokens/s".into(),
         x_max,
         y_max,
-        x_decimals: decimals_for(x_max),
-        y_decimals: decimals_for(y_max),
+        x_decimals: tick_decimals(x_max),
+        y_decimals: tick_decimals(y_max),
     };
     let mut o = chart.begin();
     for (i, (s, pts)) in series.iter().zip(&all).enumerate() {
