@@ -1,4 +1,5 @@
-//! `cascade bench`: forward-pass timings and the machine's floors.
+//! `cascade bench`: forward-pass timings, the machine's floors, speculative decoding over a
+//! prompt set, and load on a server.
 
 use std::path::PathBuf;
 
@@ -11,6 +12,10 @@ use cascade_engine::{Logits, Model};
 use cascade_weights::{OpenOptions, WeightStore};
 
 use super::{print_json, CliError, PrecisionArg};
+
+// Declared here rather than in cli/mod.rs: `cascade bench serve` is a subcommand of this one.
+#[path = "bench_serve.rs"]
+mod bench_serve;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -27,6 +32,9 @@ pub enum BenchCommand {
     /// Target-only vs exact speculative decoding over a prompt set: identical outputs, speed,
     /// acceptance.
     Speculative(super::spec_bench::SpecBenchArgs),
+    /// Load on an OpenAI-compatible server (a running one, or `cascade serve` started here):
+    /// throughput, TTFT, TPOT, ITL, E2EL, acceptance and cost per concurrency level.
+    Serve(bench_serve::BenchServeArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -89,6 +97,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     match a.what {
         BenchCommand::Forward(f) => run_forward(f),
         BenchCommand::Speculative(s) => super::spec_bench::run(s),
+        BenchCommand::Serve(s) => bench_serve::run(s),
         BenchCommand::Floors(f) => {
             let floors = pool(f.threads)?.install(hardware::floors);
             if f.json {
