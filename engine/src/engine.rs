@@ -222,7 +222,9 @@ impl Engine {
     pub fn submit(&self, req: Request) -> Result<RequestHandle> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let cancel = CancelToken::default();
-        let id = self.scheduler.submit(&self.shared, req, Box::new(tx), cancel.clone())?;
+        let id = self
+            .scheduler
+            .submit(&self.shared, req, Box::new(tx), cancel.clone())?;
         Ok(RequestHandle {
             id,
             events: rx,
@@ -232,9 +234,15 @@ impl Engine {
 
     /// [`Engine::submit`] delivering the events to `sink` (which must not block); cancel through
     /// the token returned (or by returning false from the sink).
-    pub fn submit_with(&self, req: Request, sink: Box<dyn EventSink>) -> Result<(u64, CancelToken)> {
+    pub fn submit_with(
+        &self,
+        req: Request,
+        sink: Box<dyn EventSink>,
+    ) -> Result<(u64, CancelToken)> {
         let cancel = CancelToken::default();
-        let id = self.scheduler.submit(&self.shared, req, sink, cancel.clone())?;
+        let id = self
+            .scheduler
+            .submit(&self.shared, req, sink, cancel.clone())?;
         Ok((id, cancel))
     }
 

@@ -38,6 +38,8 @@ pub enum EngineError {
     QueueFull { limit: usize },
     #[error("the engine is shutting down")]
     ShuttingDown,
+    #[error("a scheduler step failed: {0}")]
+    StepFailed(String),
     #[error("the scheduler thread stopped")]
     SchedulerGone,
     #[error(

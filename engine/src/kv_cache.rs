@@ -1,14 +1,90 @@
-//! The KV cache of one sequence: sized to the request, rolled back to any earlier length.
+//! KV memory. [`KvStorage`] holds keys and values of every layer in fixed-size blocks of
+//! positions; a sequence reads and writes them through its block table. [`KvCache`] is one
+//! sequence with storage of its own (its table is the blocks in order), rolled back to any
+//! earlier length; the scheduler's paged pool (`scheduler::kv`) shares one storage between many.
+
+use cascade_kernels::ops::KvLayer;
 
 use crate::error::{EngineError, Result};
 use crate::scratch::Scratch;
 
-/// Keys and values of every layer, `[position][kv_dim]` each, for up to `capacity` positions.
+/// Positions per block of a [`KvCache`]'s own storage.
+const OWN_BLOCK: usize = 16;
+
+/// Keys and values of every layer: `[block][position in block][kv_dim]` per layer. The memory is
+/// zero-initialized lazily by the allocator, so untouched blocks cost no resident memory.
 #[derive(Debug, Clone)]
-pub struct KvCache {
+pub struct KvStorage {
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
     kv_dim: usize,
+    block: usize,
+    n_blocks: usize,
+}
+
+impl KvStorage {
+    pub fn new(n_layers: usize, kv_dim: usize, block: usize, n_blocks: usize) -> KvStorage {
+        let n = n_blocks * block * kv_dim;
+        KvStorage {
+            k: vec![vec![0.0; n]; n_layers],
+            v: vec![vec![0.0; n]; n_layers],
+            kv_dim,
+            block,
+            n_blocks,
+        }
+    }
+
+    /// Bytes of one position of every layer, keys and values.
+    pub fn bytes_per_position(n_layers: usize, kv_dim: usize) -> usize {
+        2 * n_layers * kv_dim * std::mem::size_of::<f32>()
+    }
+
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.kv_dim
+    }
+
+    /// Bytes held (reserved; resident only where written).
+    pub fn bytes(&self) -> usize {
+        2 * self.k.len() * self.n_blocks * self.block * self.kv_dim * 4
+    }
+
+    /// Writes keys and values (`[n][kv_dim]` each) of one layer for positions `pos..pos + n` of
+    /// the sequence whose blocks are `table`.
+    pub(crate) fn write(&mut self, layer: usize, table: &[u32], pos: usize, k: &[f32], v: &[f32]) {
+        let (kv, b) = (self.kv_dim, self.block);
+        for (i, (kr, vr)) in k.chunks_exact(kv).zip(v.chunks_exact(kv)).enumerate() {
+            let p = pos + i;
+            let at = (table[p / b] as usize * b + p % b) * kv;
+            self.k[layer][at..at + kv].copy_from_slice(kr);
+            self.v[layer][at..at + kv].copy_from_slice(vr);
+        }
+    }
+
+    /// One layer of the sequence whose blocks are `table`, for attention.
+    pub(crate) fn layer<'a>(&'a self, layer: usize, table: &'a [u32]) -> KvLayer<'a> {
+        KvLayer {
+            k: &self.k[layer],
+            v: &self.v[layer],
+            pages: Some((table, self.block)),
+        }
+    }
+}
+
+/// The KV cache of one sequence: storage of its own for `capacity` positions, rolled back to any
+/// earlier length.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    pub(crate) storage: KvStorage,
+    /// Its blocks in order.
+    pub(crate) table: Vec<u32>,
     len: usize,
     capacity: usize,
     committed: usize,
@@ -18,10 +94,10 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layers: usize, kv_dim: usize, capacity: usize) -> KvCache {
+        let n_blocks = capacity.div_ceil(OWN_BLOCK);
         KvCache {
-            k: vec![vec![0.0; capacity * kv_dim]; n_layers],
-            v: vec![vec![0.0; capacity * kv_dim]; n_layers],
-            kv_dim,
+            storage: KvStorage::new(n_layers, kv_dim, OWN_BLOCK, n_blocks),
+            table: (0..n_blocks as u32).collect(),
             len: 0,
             capacity,
             committed: 0,
@@ -82,26 +158,13 @@ impl KvCache {
         Ok(())
     }
 
-    /// Writes keys and values for positions `len..len + n` of one layer.
-    pub(crate) fn write(&mut self, layer: usize, k: &[f32], v: &[f32]) {
-        let at = self.len * self.kv_dim;
-        self.k[layer][at..at + k.len()].copy_from_slice(k);
-        self.v[layer][at..at + v.len()].copy_from_slice(v);
-    }
-
-    /// Keys and values of one layer for the first `n` positions.
-    pub(crate) fn layer(&self, layer: usize, n: usize) -> (&[f32], &[f32]) {
-        let end = n * self.kv_dim;
-        (&self.k[layer][..end], &self.v[layer][..end])
-    }
-
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }
 
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
-        2 * self.k.len() * self.capacity * self.kv_dim * 4
+        self.storage.bytes()
     }
 }
 
@@ -112,7 +175,6 @@ mod tests {
     #[test]
     fn rollback_and_commit() {
         let mut c = KvCache::new(1, 2, 4);
-        c.write(0, &[1.0; 4], &[2.0; 4]);
         c.advance(2);
         c.commit();
         c.advance(1);
@@ -124,5 +186,19 @@ mod tests {
         assert_eq!(c.committed(), 1);
         assert!(c.reserve(3).is_ok());
         assert!(matches!(c.reserve(4), Err(EngineError::CacheFull { .. })));
+    }
+
+    #[test]
+    fn storage_writes_through_the_block_table() {
+        let mut s = KvStorage::new(1, 2, 8, 3);
+        let table = [2u32, 0];
+        let k: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        let v: Vec<f32> = k.iter().map(|x| -x).collect();
+        s.write(0, &table, 0, &k, &v);
+        let l = s.layer(0, &table);
+        // Position 9 lives in block 0, row 1; position 3 in block 2, row 3.
+        assert_eq!(&l.k[2..4], &[18.0, 19.0]);
+        assert_eq!(&l.k[(2 * 8 + 3) * 2..][..2], &[6.0, 7.0]);
+        assert_eq!(&l.v[(2 * 8 + 3) * 2..][..2], &[-6.0, -7.0]);
     }
 }

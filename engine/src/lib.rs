@@ -22,10 +22,10 @@ pub use generate::{generate, GenerateConfig, GenerateStats, Generation, StopReas
 pub use kv_cache::KvCache;
 pub use model::{Logits, Model, Precision};
 pub use perplexity::{perplexity, PerplexityResult};
+pub use sampler::{Distribution, Sampled, Sampler, SamplingParams};
 pub use scheduler::{
     CancelGuard, CancelToken, Event, EventSink, RequestHandle, SchedulerConfig, SchedulerStats,
 };
-pub use sampler::{Distribution, Sampled, Sampler, SamplingParams};
 pub use speculative::{
     generate_speculative, generate_speculative_with, Cascade, DraftLen, ModelProposer,
     NgramProposer, Proposer, Rule, SpecConfig, SpecMemory, MAX_DRAFT_LEN,

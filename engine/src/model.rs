@@ -11,7 +11,7 @@ use cascade_weights::{
 };
 
 use crate::error::{EngineError, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvStorage};
 use crate::scratch::{sized, Scratch, SharedInput};
 
 /// How activations enter the matrix products.
@@ -35,6 +35,30 @@ pub enum Logits {
     All,
     /// New tokens `from..` (perplexity scores a window's second half).
     From(usize),
+    /// None (a chunk of a prompt whose end comes in a later pass).
+    None,
+}
+
+impl Logits {
+    /// The new-token rows of an `n`-token pass that get logits.
+    pub fn rows(&self, n: usize) -> std::ops::Range<usize> {
+        match *self {
+            Logits::Last => n - 1..n,
+            Logits::All => 0..n,
+            Logits::From(f) => f.min(n - 1)..n,
+            Logits::None => n..n,
+        }
+    }
+}
+
+/// One sequence's part of a batched forward pass: `tokens` at positions `past..`, keys and values
+/// in the blocks of `table`.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqInput<'a> {
+    pub tokens: &'a [u32],
+    pub table: &'a [u32],
+    pub past: usize,
+    pub want: Logits,
 }
 
 struct Layer {
@@ -241,118 +265,201 @@ impl Model {
         want: Logits,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
-        let n = tokens.len();
-        if n == 0 {
-            return Err(EngineError::EmptyPrompt);
-        }
-        cache.reserve(n)?;
-        if let Some(&id) = tokens
-            .iter()
-            .find(|&&id| id as usize >= self.config.vocab_size)
-        {
-            return Err(EngineError::InvalidToken {
-                id,
-                vocab: self.config.vocab_size,
-            });
-        }
+        cache.reserve(tokens.len())?;
         let mut scratch = std::mem::take(&mut cache.scratch);
-        let result = self.forward_with(tokens, cache, want, &mut scratch, logits);
+        let seq = SeqInput {
+            tokens,
+            table: &cache.table,
+            past: cache.len(),
+            want,
+        };
+        let result = self.forward_batch(&mut cache.storage, &[seq], &mut scratch, logits);
         cache.scratch = scratch;
+        if result.is_ok() {
+            cache.advance(tokens.len());
+        }
         result
     }
 
-    fn forward_with(
+    /// Checks a batch before anything runs: tokens, positions and blocks.
+    fn check_batch(&self, kv: &KvStorage, seqs: &[SeqInput]) -> Result<()> {
+        for q in seqs {
+            let n = q.tokens.len();
+            if n == 0 {
+                return Err(EngineError::EmptyPrompt);
+            }
+            let room = q.table.len() * kv.block();
+            if q.past + n > room.min(self.config.context_length) {
+                return Err(EngineError::CacheFull {
+                    len: q.past,
+                    adding: n,
+                    capacity: room.min(self.config.context_length),
+                });
+            }
+            if let Some(&b) = q.table.iter().find(|&&b| b as usize >= kv.n_blocks()) {
+                return Err(EngineError::InvalidParam {
+                    name: "block table",
+                    reason: format!("block {b} outside a pool of {}", kv.n_blocks()),
+                });
+            }
+            if let Some(&id) = q
+                .tokens
+                .iter()
+                .find(|&&id| id as usize >= self.vocab_size())
+            {
+                return Err(EngineError::InvalidToken {
+                    id,
+                    vocab: self.vocab_size(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One forward pass over a ragged batch: every sequence's new tokens go through the matrix
+    /// products together (each weight row read once for all of them), attention runs per
+    /// sequence over its own blocks of `kv`, and the keys and values of the new tokens are
+    /// written into those blocks. `logits` receives `[rows][vocab_size]` for each sequence's
+    /// `want` rows in turn. A row's results do not depend on the rest of the batch (the kernels
+    /// are batch invariant): bitwise what the sequence would get alone.
+    pub(crate) fn forward_batch(
         &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        want: Logits,
+        kv: &mut KvStorage,
+        seqs: &[SeqInput],
         s: &mut Scratch,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
+        self.check_batch(kv, seqs)?;
         let c = &self.config;
-        let n = tokens.len();
+        let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
-        let past = cache.len();
-        let positions: Vec<usize> = (past..past + n).collect();
-
+        let mut positions = Vec::with_capacity(n);
+        let mut attn = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for q in seqs {
+            positions.extend(q.past..q.past + q.tokens.len());
+            attn.push((row, q));
+            row += q.tokens.len();
+        }
         let embd = qmat(&self.embd);
         let x = sized(&mut s.x, n * h);
-        for (t, &id) in tokens.iter().enumerate() {
+        for (t, &id) in seqs.iter().flat_map(|q| q.tokens).enumerate() {
             embd.dequant_row(id as usize, &mut x[t * h..(t + 1) * h]);
         }
-        sized(&mut s.xn, n * h);
-        sized(&mut s.q, n * qd);
+        for buf in [&mut s.xn, &mut s.proj] {
+            sized(buf, n * h);
+        }
+        for buf in [&mut s.q, &mut s.attn] {
+            sized(buf, n * qd);
+        }
         sized(&mut s.k, n * kvd);
         sized(&mut s.v, n * kvd);
-        sized(&mut s.attn, n * qd);
-        sized(&mut s.proj, n * h);
         sized(&mut s.gate, n * ff);
         sized(&mut s.up, n * ff);
-        sized(&mut s.scores, ops::attention_scratch(n, past, c.n_heads));
+        let scores: usize = seqs
+            .iter()
+            .map(|q| ops::attention_scratch(q.tokens.len(), q.past, c.n_heads))
+            .sum();
+        sized(&mut s.scores, scores);
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.attention_block(l, layer, kv, &attn, &positions, s)?;
+            self.mlp_block(layer, s, n)?;
+        }
+        self.output_rows(seqs, s, logits)
+    }
+
+    /// Norm, Q/K/V, RoPE, the KV write and attention of one layer, added onto `s.x`.
+    fn attention_block(
+        &self,
+        l: usize,
+        layer: &Layer,
+        kv: &mut KvStorage,
+        seqs: &[(usize, &SeqInput)],
+        positions: &[usize],
+        s: &mut Scratch,
+    ) -> Result<()> {
+        let c = &self.config;
+        let (n, kvd) = (positions.len(), c.kv_dim());
+        ops::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn);
+        s.input.reset();
+        self.project(&layer.wq, &mut s.input, &s.xn, n, &mut s.q)?;
+        self.project(&layer.wk, &mut s.input, &s.xn, n, &mut s.k)?;
+        self.project(&layer.wv, &mut s.input, &s.xn, n, &mut s.v)?;
+        for (x, b) in [
+            (&mut s.q, &layer.bq),
+            (&mut s.k, &layer.bk),
+            (&mut s.v, &layer.bv),
+        ] {
+            if let Some(b) = b {
+                ops::add_bias(x, b);
+            }
+        }
+        let (theta, style) = (c.rope_theta, c.rope_style);
+        ops::rope(&mut s.q, c.n_heads, c.head_dim, positions, theta, style);
+        ops::rope(&mut s.k, c.n_kv_heads, c.head_dim, positions, theta, style);
+        for &(row, q) in seqs {
+            let rows = row * kvd..(row + q.tokens.len()) * kvd;
+            kv.write(l, q.table, q.past, &s.k[rows.clone()], &s.v[rows]);
+        }
+        let batch: Vec<ops::AttnSeq> = seqs
+            .iter()
+            .map(|&(row, q)| ops::AttnSeq {
+                row,
+                n_tokens: q.tokens.len(),
+                past: q.past,
+                kv: kv.layer(l, q.table),
+            })
+            .collect();
         let shape = AttentionShape {
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
         };
-        for (l, layer) in self.layers.iter().enumerate() {
-            ops::rms_norm(&s.x, &layer.attn_norm, c.rms_eps, &mut s.xn);
-            s.input.reset();
-            self.project(&layer.wq, &mut s.input, &s.xn, n, &mut s.q)?;
-            self.project(&layer.wk, &mut s.input, &s.xn, n, &mut s.k)?;
-            self.project(&layer.wv, &mut s.input, &s.xn, n, &mut s.v)?;
-            if let Some(b) = &layer.bq {
-                ops::add_bias(&mut s.q, b);
-            }
-            if let Some(b) = &layer.bk {
-                ops::add_bias(&mut s.k, b);
-            }
-            if let Some(b) = &layer.bv {
-                ops::add_bias(&mut s.v, b);
-            }
-            ops::rope(
-                &mut s.q,
-                c.n_heads,
-                c.head_dim,
-                &positions,
-                c.rope_theta,
-                c.rope_style,
-            );
-            ops::rope(
-                &mut s.k,
-                c.n_kv_heads,
-                c.head_dim,
-                &positions,
-                c.rope_theta,
-                c.rope_style,
-            );
-            cache.write(l, &s.k, &s.v);
-            let (kc, vc) = cache.layer(l, past + n);
-            ops::attention(&s.q, kc, vc, past, shape, &mut s.attn, &mut s.scores);
-            s.input.reset();
-            self.project(&layer.wo, &mut s.input, &s.attn, n, &mut s.proj)?;
-            ops::add_assign(&mut s.x, &s.proj);
+        ops::attention_batch(&s.q, &batch, shape, &mut s.attn, &mut s.scores);
+        s.input.reset();
+        self.project(&layer.wo, &mut s.input, &s.attn, n, &mut s.proj)?;
+        ops::add_assign(&mut s.x, &s.proj);
+        Ok(())
+    }
 
-            ops::rms_norm(&s.x, &layer.ffn_norm, c.rms_eps, &mut s.xn);
-            s.input.reset();
-            self.project(&layer.w_gate, &mut s.input, &s.xn, n, &mut s.gate)?;
-            self.project(&layer.w_up, &mut s.input, &s.xn, n, &mut s.up)?;
-            ops::silu_mul(&mut s.gate, &s.up);
-            s.input.reset();
-            self.project(&layer.w_down, &mut s.input, &s.gate, n, &mut s.proj)?;
-            ops::add_assign(&mut s.x, &s.proj);
+    /// Norm and the gated MLP of one layer, added onto `s.x`.
+    fn mlp_block(&self, layer: &Layer, s: &mut Scratch, n: usize) -> Result<()> {
+        ops::rms_norm(&s.x, &layer.ffn_norm, self.config.rms_eps, &mut s.xn);
+        s.input.reset();
+        self.project(&layer.w_gate, &mut s.input, &s.xn, n, &mut s.gate)?;
+        self.project(&layer.w_up, &mut s.input, &s.xn, n, &mut s.up)?;
+        ops::silu_mul(&mut s.gate, &s.up);
+        s.input.reset();
+        self.project(&layer.w_down, &mut s.input, &s.gate, n, &mut s.proj)?;
+        ops::add_assign(&mut s.x, &s.proj);
+        Ok(())
+    }
+
+    /// The final norm and output layer for the rows each sequence wants.
+    fn output_rows(&self, seqs: &[SeqInput], s: &mut Scratch, logits: &mut Vec<f32>) -> Result<()> {
+        let c = &self.config;
+        let h = c.hidden_size;
+        let mut m = 0;
+        let mut row = 0;
+        for q in seqs {
+            for r in q.want.rows(q.tokens.len()) {
+                let src = (row + r) * h;
+                let (dst, x) = (&mut s.proj[m * h..(m + 1) * h], &s.x[src..src + h]);
+                dst.copy_from_slice(x);
+                m += 1;
+            }
+            row += q.tokens.len();
         }
-        cache.advance(n);
-
-        let from = match want {
-            Logits::Last => n - 1,
-            Logits::All => 0,
-            Logits::From(f) => f.min(n - 1),
-        };
-        let m = n - from;
-        let last = &mut s.xn[..m * h];
-        ops::rms_norm(&s.x[from * h..], &self.output_norm, c.rms_eps, last);
-        // Every value is overwritten by the product: resizing only fills what is new.
         let logits = sized(logits, m * c.vocab_size);
+        if m == 0 {
+            return Ok(());
+        }
+        ops::rms_norm(
+            &s.proj[..m * h],
+            &self.output_norm,
+            c.rms_eps,
+            &mut s.xn[..m * h],
+        );
         s.input.reset();
         self.project(&self.output, &mut s.input, &s.xn[..m * h], m, logits)?;
         Ok(())

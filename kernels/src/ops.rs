@@ -154,11 +154,7 @@ pub fn attention(
         row: 0,
         n_tokens,
         past,
-        kv: KvLayer {
-            k,
-            v,
-            pages: None,
-        },
+        kv: KvLayer { k, v, pages: None },
     };
     attention_batch(q, &[seq], s, out, scores);
 }
@@ -460,7 +456,13 @@ mod tests {
 
     /// Scatters `rows` (`[n][kv_dim]`) into blocks of `block` rows taken from `table`, in a pool
     /// of `n_blocks` blocks filled with NaN elsewhere (a stray read shows).
-    fn scatter(rows: &[f32], kv_dim: usize, table: &[u32], block: usize, n_blocks: usize) -> Vec<f32> {
+    fn scatter(
+        rows: &[f32],
+        kv_dim: usize,
+        table: &[u32],
+        block: usize,
+        n_blocks: usize,
+    ) -> Vec<f32> {
         let mut pool = vec![f32::NAN; n_blocks * block * kv_dim];
         for (j, r) in rows.chunks_exact(kv_dim).enumerate() {
             let at = (table[j / block] as usize * block + j % block) * kv_dim;
@@ -509,7 +511,10 @@ mod tests {
         let pools: Vec<(Vec<f32>, Vec<f32>)> = specs
             .iter()
             .map(|(_, _, _, t, k, v)| {
-                (scatter(k, kv_dim, t, block, n_blocks), scatter(v, kv_dim, t, block, n_blocks))
+                (
+                    scatter(k, kv_dim, t, block, n_blocks),
+                    scatter(v, kv_dim, t, block, n_blocks),
+                )
             })
             .collect();
         let seqs: Vec<AttnSeq> = specs
@@ -527,7 +532,10 @@ mod tests {
             })
             .collect();
         for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
             let mut out = vec![f32::NAN; rows * q_dim];
             let mut sc = vec![0f32; attention_batch_scratch(&seqs, 12)];
             pool.install(|| attention_batch(&q_all, &seqs, s, &mut out, &mut sc));

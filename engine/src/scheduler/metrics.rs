@@ -36,8 +36,8 @@ pub const SPEC_ACCEPTED_PER_POS: &str = "vllm:spec_decode_num_accepted_tokens_pe
 
 /// Histogram buckets (seconds) for the latency histograms, for an exporter to install.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
-    20.0, 40.0, 80.0,
+    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
+    40.0, 80.0,
 ];
 /// Buckets for the batch histograms.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
@@ -46,7 +46,10 @@ pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(REQUESTS_RUNNING, "Sequences running in the batch.");
-    describe_gauge!(REQUESTS_WAITING, "Requests waiting for a slot or KV blocks.");
+    describe_gauge!(
+        REQUESTS_WAITING,
+        "Requests waiting for a slot or KV blocks."
+    );
     describe_counter!(REQUESTS_FINISHED, "Finished requests by finished_reason.");
     describe_counter!(PROMPT_TOKENS, Unit::Count, "Prompt tokens processed.");
     describe_counter!(GENERATION_TOKENS, Unit::Count, "Tokens generated.");
@@ -57,11 +60,30 @@ pub fn describe() {
     describe_histogram!(BATCH_ROWS, "Rows of a step's target forward.");
     describe_gauge!(KV_BLOCKS_USED, "KV blocks held by running sequences.");
     describe_gauge!(KV_BLOCKS_FREE, "KV blocks free (cached prefixes included).");
-    describe_gauge!(KV_BLOCKS_CACHED, "Free KV blocks that hold a reusable prefix.");
-    describe_counter!(PREFIX_QUERIES, Unit::Count, "Prompt tokens looked up in the prefix cache.");
-    describe_counter!(PREFIX_HITS, Unit::Count, "Prompt tokens found in the prefix cache.");
+    describe_gauge!(
+        KV_BLOCKS_CACHED,
+        "Free KV blocks that hold a reusable prefix."
+    );
+    describe_counter!(
+        PREFIX_QUERIES,
+        Unit::Count,
+        "Prompt tokens looked up in the prefix cache."
+    );
+    describe_counter!(
+        PREFIX_HITS,
+        Unit::Count,
+        "Prompt tokens found in the prefix cache."
+    );
     describe_counter!(SPEC_DRAFTS, "Speculative rounds that drafted tokens.");
     describe_counter!(SPEC_DRAFT_TOKENS, Unit::Count, "Tokens drafted.");
-    describe_counter!(SPEC_ACCEPTED_TOKENS, Unit::Count, "Drafted tokens accepted.");
-    describe_counter!(SPEC_ACCEPTED_PER_POS, Unit::Count, "Accepted tokens per drafted position.");
+    describe_counter!(
+        SPEC_ACCEPTED_TOKENS,
+        Unit::Count,
+        "Drafted tokens accepted."
+    );
+    describe_counter!(
+        SPEC_ACCEPTED_PER_POS,
+        Unit::Count,
+        "Accepted tokens per drafted position."
+    );
 }

@@ -1,13 +1,20 @@
 //! The scheduler: requests enter through a bounded queue and one thread runs them.
 
+mod admit;
 mod api;
+mod kv;
+mod memory;
 pub mod metrics;
+mod plan;
+mod round;
+mod seq;
+mod step;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Sender, TrySendError};
 
 pub use api::{
     CancelGuard, CancelToken, Event, EventSink, RequestHandle, SchedulerConfig, SchedulerStats,
@@ -41,10 +48,11 @@ impl Scheduler {
         config.validate()?;
         let (tx, rx) = crossbeam_channel::bounded(config.max_queue.max(1));
         let stats = Arc::new(Mutex::new(SchedulerStats::default()));
-        let st = stats.clone();
+        let mut step = step::StepLoop::new(shared, config, rx, stats.clone());
+        step.publish();
         let thread = std::thread::Builder::new()
             .name("cascade-scheduler".into())
-            .spawn(move || run_loop(shared, rx, st))
+            .spawn(move || step.run())
             .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
         Ok(Scheduler {
             queue: Mutex::new(Some(tx)),
@@ -108,29 +116,5 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-/// One request at a time (the batched step loop replaces this).
-fn run_loop(shared: Arc<Shared>, rx: Receiver<Job>, _stats: Arc<Mutex<SchedulerStats>>) {
-    while let Ok(mut job) = rx.recv() {
-        if job.cancel.is_cancelled() {
-            continue;
-        }
-        let cancel = job.cancel.clone();
-        let sink = &mut job.sink;
-        let out = shared.pool.install(|| {
-            shared.run_one(&job.req, &job.prompt, |ids, text| {
-                let ok = sink.send(Event::Tokens {
-                    ids: ids.to_vec(),
-                    text: text.to_string(),
-                });
-                ok && !cancel.is_cancelled()
-            })
-        });
-        let _ = match out {
-            Ok(c) => job.sink.send(Event::Done(c)),
-            Err(e) => job.sink.send(Event::Failed(e)),
-        };
     }
 }

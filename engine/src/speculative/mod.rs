@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use rand_chacha::ChaCha8Rng;
 
+pub(crate) use self::Judge as JudgeRows;
 pub use proposer::{ModelProposer, NgramProposer, Proposal, Proposer};
 pub use rules::{Cascade, Rule};
 pub use schedule::{Controller, DraftLen, PassCosts, MAX_DRAFT_LEN};
@@ -118,7 +119,7 @@ pub struct SpecMemory {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct MemoryKey {
     spec: SpecConfig,
-    sampling: SamplingParams,
+    pub sampling: SamplingParams,
 }
 
 impl MemoryKey {
@@ -436,15 +437,15 @@ fn answer_round(
 
 /// Builds the distributions the verifier accepts against: the target's p, or the cascade rule's
 /// π where the rule can judge (a proposal with the draft's distributions).
-struct Judge<'m> {
-    target: &'m Model,
-    cascade: Option<Cascade>,
-    sampling: SamplingParams,
+pub(crate) struct Judge<'m> {
+    pub target: &'m Model,
+    pub cascade: Option<Cascade>,
+    pub sampling: SamplingParams,
 }
 
 impl Judge<'_> {
     /// One distribution per row of `logits` (drafted positions, then the bonus position).
-    fn targets(
+    pub(crate) fn targets(
         &self,
         logits: &[f32],
         proposal: &Proposal,

@@ -109,7 +109,7 @@ impl PassCosts {
     }
 
     /// Estimated seconds of a pass of `n` tokens.
-    fn cost(&self, n: usize) -> Option<f64> {
+    pub(crate) fn cost(&self, n: usize) -> Option<f64> {
         let known = |i: usize| self.t.get(i).and_then(|e| e.value);
         if let Some(t) = known(n) {
             return Some(t);

@@ -1,0 +1,209 @@
+//! Draft lengths for one step of a batch. A step's time is one target forward over all its rows
+//! plus the draft forwards (one per drafted position, over every sequence still drafting), so a
+//! drafted token is priced by what it adds to the whole step: nearly nothing while the batch is
+//! small and the products are bound by reading the weights, a full row's share once they are
+//! bound by arithmetic. The plan maximizes expected tokens per second of the step: starting from
+//! plain decoding everywhere, it repeatedly takes the change of one sequence's draft length that
+//! raises the rate most, and stops when none does. As batches grow it turns speculation down
+//! per sequence, down to plain decoding.
+
+use crate::speculative::PassCosts;
+
+/// One decoding sequence's options this step.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    /// Estimated acceptance of drafted position i given the ones before it were accepted.
+    pub alphas: Vec<f64>,
+    /// The most it may draft (0: it decodes plainly).
+    pub max: usize,
+    /// Drafting costs draft-model forwards (false for prompt lookup).
+    pub costly: bool,
+    /// Rows of its first draft forward (the tokens the draft has not seen yet).
+    pub catch_up: usize,
+    /// A length decided already (fixed `--draft-len`, or a probe).
+    pub forced: Option<usize>,
+}
+
+impl Candidate {
+    /// Expected tokens a round drafting `k` emits: 1 + Σ_j Π_{i≤j} α_i.
+    fn tokens(&self, k: usize) -> f64 {
+        let (mut total, mut reach) = (1.0, 1.0);
+        for &a in self.alphas.iter().take(k) {
+            reach *= a;
+            total += reach;
+        }
+        total
+    }
+}
+
+/// Measured costs: target forwards and draft forwards by rows, and the step's other time.
+pub(crate) struct StepCosts<'a> {
+    pub target: &'a PassCosts,
+    pub draft: &'a PassCosts,
+    pub overhead: f64,
+}
+
+impl StepCosts<'_> {
+    /// Seconds of a step with `rows` target rows and draft lengths `k`, or None before the
+    /// first measurements.
+    fn time(&self, rows: usize, cands: &[Candidate], k: &[usize]) -> Option<f64> {
+        let mut t = self.target.cost(rows)? + self.overhead;
+        let deepest = cands
+            .iter()
+            .zip(k)
+            .filter(|(c, _)| c.costly)
+            .map(|(_, &k)| k)
+            .max()
+            .unwrap_or(0);
+        for i in 1..=deepest {
+            let rows: usize = cands
+                .iter()
+                .zip(k)
+                .filter(|(c, &k)| c.costly && k >= i)
+                .map(|(c, _)| if i == 1 { c.catch_up.max(1) } else { 1 })
+                .sum();
+            t += self.draft.cost(rows)?;
+        }
+        Some(t)
+    }
+}
+
+/// Draft lengths for `cands`, given `base_rows` target rows the step runs anyway (decode rows,
+/// prefill chunks) and at most `max_extra` drafted rows. `plain` sequences decode without a
+/// candidate and count one token each.
+pub(crate) fn plan(
+    cands: &[Candidate],
+    plain: usize,
+    base_rows: usize,
+    max_extra: usize,
+    costs: &StepCosts,
+) -> Vec<usize> {
+    let mut k: Vec<usize> = cands.iter().map(|c| c.forced.unwrap_or(0)).collect();
+    let mut extra: usize = k.iter().sum();
+    let rate = |k: &[usize], extra: usize| -> Option<f64> {
+        let tokens = plain as f64 + cands.iter().zip(k).map(|(c, &k)| c.tokens(k)).sum::<f64>();
+        Some(tokens / costs.time(base_rows + extra, cands, k)?)
+    };
+    let Some(mut best) = rate(&k, extra) else {
+        // Nothing measured yet: a middle length, as a lone request starts.
+        for (ki, c) in k.iter_mut().zip(cands) {
+            if c.forced.is_none() {
+                *ki = c.max.min(4);
+            }
+        }
+        return k;
+    };
+    loop {
+        let mut step: Option<(usize, usize, f64)> = None;
+        for (i, c) in cands.iter().enumerate() {
+            if c.forced.is_some() {
+                continue;
+            }
+            for nk in 0..=c.max {
+                if nk == k[i] || extra - k[i] + nk > max_extra {
+                    continue;
+                }
+                let old = std::mem::replace(&mut k[i], nk);
+                let r = rate(&k, extra - old + nk);
+                k[i] = old;
+                if let Some(r) = r {
+                    if r > step.map_or(best, |s| s.2) {
+                        step = Some((i, nk, r));
+                    }
+                }
+            }
+        }
+        match step {
+            Some((i, nk, r)) if r > best * (1.0 + 1e-9) => {
+                extra = extra - k[i] + nk;
+                k[i] = nk;
+                best = r;
+            }
+            _ => return k,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs(pairs: &[(usize, f64)], max: usize) -> PassCosts {
+        let mut c = PassCosts::new(max);
+        for &(n, t) in pairs {
+            c.observe(n, t);
+        }
+        c
+    }
+
+    fn cand(alpha: f64) -> Candidate {
+        Candidate {
+            alphas: vec![alpha; 8],
+            max: 8,
+            costly: true,
+            catch_up: 1,
+            forced: None,
+        }
+    }
+
+    #[test]
+    fn speculation_pays_alone_and_turns_itself_off_in_a_busy_batch() {
+        // The 1.5B target on this machine: memory bound at a few rows, about 9 ms a row at 8+
+        // rows; the 0.5B draft about 20 ms a forward, rising with rows.
+        let target = costs(
+            &[
+                (1, 0.040),
+                (2, 0.042),
+                (5, 0.055),
+                (8, 0.072),
+                (16, 0.140),
+                (32, 0.280),
+                (64, 0.56),
+            ],
+            128,
+        );
+        let draft = costs(&[(1, 0.020), (4, 0.024), (8, 0.036), (16, 0.07)], 128);
+        let sc = StepCosts {
+            target: &target,
+            draft: &draft,
+            overhead: 0.0,
+        };
+        let alone = plan(&[cand(0.8)], 0, 1, 64, &sc);
+        assert!(
+            alone[0] >= 2,
+            "one sequence with high acceptance drafts: {alone:?}"
+        );
+        let poor = plan(&[cand(0.2)], 0, 1, 64, &sc);
+        assert_eq!(poor, vec![0], "low acceptance never pays for the draft");
+        let busy: Vec<Candidate> = (0..8).map(|_| cand(0.6)).collect();
+        let k = plan(&busy, 0, 8, 64, &sc);
+        assert!(
+            k.iter().all(|&k| k == 0),
+            "eight rows are compute bound: {k:?}"
+        );
+        // Free drafts (prompt lookup) with perfect acceptance still pay in a busy batch.
+        let mut free = cand(0.99);
+        free.costly = false;
+        let mut mix = busy.clone();
+        mix.push(free);
+        let k = plan(&mix, 0, 9, 64, &sc);
+        assert!(k[8] > 0, "{k:?}");
+        // The row cap holds.
+        let many: Vec<Candidate> = (0..4).map(|_| cand(0.95)).collect();
+        let k = plan(&many, 0, 4, 3, &sc);
+        assert!(k.iter().sum::<usize>() <= 3, "{k:?}");
+    }
+
+    #[test]
+    fn forced_lengths_are_kept_and_unmeasured_costs_start_in_the_middle() {
+        let empty = PassCosts::new(64);
+        let sc = StepCosts {
+            target: &empty,
+            draft: &empty,
+            overhead: 0.0,
+        };
+        let mut fixed = cand(0.1);
+        fixed.forced = Some(6);
+        assert_eq!(plan(&[cand(0.5), fixed], 0, 2, 64, &sc), vec![4, 6]);
+    }
+}

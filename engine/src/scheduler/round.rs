@@ -1,0 +1,481 @@
+//! One step of the batch: plan every running sequence's rows, draft, run the forwards, verify,
+//! accept and emit. The verifier is the same pure function the single-request loop uses.
+
+use std::time::Instant;
+
+use crate::engine::Role;
+use crate::error::Result;
+use crate::model::{Logits, Model, SeqInput};
+use crate::sampler::Distribution;
+use crate::sampler::SamplingParams;
+use crate::speculative::{verify, DraftLen, DraftProbs, JudgeRows as Judge, Proposal};
+
+use super::kv::BlockPool;
+use super::metrics as m;
+use super::plan::{plan, Candidate, StepCosts};
+use super::seq::Seq;
+use super::step::StepLoop;
+
+/// After this many plain rounds a sequence drafts one token to re-measure acceptance.
+const PROBE_EVERY: usize = 16;
+
+/// What one sequence does this step.
+enum Work {
+    /// Prompt positions `start..end`; the last chunk samples the first token.
+    Prefill { start: usize, end: usize },
+    /// A decode step (`proposal` empty) or a verification of `proposal`.
+    Round { proposal: Proposal, source: Source },
+    /// Nothing this step (a prompt waiting for budget).
+    Wait,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Source {
+    Plain,
+    Lookup,
+    Model,
+}
+
+pub(crate) struct Round;
+
+impl Round {
+    pub fn run(l: &mut StepLoop) -> Result<()> {
+        let t0 = Instant::now();
+        let mut work = plan_work(l);
+        let t_draft = Instant::now();
+        draft(l, &mut work)?;
+        let draft_s = t_draft.elapsed().as_secs_f64();
+        let t_fwd = Instant::now();
+        let shared = l.shared.clone();
+        let rows = main_forward(l, &mut work, Role::Target, &shared.target)?;
+        if let Some(d) = &shared.draft {
+            main_forward(l, &mut work, Role::Draft, d)?;
+        }
+        let fwd_s = t_fwd.elapsed().as_secs_f64();
+        for s in &mut l.running {
+            s.stats.draft_s += draft_s;
+            s.stats.verify_s += fwd_s;
+            s.stats.target_s += fwd_s;
+        }
+        let total = t0.elapsed().as_secs_f64();
+        let other = (total - draft_s - fwd_s).max(0.0);
+        l.costs.overhead = 0.7 * l.costs.overhead + 0.3 * other;
+        metrics::histogram!(m::BATCH_SEQUENCES).record(l.running.len() as f64);
+        metrics::histogram!(m::BATCH_ROWS).record(rows as f64);
+        Ok(())
+    }
+}
+
+/// Decode and verification rows first (with draft lengths from the plan), then prompt chunks up
+/// to the step's token budget.
+fn plan_work(l: &mut StepLoop) -> Vec<Work> {
+    let block = l.cfg.block_size;
+    let decoding = l.running.iter().filter(|s| !s.prefilling()).count();
+    let mut cands = Vec::new();
+    let mut who = Vec::new();
+    let mut lookups = Vec::new();
+    for (i, s) in l.running.iter().enumerate() {
+        if s.prefilling() || s.role != Role::Target {
+            continue;
+        }
+        if let Some((c, found)) = candidate(s, block) {
+            cands.push(c);
+            who.push(i);
+            lookups.push(found);
+        }
+    }
+    let max_extra = l.cfg.step_tokens.saturating_sub(decoding);
+    let costs = StepCosts {
+        target: &l.costs.target,
+        draft: &l.costs.draft,
+        overhead: l.costs.overhead,
+    };
+    let ks = plan(&cands, decoding - cands.len(), decoding, max_extra, &costs);
+    let mut work: Vec<Work> = l
+        .running
+        .iter()
+        .map(|s| {
+            if s.prefilling() {
+                Work::Wait
+            } else {
+                Work::Round {
+                    proposal: Proposal::default(),
+                    source: Source::Plain,
+                }
+            }
+        })
+        .collect();
+    let mut used = decoding;
+    for ((&i, &k), found) in who.iter().zip(&ks).zip(lookups) {
+        used += k;
+        let sp = l.running[i]
+            .spec
+            .as_mut()
+            .expect("candidates are speculative");
+        sp.plain_streak = if k == 0 { sp.plain_streak + 1 } else { 0 };
+        if k == 0 {
+            continue;
+        }
+        work[i] = match found {
+            Some(tokens) => Work::Round {
+                proposal: Proposal {
+                    probs: vec![DraftProbs::Point; k],
+                    tokens: tokens[..k].to_vec(),
+                    ..Proposal::default()
+                },
+                source: Source::Lookup,
+            },
+            // The draft model fills the proposal (k tokens asked for).
+            None => Work::Round {
+                proposal: Proposal {
+                    catch_up: k,
+                    ..Proposal::default()
+                },
+                source: Source::Model,
+            },
+        };
+    }
+    let mut budget = l.cfg.step_tokens.saturating_sub(used);
+    for (s, w) in l.running.iter().zip(&mut work) {
+        if s.prefilling() && budget > 0 {
+            let start = s.kv.len;
+            let end = s.prompt_len.min(start + budget);
+            budget -= end - start;
+            *w = Work::Prefill { start, end };
+        }
+    }
+    work
+}
+
+/// A speculative sequence's options: prompt lookup's continuation when it finds one (free), else
+/// the draft model. `None` when it cannot draft at all.
+fn candidate(s: &Seq, block: usize) -> Option<(Candidate, Option<Vec<u32>>)> {
+    let sp = s.spec.as_ref()?;
+    let room = s.draft_room(block).min(sp.cfg.draft_len.max());
+    let found = sp
+        .lookup
+        .map(|n| n.lookup(&s.context, room))
+        .filter(|t| !t.is_empty());
+    let (ctrl, max, costly, catch_up) = match (&found, &sp.draft) {
+        (Some(t), _) => (&sp.ctrl_lookup, t.len(), false, 0),
+        (None, Some(d)) => (
+            &sp.ctrl_model,
+            room,
+            true,
+            s.context.len() - keep(&d.fed, &s.context),
+        ),
+        (None, None) => return None,
+    };
+    let forced = match sp.cfg.draft_len {
+        DraftLen::Fixed(k) => Some(k.min(max)),
+        DraftLen::Auto { .. } if sp.plain_streak >= PROBE_EVERY => Some(1.min(max)),
+        DraftLen::Auto { .. } => None,
+    };
+    let c = Candidate {
+        alphas: (0..max).map(|i| ctrl.alpha_at(i)).collect(),
+        max,
+        costly,
+        catch_up,
+        forced,
+    };
+    Some((c, found))
+}
+
+/// Draft tokens still valid for `context`: the common prefix, leaving at least the last token to
+/// feed.
+fn keep(fed: &[u32], context: &[u32]) -> usize {
+    let common = fed.iter().zip(context).take_while(|(a, b)| a == b).count();
+    common.min(context.len() - 1)
+}
+
+/// The draft model's part of the step: speculative sequences' prompt chunks (mirrored so the
+/// draft holds the prompt when decoding starts) and their catch-up in the first forward, then
+/// one forward per further drafted position over every sequence still drafting.
+fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
+    let shared = l.shared.clone();
+    let (Some(model), Some(pool)) = (shared.draft.as_ref(), l.draft.as_mut()) else {
+        return Ok(());
+    };
+    let mut want: Vec<usize> = vec![0; work.len()];
+    let mut feeds: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
+    for (i, (s, w)) in l.running.iter_mut().zip(work.iter()).enumerate() {
+        let Some(d) = s.spec.as_mut().and_then(|sp| sp.draft.as_mut()) else {
+            continue;
+        };
+        match w {
+            Work::Prefill { end, .. } if d.fed.len() < *end => {
+                feeds.push((i, s.context[d.fed.len()..*end].to_vec(), Logits::None));
+            }
+            Work::Round {
+                proposal,
+                source: Source::Model,
+            } => {
+                let kp = keep(&d.fed, &s.context);
+                d.fed.truncate(kp);
+                d.blocks.len = kp;
+                want[i] = proposal.catch_up;
+                feeds.push((i, s.context[kp..].to_vec(), Logits::Last));
+            }
+            _ => {}
+        }
+    }
+    let mut depth = 0;
+    while !feeds.is_empty() {
+        let t = Instant::now();
+        let rows = forward_feeds(
+            pool,
+            model,
+            &mut l.running,
+            &feeds,
+            &mut l.bufs.scratch_d,
+            &mut l.bufs.logits_d,
+        )?;
+        l.costs.draft.observe(rows, t.elapsed().as_secs_f64());
+        depth += 1;
+        let mut next = Vec::new();
+        let mut r = 0;
+        for (i, toks, logits) in &feeds {
+            let s = &mut l.running[*i];
+            s.stats.draft_tokens += toks.len();
+            if *logits == Logits::None {
+                continue;
+            }
+            let row = &l.bufs.logits_d[r * model.vocab_size()..(r + 1) * model.vocab_size()];
+            r += 1;
+            let Work::Round { proposal, .. } = &mut work[*i] else {
+                continue;
+            };
+            if depth == 1 {
+                proposal.catch_up = toks.len();
+                proposal.computed = toks.len();
+            } else {
+                proposal.computed += 1;
+            }
+            let tok = draft_token(s, model, row, &l.both_valid, proposal);
+            let eog = s.job.req.config.stop_at_eog && model.tokenizer.is_eog(tok);
+            if proposal.len() < want[*i] && !eog {
+                next.push((*i, vec![tok], Logits::Last));
+            }
+        }
+        feeds = next;
+    }
+    Ok(())
+}
+
+/// Samples one drafted token from the draft's logits `row`, recording the distribution it came
+/// from (and, for cascades, the one the rule judges).
+fn draft_token(
+    s: &mut Seq,
+    model: &Model,
+    row: &[f32],
+    valid: &[bool],
+    proposal: &mut Proposal,
+) -> u32 {
+    let greedy = s.sampler.params.is_greedy();
+    let sampled = s.sampler.sample(row, valid);
+    if s.spec.as_ref().is_some_and(|sp| sp.cascade.is_some()) {
+        proposal.judge.push(if greedy {
+            Distribution::from_logits(row, &SamplingParams::untempered(), valid)
+        } else {
+            sampled.dist.clone()
+        });
+    }
+    let _ = model;
+    proposal.probs.push(if greedy {
+        DraftProbs::Point
+    } else {
+        DraftProbs::Dense(sampled.dist)
+    });
+    proposal.tokens.push(sampled.token);
+    sampled.token
+}
+
+/// One draft forward over `feeds` (sequence index, tokens, logits wanted), appending the fed
+/// tokens to each sequence's draft blocks. Returns the rows run.
+fn forward_feeds(
+    pool: &mut BlockPool,
+    model: &Model,
+    running: &mut [Seq],
+    feeds: &[(usize, Vec<u32>, Logits)],
+    scratch: &mut crate::scratch::Scratch,
+    logits: &mut Vec<f32>,
+) -> Result<usize> {
+    let inputs: Vec<SeqInput> = feeds
+        .iter()
+        .map(|(i, toks, want)| {
+            let d = running[*i]
+                .spec
+                .as_ref()
+                .and_then(|sp| sp.draft.as_ref())
+                .expect("drafting");
+            SeqInput {
+                tokens: toks,
+                table: &d.blocks.table,
+                past: d.blocks.len,
+                want: *want,
+            }
+        })
+        .collect();
+    model.forward_batch(&mut pool.storage, &inputs, scratch, logits)?;
+    drop(inputs);
+    let mut rows = 0;
+    for (i, toks, _) in feeds {
+        let d = running[*i]
+            .spec
+            .as_mut()
+            .and_then(|sp| sp.draft.as_mut())
+            .expect("drafting");
+        d.fed.extend_from_slice(toks);
+        d.blocks.len += toks.len();
+        rows += toks.len();
+    }
+    Ok(rows)
+}
+
+/// The forward of `role`'s model over its sequences' rows (prompt chunks, decode and
+/// verification rows), then sampling or verification and emission. Returns the rows run.
+fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) -> Result<usize> {
+    let pool = match role {
+        Role::Target => &mut l.target,
+        Role::Draft => match l.draft.as_mut() {
+            Some(p) => p,
+            None => return Ok(0),
+        },
+    };
+    let mut idx = Vec::new();
+    let mut toks: Vec<Vec<u32>> = Vec::new();
+    let mut wants = Vec::new();
+    for (i, (s, w)) in l.running.iter().zip(work.iter()).enumerate() {
+        if s.role != role {
+            continue;
+        }
+        let (t, want) = match w {
+            Work::Prefill { start, end } => {
+                let last = *end == s.prompt_len;
+                (
+                    s.context[*start..*end].to_vec(),
+                    if last { Logits::Last } else { Logits::None },
+                )
+            }
+            Work::Round { proposal, .. } => {
+                let mut t = vec![*s.context.last().expect("decoding sequences have tokens")];
+                t.extend_from_slice(&proposal.tokens);
+                (t, Logits::All)
+            }
+            Work::Wait => continue,
+        };
+        idx.push(i);
+        toks.push(t);
+        wants.push(want);
+    }
+    if idx.is_empty() {
+        return Ok(0);
+    }
+    let inputs: Vec<SeqInput> = idx
+        .iter()
+        .zip(&toks)
+        .zip(&wants)
+        .map(|((&i, t), &want)| SeqInput {
+            tokens: t,
+            table: &l.running[i].kv.table,
+            past: l.running[i].kv.len,
+            want,
+        })
+        .collect();
+    let (scratch, logits) = match role {
+        Role::Target => (&mut l.bufs.scratch_t, &mut l.bufs.logits_t),
+        Role::Draft => (&mut l.bufs.scratch_d, &mut l.bufs.logits_d),
+    };
+    let t = Instant::now();
+    model.forward_batch(&mut pool.storage, &inputs, scratch, logits)?;
+    let rows: usize = toks.iter().map(|t| t.len()).sum();
+    if role == Role::Target {
+        l.costs.target.observe(rows, t.elapsed().as_secs_f64());
+    }
+    drop(inputs);
+    let vocab = model.vocab_size();
+    let mut r = 0;
+    let block = pool.block();
+    let cap = |s: &Seq| (s.kv.table.len() * block).min(model.config.context_length);
+    for ((&i, t), want) in idx.iter().zip(&toks).zip(&wants) {
+        let n_rows = want.rows(t.len()).len();
+        let rows_logits = &logits[r * vocab..(r + n_rows) * vocab];
+        r += n_rows;
+        let s = &mut l.running[i];
+        s.stats.target_tokens += t.len();
+        let base = s.kv.len;
+        s.kv.len += t.len();
+        let w = std::mem::replace(&mut work[i], Work::Wait);
+        let new = match w {
+            Work::Prefill { end, .. } => {
+                if end < s.prompt_len {
+                    continue;
+                }
+                pool.register(&s.kv, &s.context[..s.prompt_len]);
+                vec![s.sampler.sample(rows_logits, model.valid_mask()).token]
+            }
+            Work::Round { proposal, source } => {
+                s.stats.target_passes += 1;
+                if s.spec.is_none() {
+                    vec![s.sampler.sample(rows_logits, model.valid_mask()).token]
+                } else {
+                    accept(s, model, rows_logits, &proposal, source, base)
+                }
+            }
+            Work::Wait => continue,
+        };
+        let c = cap(s);
+        if !s.emit(model, &new, c) {
+            s.stop = Some(crate::generate::StopReason::Cancelled);
+        }
+    }
+    Ok(rows)
+}
+
+/// Verification of one sequence's round: the target's (or the cascade rule's) distributions
+/// against the proposal, the blocks rolled back to what was kept; returns the tokens to emit.
+fn accept(
+    s: &mut Seq,
+    model: &Model,
+    logits: &[f32],
+    proposal: &Proposal,
+    source: Source,
+    base: usize,
+) -> Vec<u32> {
+    let sp = s.spec.as_mut().expect("speculative");
+    let judge = Judge {
+        target: model,
+        cascade: sp.cascade,
+        sampling: s.job.req.config.sampling,
+    };
+    let p = judge.targets(logits, proposal, &mut s.stats);
+    let v = verify(&p, &proposal.probs, &proposal.tokens, s.sampler.rng());
+    s.kv.len = base + 1 + v.accepted;
+    let d = proposal.len();
+    sp.rounds_by_len[d] += 1;
+    if d > 0 {
+        match source {
+            Source::Lookup => sp.ctrl_lookup.observe(d, v.accepted, 0, 0.0, 0.0),
+            Source::Model => sp
+                .ctrl_model
+                .observe(d, v.accepted, proposal.catch_up, 0.0, 0.0),
+            Source::Plain => {}
+        }
+        metrics::counter!(m::SPEC_DRAFTS).increment(1);
+        metrics::counter!(m::SPEC_DRAFT_TOKENS).increment(d as u64);
+        metrics::counter!(m::SPEC_ACCEPTED_TOKENS).increment(v.accepted as u64);
+        for i in 0..d {
+            sp.drafted_at[i] += 1;
+            if i < v.accepted {
+                sp.accepted_at[i] += 1;
+                metrics::counter!(m::SPEC_ACCEPTED_PER_POS, "position" => i.to_string())
+                    .increment(1);
+            }
+        }
+    }
+    s.stats.drafted += d;
+    s.stats.accepted += v.accepted;
+    let mut new = proposal.tokens[..v.accepted].to_vec();
+    new.push(v.next);
+    new
+}

@@ -1,0 +1,181 @@
+//! One sequence under the scheduler: its tokens, its KV blocks, its sampler and speculative
+//! state, and the events it sends. The scheduler steps it: prefill chunks, then decode or
+//! verification rounds, until a stop reason.
+
+use std::time::Instant;
+
+use cascade_weights::StreamDecoder;
+
+use crate::engine::{Completion, Mode, Role};
+use crate::generate::{GenerateStats, StopReason};
+use crate::model::Model;
+use crate::sampler::Sampler;
+use crate::speculative::{Cascade, Controller, NgramProposer, SpecConfig};
+
+use super::kv::SeqBlocks;
+use super::{metrics as m, Event, Job};
+
+/// Speculative state of a sequence.
+pub(crate) struct SpecState {
+    pub cfg: SpecConfig,
+    pub lookup: Option<NgramProposer>,
+    /// The draft model's blocks and the tokens they hold (`fed.len() == blocks.len`).
+    pub draft: Option<DraftKv>,
+    /// Acceptance of prompt lookup's proposals and of the draft model's.
+    pub ctrl_lookup: Controller,
+    pub ctrl_model: Controller,
+    pub cascade: Option<Cascade>,
+    /// Rounds in a row without drafting (a probe round follows a long streak).
+    pub plain_streak: usize,
+    pub drafted_at: Vec<usize>,
+    pub accepted_at: Vec<usize>,
+    pub rounds_by_len: Vec<usize>,
+}
+
+pub(crate) struct DraftKv {
+    pub blocks: SeqBlocks,
+    pub fed: Vec<u32>,
+}
+
+pub(crate) struct Seq {
+    pub job: Job,
+    pub role: Role,
+    /// The prompt and every token emitted so far.
+    pub context: Vec<u32>,
+    pub prompt_len: usize,
+    /// Blocks in the pool of the model that decodes (`role`); they hold `context[..kv.len]`.
+    pub kv: SeqBlocks,
+    pub sampler: Sampler,
+    pub spec: Option<SpecState>,
+    pub stream: StreamDecoder,
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub stats: GenerateStats,
+    pub cached_tokens: usize,
+    pub first_at: Option<Instant>,
+    pub last_at: Option<Instant>,
+    pub stop: Option<StopReason>,
+}
+
+impl Seq {
+    /// Whether the prompt is still being computed.
+    pub fn prefilling(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    pub fn max_tokens(&self) -> usize {
+        self.job.req.config.max_tokens
+    }
+
+    /// The most tokens a verification may draft: room left in the blocks and in `max_tokens`
+    /// (a round emits up to k + 1 tokens).
+    pub fn draft_room(&self, block: usize) -> usize {
+        let cap = self.kv.table.len() * block;
+        let kv_room = cap.saturating_sub(self.kv.len + 1);
+        let left = self.max_tokens().saturating_sub(self.tokens.len() + 1);
+        kv_room.min(left)
+    }
+
+    /// Emits `new` tokens: appends them, checks the stop conditions, sends one event. Returns
+    /// false when the consumer is gone (the request is then cancelled).
+    pub fn emit(&mut self, model: &Model, new: &[u32], context_cap: usize) -> bool {
+        let now = Instant::now();
+        let cfg = self.job.req.config;
+        let tok = &model.tokenizer;
+        let mut text = String::new();
+        let mut ids = Vec::with_capacity(new.len());
+        for &t in new {
+            self.tokens.push(t);
+            self.context.push(t);
+            ids.push(t);
+            let eog = tok.is_eog(t);
+            if !(cfg.stop_at_eog && eog) {
+                text.push_str(&self.stream.push(tok, t));
+            }
+            if cfg.stop_at_eog && eog {
+                self.stop = Some(StopReason::EndOfGeneration);
+            } else if self.tokens.len() >= cfg.max_tokens {
+                self.stop = Some(StopReason::MaxTokens);
+            } else if self.context.len() >= context_cap {
+                self.stop = Some(StopReason::ContextFull);
+            }
+            if self.stop.is_some() {
+                break;
+            }
+        }
+        if self.stop.is_some() {
+            text.push_str(&self.stream.finish());
+        }
+        match self.last_at {
+            None => {
+                self.first_at = Some(now);
+                metrics::histogram!(m::TTFT).record((now - self.job.submitted).as_secs_f64());
+            }
+            Some(last) => metrics::histogram!(m::ITL).record((now - last).as_secs_f64()),
+        }
+        self.last_at = Some(now);
+        metrics::counter!(m::GENERATION_TOKENS).increment(ids.len() as u64);
+        self.text.push_str(&text);
+        self.job.sink.send(Event::Tokens { ids, text })
+    }
+
+    /// The final event: the completion with its statistics.
+    pub fn finish(&mut self, stop: StopReason) {
+        let s = &mut self.stats;
+        s.prompt_tokens = self.prompt_len;
+        s.generated_tokens = self.tokens.len();
+        if let (Some(first), Some(last)) = (self.first_at, self.last_at) {
+            s.prefill_s = (first - self.job.submitted).as_secs_f64();
+            s.decode_s = (last - first).as_secs_f64();
+            s.decode_tokens_per_s = if s.decode_s > 0.0 {
+                self.tokens.len().saturating_sub(1) as f64 / s.decode_s
+            } else {
+                0.0
+            };
+        }
+        if let Some(sp) = &self.spec {
+            finish_spec_stats(s, sp);
+        }
+        if matches!(self.job.req.mode, Mode::Draft) {
+            s.draft_passes = std::mem::take(&mut s.target_passes);
+            s.draft_tokens = std::mem::take(&mut s.target_tokens);
+        }
+        let reason = match stop {
+            StopReason::EndOfGeneration => "stop",
+            StopReason::MaxTokens | StopReason::ContextFull => "length",
+            StopReason::Cancelled => "abort",
+        };
+        metrics::counter!(m::REQUESTS_FINISHED, "finished_reason" => reason).increment(1);
+        metrics::histogram!(m::E2E).record(self.job.submitted.elapsed().as_secs_f64());
+        let completion = Completion {
+            text: std::mem::take(&mut self.text),
+            tokens: std::mem::take(&mut self.tokens),
+            prompt_tokens: self.prompt_len,
+            cached_tokens: self.cached_tokens,
+            stop,
+            stats: std::mem::take(&mut self.stats),
+        };
+        self.job.sink.send(Event::Done(completion));
+    }
+}
+
+fn finish_spec_stats(s: &mut GenerateStats, sp: &SpecState) {
+    let ratio = |a: usize, b: usize| if b > 0 { a as f64 / b as f64 } else { 0.0 };
+    s.acceptance_rate = ratio(s.accepted, s.drafted);
+    s.mean_accepted_per_pass = ratio(s.accepted, s.target_passes);
+    let used = sp
+        .drafted_at
+        .iter()
+        .rposition(|&d| d > 0)
+        .map_or(0, |i| i + 1);
+    s.per_position_acceptance = (0..used)
+        .map(|i| ratio(sp.accepted_at[i], sp.drafted_at[i]))
+        .collect();
+    s.per_position_drafted = sp.drafted_at[..used].to_vec();
+    let lens = sp
+        .rounds_by_len
+        .iter()
+        .rposition(|&r| r > 0)
+        .map_or(0, |i| i + 1);
+    s.draft_lengths = sp.rounds_by_len[..lens].to_vec();
+}

@@ -1,0 +1,400 @@
+//! The scheduler thread's loop. Each step: take new requests, drop cancelled ones, admit what
+//! fits, then run one round for every running sequence:
+//!
+//! ```text
+//! plan rows   decode/verify rows of every running sequence first, then prompt chunks up to the
+//!             step's token budget (chunked prefill); draft lengths priced by the step's rows
+//! propose     prompt lookup (free), else the draft model: one draft forward per drafted position
+//!             over every sequence still drafting (the first also carries the draft's prompt chunks)
+//! verify      one target forward over every row; the verifier accepts per sequence
+//! accept      roll each block table back to what was kept, emit, stream
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+
+use crate::engine::{Mode, Role, Shared};
+use crate::error::EngineError;
+use crate::generate::StopReason;
+use crate::kv_cache::KvStorage;
+use crate::model::Model;
+use crate::scratch::Scratch;
+use crate::speculative::{PassCosts, MAX_DRAFT_LEN};
+
+use super::kv::BlockPool;
+use super::memory::Memory;
+use super::round::Round;
+use super::seq::Seq;
+use super::{metrics as m, Event, Job, SchedulerConfig, SchedulerStats};
+
+/// Rows a step's forwards are priced for (the cost tables' width).
+const MAX_ROWS: usize = 1024;
+
+pub(crate) struct StepLoop {
+    pub shared: Arc<Shared>,
+    pub cfg: SchedulerConfig,
+    rx: Receiver<Job>,
+    stats: Arc<Mutex<SchedulerStats>>,
+    pub target: BlockPool,
+    pub draft: Option<BlockPool>,
+    waiting: VecDeque<Job>,
+    pub running: Vec<Seq>,
+    pub bufs: Buffers,
+    pub costs: Costs,
+    pub memory: Memory,
+    /// Ids both models may propose (a padded row of either vocabulary is never drafted).
+    pub both_valid: Vec<bool>,
+    steps: u64,
+}
+
+/// Forward-pass buffers, one set per model, kept across steps.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    pub scratch_t: Scratch,
+    pub scratch_d: Scratch,
+    pub logits_t: Vec<f32>,
+    pub logits_d: Vec<f32>,
+}
+
+/// Measured seconds of forwards by rows, and of a step's other work.
+pub(crate) struct Costs {
+    pub target: PassCosts,
+    pub draft: PassCosts,
+    pub overhead: f64,
+}
+
+/// Why a request could not start now.
+enum Admit {
+    Started(Box<Seq>),
+    /// Not enough free blocks yet: it waits.
+    NoRoom(Job),
+    Failed(Job, EngineError),
+    /// It ran to its end already (answer mode).
+    Done,
+}
+
+impl StepLoop {
+    pub fn new(
+        shared: Arc<Shared>,
+        cfg: SchedulerConfig,
+        rx: Receiver<Job>,
+        stats: Arc<Mutex<SchedulerStats>>,
+    ) -> StepLoop {
+        let (target, draft) = pools(&shared, &cfg);
+        let both_valid = match &shared.draft {
+            Some(d) => (0..d.vocab_size() as u32)
+                .map(|id| d.is_valid_token(id) && shared.target.is_valid_token(id))
+                .collect(),
+            None => Vec::new(),
+        };
+        StepLoop {
+            shared,
+            cfg,
+            rx,
+            stats,
+            target,
+            draft,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            bufs: Buffers::default(),
+            costs: Costs {
+                target: PassCosts::new(MAX_ROWS),
+                draft: PassCosts::new(MAX_ROWS),
+                overhead: 0.0,
+            },
+            memory: Memory::default(),
+            both_valid,
+            steps: 0,
+        }
+    }
+
+    pub fn run(mut self) {
+        let shared = self.shared.clone();
+        shared.pool.install(|| {
+            while self.receive() {
+                self.reap_cancelled();
+                self.admit();
+                if !self.running.is_empty() {
+                    // A bug in a step fails the requests that ran in it, not the engine.
+                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        Round::run(&mut self)
+                    }));
+                    match step {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => self.fail_running(e),
+                        Err(_) => self.fail_running(EngineError::StepFailed(
+                            "a step panicked (a bug: please report it)".into(),
+                        )),
+                    }
+                    self.finish_stopped();
+                    self.steps += 1;
+                }
+                self.publish();
+            }
+            self.close();
+        });
+    }
+
+    /// Moves requests from the channel into the waiting list (as many as could start); blocks
+    /// when there is nothing to do. False once the engine shuts down.
+    fn receive(&mut self) -> bool {
+        if self.running.is_empty() && self.waiting.is_empty() {
+            match self.rx.recv() {
+                Ok(job) => self.waiting.push_back(job),
+                Err(_) => return false,
+            }
+        }
+        while self.running.len() + self.waiting.len() < self.cfg.max_batch {
+            match self.rx.try_recv() {
+                Ok(job) => self.waiting.push_back(job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+        true
+    }
+
+    fn reap_cancelled(&mut self) {
+        for s in &mut self.running {
+            if s.job.cancel.is_cancelled() && s.stop.is_none() {
+                s.stop = Some(StopReason::Cancelled);
+            }
+        }
+        self.finish_stopped();
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.max_batch {
+            let Some(job) = self.waiting.pop_front() else {
+                break;
+            };
+            if job.cancel.is_cancelled() {
+                cancelled_in_queue(job);
+                continue;
+            }
+            match self.start(job) {
+                Admit::Started(seq) => {
+                    tracing::debug!(
+                        "request {} started: {} prompt tokens, {} cached",
+                        seq.job.id,
+                        seq.prompt_len,
+                        seq.cached_tokens
+                    );
+                    metrics::counter!(m::PROMPT_TOKENS).increment(seq.prompt_len as u64);
+                    self.running.push(*seq);
+                }
+                Admit::NoRoom(job) => {
+                    self.waiting.push_front(job);
+                    break;
+                }
+                Admit::Done => {}
+                Admit::Failed(mut job, e) => {
+                    metrics::counter!(m::REQUESTS_FINISHED, "finished_reason" => "error")
+                        .increment(1);
+                    job.sink.send(Event::Failed(e));
+                }
+            }
+        }
+    }
+
+    /// Positions a request may occupy: prompt, output, and one round's drafts past the end.
+    fn positions(&self, job: &Job, model: &Model) -> usize {
+        let kmax = match &job.req.mode {
+            Mode::Speculative(s) => s.draft_len.max().min(MAX_DRAFT_LEN),
+            _ => 0,
+        };
+        (job.prompt.len() + job.req.config.max_tokens + kmax + 1).min(model.config.context_length)
+    }
+
+    fn start(&mut self, job: Job) -> Admit {
+        if let Mode::Speculative(s) = &job.req.mode {
+            if s.answer {
+                self.run_solo(job);
+                return Admit::Done;
+            }
+        }
+        let role = job.req.mode.role();
+        let shared = self.shared.clone();
+        let model = match shared.model(role) {
+            Ok(m) => m,
+            Err(e) => return Admit::Failed(job, e),
+        };
+        let positions = self.positions(&job, model);
+        let uses_draft_pool =
+            role == Role::Draft || matches!(&job.req.mode, Mode::Speculative(s) if s.draft_model);
+        let main = match role {
+            Role::Target => &mut self.target,
+            Role::Draft => match self.draft.as_mut() {
+                Some(p) => p,
+                None => return Admit::Failed(job, EngineError::NoDraft),
+            },
+        };
+        let need = main.blocks_for(positions);
+        if need > main.total() {
+            let total = main.total();
+            return Admit::Failed(job, kv_budget(need, positions, total));
+        }
+        let mut kv = main.lookup(&job.prompt);
+        if !main.grow(&mut kv, need) {
+            main.release(&mut kv);
+            return Admit::NoRoom(job);
+        }
+        let draft_kv = if role == Role::Target && uses_draft_pool {
+            let Some(pool) = self.draft.as_mut() else {
+                self.target.release(&mut kv);
+                return Admit::Failed(job, EngineError::NoDraft);
+            };
+            let mut d = pool.lookup(&job.prompt);
+            if !pool.grow(&mut d, need) {
+                pool.release(&mut d);
+                self.target.release(&mut kv);
+                return Admit::NoRoom(job);
+            }
+            Some(d)
+        } else {
+            None
+        };
+        let seq = super::admit::new_seq(self, job, role, kv, draft_kv);
+        Admit::Started(Box::new(seq))
+    }
+
+    /// Answer mode: the draft writes the whole answer before the target sees it, which does not
+    /// fit a step; it runs alone on this thread (the other sequences wait for it).
+    fn run_solo(&mut self, mut job: Job) {
+        let cancel = job.cancel.clone();
+        let sink = &mut job.sink;
+        let out = self.shared.run_one(&job.req, &job.prompt, |ids, text| {
+            let ok = sink.send(Event::Tokens {
+                ids: ids.to_vec(),
+                text: text.to_string(),
+            });
+            ok && !cancel.is_cancelled()
+        });
+        match out {
+            Ok(c) => job.sink.send(Event::Done(c)),
+            Err(e) => job.sink.send(Event::Failed(e)),
+        };
+    }
+
+    /// Sends the final event of every stopped sequence and gives its blocks back (keeping its
+    /// full blocks as cached prefixes).
+    fn finish_stopped(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            let Some(stop) = self.running[i].stop else {
+                i += 1;
+                continue;
+            };
+            let mut s = self.running.swap_remove(i);
+            self.release(&mut s);
+            s.finish(stop);
+        }
+    }
+
+    pub fn release(&mut self, s: &mut Seq) {
+        if let Some(sp) = &s.spec {
+            let c = (sp.ctrl_lookup.clone(), sp.ctrl_model.clone());
+            self.memory.store(&sp.cfg, &s.job.req.config.sampling, c);
+        }
+        let main = match s.role {
+            Role::Target => &mut self.target,
+            Role::Draft => self
+                .draft
+                .as_mut()
+                .expect("a draft-role sequence has a pool"),
+        };
+        let computed = s.kv.len.min(s.context.len());
+        main.register(&s.kv, &s.context[..computed]);
+        main.release(&mut s.kv);
+        if let (Some(pool), Some(d)) = (
+            self.draft.as_mut(),
+            s.spec.as_mut().and_then(|sp| sp.draft.as_mut()),
+        ) {
+            pool.register(&d.blocks, &d.fed);
+            pool.release(&mut d.blocks);
+        }
+    }
+
+    fn fail_running(&mut self, e: EngineError) {
+        tracing::error!("scheduler step failed: {e}");
+        let msg = e.to_string();
+        for mut s in std::mem::take(&mut self.running) {
+            self.release(&mut s);
+            s.job
+                .sink
+                .send(Event::Failed(EngineError::StepFailed(msg.clone())));
+        }
+    }
+
+    /// Publishes the state (stats snapshot and gauges).
+    pub fn publish(&mut self) {
+        let st = SchedulerStats {
+            running: self.running.len(),
+            waiting: self.waiting.len() + self.rx.len(),
+            kv_blocks_total: self.target.total(),
+            kv_blocks_used: self.target.used(),
+            kv_blocks_cached: self.target.idle(),
+            steps: self.steps,
+        };
+        metrics::gauge!(m::REQUESTS_RUNNING).set(st.running as f64);
+        metrics::gauge!(m::REQUESTS_WAITING).set(st.waiting as f64);
+        metrics::gauge!(m::KV_BLOCKS_USED).set(st.kv_blocks_used as f64);
+        metrics::gauge!(m::KV_BLOCKS_FREE).set(self.target.available() as f64);
+        metrics::gauge!(m::KV_BLOCKS_CACHED).set(st.kv_blocks_cached as f64);
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = st;
+    }
+
+    /// Shutdown: everything queued or running ends as cancelled.
+    fn close(&mut self) {
+        for s in &mut self.running {
+            s.stop = Some(StopReason::Cancelled);
+        }
+        self.finish_stopped();
+        for job in self.waiting.drain(..).chain(self.rx.try_iter()) {
+            cancelled_in_queue(job);
+        }
+        self.publish();
+    }
+}
+
+fn kv_budget(needed: usize, tokens: usize, total: usize) -> EngineError {
+    EngineError::KvBudget {
+        needed,
+        tokens,
+        total,
+    }
+}
+
+/// A request cancelled before it started: it ends with no tokens.
+fn cancelled_in_queue(mut job: Job) {
+    metrics::counter!(m::REQUESTS_FINISHED, "finished_reason" => "abort").increment(1);
+    job.sink.send(Event::Done(crate::engine::Completion {
+        text: String::new(),
+        tokens: Vec::new(),
+        prompt_tokens: job.prompt.len(),
+        cached_tokens: 0,
+        stop: StopReason::Cancelled,
+        stats: Default::default(),
+    }));
+}
+
+/// The two pools: the same number of blocks each (a speculative sequence holds as many in both),
+/// as many as the budget holds for both models' bytes per position.
+fn pools(shared: &Shared, cfg: &SchedulerConfig) -> (BlockPool, Option<BlockPool>) {
+    let per_pos = |m: &Model| KvStorage::bytes_per_position(m.config.n_layers, m.config.kv_dim());
+    let t = &shared.target;
+    let bytes = per_pos(t) + shared.draft.as_ref().map_or(0, per_pos);
+    let n_blocks = (cfg.kv_budget_mb << 20) / (bytes * cfg.block_size);
+    let pool = |m: &Model| {
+        let s = KvStorage::new(
+            m.config.n_layers,
+            m.config.kv_dim(),
+            cfg.block_size,
+            n_blocks,
+        );
+        BlockPool::new(s, cfg.prefix_cache)
+    };
+    (pool(t), shared.draft.as_ref().map(pool))
+}
