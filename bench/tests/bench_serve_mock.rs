@@ -267,7 +267,10 @@ fn streamed_levels_are_timed_and_counted() {
         serde_json::from_str(&serde_json::to_string(&report).unwrap()).unwrap();
     assert_eq!(back.settings, report.settings);
     for (a, b) in back.levels.iter().zip(&report.levels) {
-        assert_eq!((a.completed, a.output_tokens), (b.completed, b.output_tokens));
+        assert_eq!(
+            (a.completed, a.output_tokens),
+            (b.completed, b.output_tokens)
+        );
         let (x, y) = (a.tpot_ms.unwrap().median, b.tpot_ms.unwrap().median);
         assert!((x - y).abs() < 1e-9 * y);
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, ValueEnum};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use cascade_bench::serve::server::{self, LocalServer};
@@ -13,7 +14,7 @@ use cascade_bench::serve::svg::{self as serve_svg, Series, XAxis};
 use cascade_bench::serve::{self, prompts, Endpoint, Level, Report, ServeBench, Summary};
 use cascade_bench::BenchError;
 
-use crate::cli::{print_json, spinner, CliError};
+use crate::cli::{spinner, CliError};
 
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("server").required(true).args(["url", "target"])))]
@@ -187,7 +188,7 @@ pub fn run(a: BenchServeArgs) -> Result<(), CliError> {
         write_svg(&a, path, &report, &label)?;
     }
     if a.json {
-        return print_json(&json_report(&a, &report, &label)?);
+        return print_json_report(&a, &report, &label);
     }
     print_tables(&report, &label);
     Ok(())
@@ -256,21 +257,48 @@ fn progress(l: &Level) {
     );
 }
 
-/// The report with the run's label and, for a started server, its settings.
-fn json_report(a: &BenchServeArgs, r: &Report, label: &str) -> Result<Value, CliError> {
-    let mut v = serde_json::to_value(r).map_err(std::io::Error::other)?;
-    v["settings"]["label"] = json!(label);
-    v["settings"]["prompts_file"] = json!(a.prompts.display().to_string());
-    if let Some(t) = &a.target {
-        v["settings"]["server"] = json!({
+/// The JSON output: the report's settings (in their order) with the run's label, the prompt
+/// file and a started server's settings, then the levels.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    settings: JsonSettings<'a>,
+    levels: &'a [Level],
+}
+
+#[derive(Serialize)]
+struct JsonSettings<'a> {
+    #[serde(flatten)]
+    settings: &'a serve::Settings,
+    label: &'a str,
+    prompts_file: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server: Option<Value>,
+}
+
+fn print_json_report(a: &BenchServeArgs, r: &Report, label: &str) -> Result<(), CliError> {
+    let server = a.target.as_ref().map(|t| {
+        json!({
             "target": t.display().to_string(),
             "draft": a.draft.as_ref().map(|d| d.display().to_string()),
             "mode": a.mode.map(mode_name),
             "threads": a.threads,
             "args": a.server_args,
-        });
-    }
-    Ok(v)
+        })
+    });
+    let out = JsonReport {
+        settings: JsonSettings {
+            settings: &r.settings,
+            label,
+            prompts_file: a.prompts.display().to_string(),
+            server,
+        },
+        levels: &r.levels,
+    };
+    println!(
+        "{}",
+        serde_json::to_string(&out).map_err(std::io::Error::other)?
+    );
+    Ok(())
 }
 
 fn write_svg(a: &BenchServeArgs, path: &Path, r: &Report, label: &str) -> Result<(), CliError> {
@@ -324,8 +352,10 @@ fn print_tables(r: &Report, label: &str) {
         .request_rate
         .map_or("inf".to_string(), |x| format!("{x}/s"));
     println!(
-        "{label}: model {}, {:?} endpoint, {} requests per level, max {} tokens, temperature {}, request rate {rate}, {} prompts",
-        s.model, s.endpoint, s.requests, s.max_tokens, s.temperature, s.prompts
+        "{label}: model {}, {} endpoint, {} requests per level, max {} tokens, temperature {}, request rate {rate}, {} prompts",
+        s.model,
+        s.endpoint.name(),
+        s.requests, s.max_tokens, s.temperature, s.prompts
     );
     println!(
         "{:>5} {:>5} {:>5} {:>8} {:>7} {:>9} {:>9} {:>7} {:>7} {:>8}",
@@ -419,6 +449,44 @@ fn opt(v: Option<f64>, decimals: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        a: BenchServeArgs,
+    }
+
+    fn parse(args: &str) -> Result<BenchServeArgs, clap::Error> {
+        use clap::Parser;
+        let argv = std::iter::once("bench-serve").chain(args.split_whitespace());
+        Wrap::try_parse_from(argv).map(|w| w.a)
+    }
+
+    /// The flag names are a contract that users script against.
+    #[test]
+    fn contract_flags_parse() {
+        let a = parse(
+            "--url http://h:1 --prompts p.jsonl --concurrency 1,2,4 --requests 9 --max-tokens 7 \
+             --model m --api-key k --endpoint completions --temperature 0.5 \
+             --price-per-hour 2.5 --json --svg o.svg --warmup 3 --request-rate 4 --timeout-s 9",
+        )
+        .unwrap();
+        assert_eq!(a.concurrency, vec![1, 2, 4]);
+        assert_eq!((a.requests, a.max_tokens, a.warmup), (9, 7, 3));
+        assert_eq!(a.endpoint, EndpointArg::Completions);
+        assert_eq!(a.request_rate, Rate(Some(4.0)));
+        assert!(a.json && a.svg.is_some() && a.price_per_hour == Some(2.5));
+        let a = parse(
+            "--target t.gguf --draft d.gguf --mode exact --threads 2 --prompts p.txt \
+             --server-arg --max-batch --server-arg=16",
+        )
+        .unwrap();
+        assert_eq!(a.server_args, vec!["--max-batch", "16"]);
+        assert_eq!((a.mode, a.threads), (Some(ServeMode::Exact), Some(2)));
+        assert_eq!(a.concurrency, vec![1, 2, 4, 8, 16]);
+        assert!(parse("--prompts p.txt").is_err());
+        assert!(parse("--url u --target t --prompts p.txt").is_err());
+    }
 
     #[test]
     fn rates() {
