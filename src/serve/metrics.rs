@@ -15,9 +15,11 @@ pub const HTTP_REQUESTS: &str = "cascade:http_requests_total";
 /// Gauge: generation requests whose response is still being produced or streamed.
 pub const IN_FLIGHT: &str = "cascade:http_requests_in_flight";
 
-/// Installs the global recorder (once per process) and describes every metric.
+/// Installs the global recorder (once per process) and describes every metric. Counters get
+/// Prometheus' `_total` suffix where their name lacks it, as vLLM's do
+/// (`vllm:spec_decode_num_drafts_total`); names keep their `:`.
 pub fn install() -> Result<PrometheusHandle, BuildError> {
-    let mut b = PrometheusBuilder::new();
+    let mut b = PrometheusBuilder::new().with_recommended_naming(true);
     for name in [m::TTFT, m::ITL, m::E2E] {
         b = b.set_buckets_for_metric(Matcher::Full(name.into()), m::LATENCY_BUCKETS)?;
     }

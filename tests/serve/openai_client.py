@@ -207,6 +207,10 @@ class Checks:
     def check_metrics(self):
         status, text = fetch(self.root + "/metrics")
         assert status == 200 and "cascade:http_requests_total" in text, text
+        # vLLM's names: counters end in _total (the speculative ones ran in exact mode above).
+        for name in ("vllm:spec_decode_num_drafts_total", "vllm:spec_decode_num_draft_tokens_total",
+                     "vllm:spec_decode_num_accepted_tokens_total", "vllm:num_requests_running"):
+            assert re.search(rf"^{name}[ {{]", text, re.M), f"no {name} in /metrics:\n{text}"
 
 
 def main():
