@@ -131,8 +131,16 @@ fn parse_rate(s: &str) -> Result<Rate, String> {
 }
 
 pub fn run(a: BenchServeArgs) -> Result<(), CliError> {
-    if !(a.timeout_s.is_finite() && a.timeout_s > 0.0) {
-        return Err(CliError::Usage("--timeout-s must be positive".into()));
+    let timeout = Duration::try_from_secs_f64(a.timeout_s)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .ok_or_else(|| {
+            CliError::Usage("--timeout-s must be a positive number of seconds".into())
+        })?;
+    if a.price_per_hour.is_some_and(|p| p.is_nan() || p < 0.0) {
+        return Err(CliError::Usage(
+            "--price-per-hour must not be negative".into(),
+        ));
     }
     let server_only =
         a.draft.is_some() || a.mode.is_some() || a.threads.is_some() || !a.server_args.is_empty();
@@ -171,7 +179,7 @@ pub fn run(a: BenchServeArgs) -> Result<(), CliError> {
         temperature: a.temperature,
         warmup: a.warmup,
         request_rate: a.request_rate.0,
-        timeout: Duration::from_secs_f64(a.timeout_s),
+        timeout,
         price_per_hour: a.price_per_hour,
         seed: a.seed,
     };

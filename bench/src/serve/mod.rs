@@ -27,6 +27,10 @@ pub use stats::{Level, Summary};
 
 use crate::error::BenchError;
 
+/// Limits on the settings, so that no setting makes the runner allocate without bound.
+pub const MAX_CONCURRENCY: usize = 100_000;
+pub const MAX_REQUESTS: usize = 10_000_000;
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ServeBench {
@@ -85,8 +89,16 @@ impl ServeBench {
         if self.concurrency.is_empty() || self.concurrency.contains(&0) {
             return bad("concurrency levels must be at least 1");
         }
+        if self.concurrency.iter().any(|&c| c > MAX_CONCURRENCY) {
+            return bad(&format!(
+                "concurrency levels above {MAX_CONCURRENCY} are not supported"
+            ));
+        }
         if self.requests == 0 || self.max_tokens == 0 {
             return bad("requests and max tokens must be at least 1");
+        }
+        if self.requests > MAX_REQUESTS {
+            return bad(&format!("at most {MAX_REQUESTS} requests per level"));
         }
         if self.prompts.is_empty() {
             return bad("no prompts");
@@ -298,7 +310,8 @@ impl Runner {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         let u = (z >> 11) as f64 / (1u64 << 53) as f64;
-        Duration::from_secs_f64(-(1.0 - u).ln() / rate)
+        // At most a day, however low the rate.
+        Duration::from_secs_f64((-(1.0 - u).ln() / rate).min(86_400.0))
     }
 }
 
@@ -346,6 +359,12 @@ mod tests {
         assert!(b.check().is_err());
         let mut b = bench();
         b.request_rate = Some(0.0);
+        assert!(b.check().is_err());
+        let mut b = bench();
+        b.concurrency = vec![usize::MAX];
+        assert!(b.check().is_err());
+        let mut b = bench();
+        b.requests = usize::MAX;
         assert!(b.check().is_err());
         let mut b = bench();
         b.endpoint = Endpoint::Completions;

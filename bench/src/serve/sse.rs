@@ -38,10 +38,12 @@ impl Parser {
     /// Feeds bytes; returns the events they complete.
     pub fn push(&mut self, mut bytes: &[u8]) -> Result<Vec<Event>, LineTooLong> {
         let mut out = Vec::new();
-        if self.after_cr && bytes.first() == Some(&b'\n') {
-            bytes = &bytes[1..];
+        if self.after_cr && !bytes.is_empty() {
+            if bytes[0] == b'\n' {
+                bytes = &bytes[1..];
+            }
+            self.after_cr = false;
         }
-        self.after_cr = false;
         while let Some(i) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
             self.line.extend_from_slice(&bytes[..i]);
             self.check_len()?;
@@ -169,8 +171,8 @@ mod tests {
                 );
             }
         }
-        // One byte at a time.
-        let bytes: Vec<&[u8]> = b.chunks(1).collect();
+        // One byte at a time, with empty reads between.
+        let bytes: Vec<&[u8]> = b.chunks(1).flat_map(|c| [c, &[][..]]).collect();
         assert_eq!(feed_all(&bytes), whole);
     }
 
