@@ -31,6 +31,7 @@ impl Server {
             .arg(model)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(args)
+            .env_remove("CASCADE_API_KEY")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
