@@ -100,6 +100,22 @@ pub struct AppState {
 }
 
 impl AppState {
+    fn new(cfg: ServeConfig, prometheus: PrometheusHandle) -> AppState {
+        AppState {
+            cfg,
+            engine: OnceLock::new(),
+            load_error: Mutex::new(None),
+            load_failed: Notify::new(),
+            shutting_down: AtomicBool::new(false),
+            stopping: Mutex::new(None),
+            inflight: Mutex::new(HashMap::new()),
+            next_key: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            prometheus,
+            started: response::unix_now(),
+        }
+    }
+
     fn phase(&self) -> Phase {
         if self.shutting_down.load(Ordering::Relaxed) {
             Phase::ShuttingDown
@@ -179,19 +195,7 @@ async fn serve(cfg: ServeConfig, prometheus: PrometheusHandle) -> Result<(), Ser
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
     let local = listener.local_addr()?;
-    let state = Arc::new(AppState {
-        cfg,
-        engine: OnceLock::new(),
-        load_error: Mutex::new(None),
-        load_failed: Notify::new(),
-        shutting_down: AtomicBool::new(false),
-        stopping: Mutex::new(None),
-        inflight: Mutex::new(HashMap::new()),
-        next_key: AtomicU64::new(0),
-        next_id: AtomicU64::new(1),
-        prometheus: prometheus.clone(),
-        started: response::unix_now(),
-    });
+    let state = Arc::new(AppState::new(cfg, prometheus.clone()));
     tokio::spawn(metrics::upkeep(prometheus));
     tokio::spawn(load(state.clone()));
     announce(&state, local);
@@ -326,5 +330,80 @@ async fn stop_engine(st: &AppState) {
     let stopping = st.stopping.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(s) = stopping {
         let _ = s.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// Status line and body of a raw HTTP/1.1 request.
+    fn call(addr: SocketAddr, head: &str) -> (String, String) {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let (status, rest) = out.split_once("\r\n").unwrap();
+        let body = rest.split_once("\r\n\r\n").unwrap().1;
+        (status.to_string(), body.to_string())
+    }
+
+    #[test]
+    fn while_loading_health_says_so_and_the_rest_is_503_after_the_key_check() {
+        let cfg = ServeConfig {
+            engine: EngineConfig::default(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            api_key: Some("k".into()),
+            model_name: "m".into(),
+            max_body_bytes: 1024,
+            defaults: ModeDefaults {
+                mode: ModeName::Target,
+                rule: None,
+                alpha: None,
+                draft_len: Default::default(),
+                lookup: true,
+                draft_model: false,
+            },
+        };
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .build_recorder()
+            .handle();
+        let state = Arc::new(AppState::new(cfg, handle));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(l, router(state)).await });
+            addr
+        });
+        let _serving = std::thread::spawn(move || rt.block_on(std::future::pending::<()>()));
+        let (status, body) = call(addr, "GET /health HTTP/1.1\r\nHost: x");
+        assert!(status.contains(" 503 "), "{status}");
+        assert_eq!(body, r#"{"status":"loading"}"#);
+        let (status, _) = call(addr, "GET /v1/models HTTP/1.1\r\nHost: x");
+        assert!(status.contains(" 401 "), "{status}");
+        for path in ["/v1/models", "/metrics", "/elsewhere"] {
+            let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k");
+            let (status, body) = call(addr, &head);
+            assert!(status.contains(" 503 "), "{path}: {status}");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["code"], "loading", "{path}: {body}");
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_and_compared_whole() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd") && !same(b"abc", b"ab"));
     }
 }
