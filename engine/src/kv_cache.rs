@@ -11,12 +11,55 @@ use crate::scratch::Scratch;
 /// Positions per block of a [`KvCache`]'s own storage.
 const OWN_BLOCK: usize = 16;
 
-/// Keys and values of every layer: `[block][position in block][kv_dim]` per layer. The memory is
-/// zero-initialized lazily by the allocator, so untouched blocks cost no resident memory.
+/// A zeroed f32 buffer in an anonymous mapping of its own: the kernel hands out zero pages
+/// lazily, so a KV pool sized by a budget costs resident memory only where it has been written
+/// (a heap allocation of the same size may be zeroed eagerly, touching every page).
+#[derive(Debug)]
+struct Zeroed {
+    map: memmap2::MmapMut,
+    len: usize,
+}
+
+impl Zeroed {
+    fn new(len: usize) -> Zeroed {
+        // A zero-length mapping is refused by the OS: map one value at least.
+        let bytes = len.max(1) * std::mem::size_of::<f32>();
+        let map = memmap2::MmapMut::map_anon(bytes)
+            .unwrap_or_else(|e| panic!("cannot map {bytes} bytes for the KV cache: {e}"));
+        Zeroed { map, len }
+    }
+}
+
+impl std::ops::Deref for Zeroed {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        // SAFETY: the mapping is page-aligned (so aligned for f32), at least `len * 4` bytes long,
+        // zero-filled at creation (all-zero bytes are a valid f32), and lives as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().cast::<f32>(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for Zeroed {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as in `deref`; `&mut self` makes this the only reference to the mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().cast::<f32>(), self.len) }
+    }
+}
+
+impl Clone for Zeroed {
+    fn clone(&self) -> Zeroed {
+        let mut z = Zeroed::new(self.len);
+        z.copy_from_slice(self);
+        z
+    }
+}
+
+/// Keys and values of every layer: `[block][position in block][kv_dim]` per layer, in anonymous
+/// mappings: untouched blocks cost no resident memory.
 #[derive(Debug, Clone)]
 pub struct KvStorage {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Zeroed>,
+    v: Vec<Zeroed>,
     kv_dim: usize,
     block: usize,
     n_blocks: usize,
@@ -25,9 +68,10 @@ pub struct KvStorage {
 impl KvStorage {
     pub fn new(n_layers: usize, kv_dim: usize, block: usize, n_blocks: usize) -> KvStorage {
         let n = n_blocks * block * kv_dim;
+        let zeroed = || (0..n_layers).map(|_| Zeroed::new(n)).collect();
         KvStorage {
-            k: vec![vec![0.0; n]; n_layers],
-            v: vec![vec![0.0; n]; n_layers],
+            k: zeroed(),
+            v: zeroed(),
             kv_dim,
             block,
             n_blocks,

@@ -110,31 +110,30 @@ impl StepLoop {
         }
     }
 
+    /// The loop: runs on the scheduler thread; each step's kernels run on the engine's pool.
     pub fn run(mut self) {
         let shared = self.shared.clone();
-        shared.pool.install(|| {
-            while self.receive() {
-                self.reap_cancelled();
-                self.admit();
-                if !self.running.is_empty() {
-                    // A bug in a step fails the requests that ran in it, not the engine.
-                    let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        Round::run(&mut self)
-                    }));
-                    match step {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => self.fail_running(e),
-                        Err(_) => self.fail_running(EngineError::StepFailed(
-                            "a step panicked (a bug: please report it)".into(),
-                        )),
-                    }
-                    self.finish_stopped();
-                    self.steps += 1;
+        while self.receive() {
+            self.reap_cancelled();
+            self.admit();
+            if !self.running.is_empty() {
+                // A bug in a step fails the requests that ran in it, not the engine.
+                let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    shared.pool.install(|| Round::run(&mut self))
+                }));
+                match step {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => self.fail_running(e),
+                    Err(_) => self.fail_running(EngineError::StepFailed(
+                        "a step panicked (a bug: please report it)".into(),
+                    )),
                 }
-                self.publish();
+                self.finish_stopped();
+                self.steps += 1;
             }
-            self.close();
-        });
+            self.publish();
+        }
+        self.close();
     }
 
     /// Moves requests from the channel into the waiting list (as many as could start); blocks
@@ -265,12 +264,15 @@ impl StepLoop {
     fn run_solo(&mut self, mut job: Job) {
         let cancel = job.cancel.clone();
         let sink = &mut job.sink;
-        let out = self.shared.run_one(&job.req, &job.prompt, |ids, text| {
-            let ok = sink.send(Event::Tokens {
-                ids: ids.to_vec(),
-                text: text.to_string(),
-            });
-            ok && !cancel.is_cancelled()
+        let shared = &self.shared;
+        let out = shared.pool.install(|| {
+            shared.run_one(&job.req, &job.prompt, |ids, text| {
+                let ok = sink.send(Event::Tokens {
+                    ids: ids.to_vec(),
+                    text: text.to_string(),
+                });
+                ok && !cancel.is_cancelled()
+            })
         });
         match out {
             Ok(c) => job.sink.send(Event::Done(c)),
