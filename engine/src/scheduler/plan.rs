@@ -20,6 +20,9 @@ pub(crate) struct Candidate {
     pub costly: bool,
     /// Rows of its first draft forward (the tokens the draft has not seen yet).
     pub catch_up: usize,
+    /// Seconds added to the step when it drafts at all (a catch-up's one-off cost, spread over
+    /// the request's remaining rounds).
+    pub setup: f64,
     /// A length decided already (fixed `--draft-len`, or a probe).
     pub forced: Option<usize>,
 }
@@ -47,7 +50,13 @@ impl StepCosts<'_> {
     /// Seconds of a step with `rows` target rows and draft lengths `k`, or None before the
     /// first measurements.
     fn time(&self, rows: usize, cands: &[Candidate], k: &[usize]) -> Option<f64> {
-        let mut t = self.target.cost(rows)? + self.overhead;
+        let setup: f64 = cands
+            .iter()
+            .zip(k)
+            .filter(|(_, &k)| k > 0)
+            .map(|(c, _)| c.setup)
+            .sum();
+        let mut t = self.target.cost(rows)? + self.overhead + setup;
         let deepest = cands
             .iter()
             .zip(k)
@@ -142,6 +151,7 @@ mod tests {
             max: 8,
             costly: true,
             catch_up: 1,
+            setup: 0.0,
             forced: None,
         }
     }
@@ -168,11 +178,19 @@ mod tests {
             draft: &draft,
             overhead: 0.0,
         };
+        // Alone at α = 0.8: k = 1 emits 1.8 tokens in 42 + 20 ms (29.0/s), k = 2 2.44 in
+        // 46.3 + 40 ms (28.3/s), plain decoding 25/s.
         let alone = plan(&[cand(0.8)], 0, 1, 64, &sc);
-        assert!(
-            alone[0] >= 2,
-            "one sequence with high acceptance drafts: {alone:?}"
-        );
+        assert_eq!(alone, vec![1], "one sequence with high acceptance drafts");
+        // A cheaper draft step makes longer drafts pay: at 5 ms, k = 3 gives 2.95 tokens in
+        // 50.7 + 15 ms (44.9/s) against k = 2's 2.44 in 56.3 ms (43.3/s).
+        let cheap = costs(&[(1, 0.005), (8, 0.009)], 128);
+        let sc2 = StepCosts {
+            target: &target,
+            draft: &cheap,
+            overhead: 0.0,
+        };
+        assert!(plan(&[cand(0.8)], 0, 1, 64, &sc2)[0] >= 3);
         let poor = plan(&[cand(0.2)], 0, 1, 64, &sc);
         assert_eq!(poor, vec![0], "low acceptance never pays for the draft");
         let busy: Vec<Candidate> = (0..8).map(|_| cand(0.6)).collect();

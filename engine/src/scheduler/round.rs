@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::model::{Logits, Model, SeqInput};
 use crate::sampler::Distribution;
 use crate::sampler::SamplingParams;
-use crate::speculative::{verify, DraftLen, DraftProbs, JudgeRows as Judge, Proposal};
+use crate::speculative::{verify, DraftLen, DraftProbs, JudgeRows as Judge, PassCosts, Proposal};
 
 use super::kv::BlockPool;
 use super::metrics as m;
@@ -19,12 +19,38 @@ use super::step::StepLoop;
 /// After this many plain rounds a sequence drafts one token to re-measure acceptance.
 const PROBE_EVERY: usize = 16;
 
+/// While streams decode, prompt chunks may make a step at most this many times as long as the
+/// decode rows alone would take (measured costs), so arriving prompts do not stall the streams:
+/// the inter-token latency's tail stays within a small multiple of its median.
+const PREFILL_STALL: f64 = 2.0;
+
+/// A draft model more than this many tokens behind its sequence (its prompt, or what it missed
+/// while lookup or plain decoding ran) catches up in chunks of [`WARM_CHUNK`] before it drafts;
+/// the plan weighs that one-off cost spread over the tokens the request has left. A draft that
+/// would not pay is never fed the prompt at all.
+const CATCHUP_MAX: usize = 8;
+const WARM_CHUNK: usize = 16;
+
+/// Where a candidate's drafts come from.
+enum Offer {
+    Lookup(Vec<u32>),
+    Model,
+    /// The draft model, once it has caught up on this many tokens.
+    Warm(usize),
+}
+
 /// What one sequence does this step.
 enum Work {
     /// Prompt positions `start..end`; the last chunk samples the first token.
     Prefill { start: usize, end: usize },
-    /// A decode step (`proposal` empty) or a verification of `proposal`.
-    Round { proposal: Proposal, source: Source },
+    /// A decode step (`proposal` empty) or a verification of `proposal`; `warm` tokens of the
+    /// context go into the draft model's blocks this step (it is brought up to date before it
+    /// drafts, a chunk per step).
+    Round {
+        proposal: Proposal,
+        source: Source,
+        warm: usize,
+    },
     /// Nothing this step (a prompt waiting for budget).
     Wait,
 }
@@ -78,7 +104,7 @@ fn plan_work(l: &mut StepLoop) -> Vec<Work> {
         if s.prefilling() || s.role != Role::Target {
             continue;
         }
-        if let Some((c, found)) = candidate(s, block) {
+        if let Some((c, found)) = candidate(s, block, &l.costs.draft) {
             cands.push(c);
             who.push(i);
             lookups.push(found);
@@ -101,6 +127,7 @@ fn plan_work(l: &mut StepLoop) -> Vec<Work> {
                 Work::Round {
                     proposal: Proposal::default(),
                     source: Source::Plain,
+                    warm: 0,
                 }
             }
         })
@@ -117,25 +144,36 @@ fn plan_work(l: &mut StepLoop) -> Vec<Work> {
             continue;
         }
         work[i] = match found {
-            Some(tokens) => Work::Round {
+            Offer::Lookup(tokens) => Work::Round {
                 proposal: Proposal {
                     probs: vec![DraftProbs::Point; k],
                     tokens: tokens[..k].to_vec(),
                     ..Proposal::default()
                 },
                 source: Source::Lookup,
+                warm: 0,
             },
             // The draft model fills the proposal (k tokens asked for).
-            None => Work::Round {
+            Offer::Model => Work::Round {
                 proposal: Proposal {
                     catch_up: k,
                     ..Proposal::default()
                 },
                 source: Source::Model,
+                warm: 0,
             },
+            // Worth drafting: bring the draft up to date first, a chunk per step.
+            Offer::Warm(backlog) => {
+                used -= k;
+                Work::Round {
+                    proposal: Proposal::default(),
+                    source: Source::Plain,
+                    warm: backlog.min(WARM_CHUNK),
+                }
+            }
         };
     }
-    let mut budget = l.cfg.step_tokens.saturating_sub(used);
+    let mut budget = prefill_budget(l, decoding, used);
     for (s, w) in l.running.iter().zip(&mut work) {
         if s.prefilling() && budget > 0 {
             let start = s.kv.len;
@@ -147,23 +185,51 @@ fn plan_work(l: &mut StepLoop) -> Vec<Work> {
     work
 }
 
+/// Prompt rows this step may carry on top of `used` decode and verification rows: what is left of
+/// the step's token budget, and while `decoding` sequences stream, no more than keeps the step
+/// within [`PREFILL_STALL`] times the decode rows' own cost (at least one row, so prompts always
+/// advance).
+fn prefill_budget(l: &StepLoop, decoding: usize, used: usize) -> usize {
+    let left = l.cfg.step_tokens.saturating_sub(used);
+    if decoding == 0 {
+        return left;
+    }
+    let Some(base) = l.costs.target.cost(used) else {
+        return left;
+    };
+    let fits = |r: usize| {
+        l.costs
+            .target
+            .cost(used + r)
+            .is_some_and(|t| t <= PREFILL_STALL * base)
+    };
+    (1..=left)
+        .take_while(|&r| fits(r))
+        .last()
+        .unwrap_or(1.min(left))
+}
+
 /// A speculative sequence's options: prompt lookup's continuation when it finds one (free), else
-/// the draft model. `None` when it cannot draft at all.
-fn candidate(s: &Seq, block: usize) -> Option<(Candidate, Option<Vec<u32>>)> {
+/// the draft model (once caught up). `None` when it cannot draft at all.
+fn candidate(s: &Seq, block: usize, draft: &PassCosts) -> Option<(Candidate, Offer)> {
     let sp = s.spec.as_ref()?;
     let room = s.draft_room(block).min(sp.cfg.draft_len.max());
     let found = sp
         .lookup
         .map(|n| n.lookup(&s.context, room))
         .filter(|t| !t.is_empty());
-    let (ctrl, max, costly, catch_up) = match (&found, &sp.draft) {
-        (Some(t), _) => (&sp.ctrl_lookup, t.len(), false, 0),
-        (None, Some(d)) => (
-            &sp.ctrl_model,
-            room,
-            true,
-            s.context.len() - keep(&d.fed, &s.context),
-        ),
+    let (ctrl, max, offer) = match (found, &sp.draft) {
+        (Some(t), _) => (&sp.ctrl_lookup, t.len(), Offer::Lookup(t)),
+        (None, Some(d)) => {
+            // Everything but the newest token, which the drafting forward itself feeds.
+            let backlog = s.context.len() - 1 - keep(&d.fed, &s.context);
+            let offer = if backlog >= CATCHUP_MAX {
+                Offer::Warm(backlog)
+            } else {
+                Offer::Model
+            };
+            (&sp.ctrl_model, room, offer)
+        }
         (None, None) => return None,
     };
     let forced = match sp.cfg.draft_len {
@@ -171,14 +237,34 @@ fn candidate(s: &Seq, block: usize) -> Option<(Candidate, Option<Vec<u32>>)> {
         DraftLen::Auto { .. } if sp.plain_streak >= PROBE_EVERY => Some(1.min(max)),
         DraftLen::Auto { .. } => None,
     };
+    let (costly, catch_up, setup) = match offer {
+        Offer::Lookup(_) => (false, 0, 0.0),
+        Offer::Model => (true, s.context.len() - keep_model(s), 0.0),
+        Offer::Warm(backlog) => {
+            // The catch-up's cost, spread over the rounds the request has left (about two
+            // tokens a round).
+            let rounds = (s.max_tokens().saturating_sub(s.tokens.len()) / 2).max(1);
+            let once = match (draft.cost(backlog), draft.cost(1)) {
+                (Some(b), Some(one)) => (b - one).max(0.0),
+                _ => 0.0,
+            };
+            (true, 1, once / rounds as f64)
+        }
+    };
     let c = Candidate {
         alphas: (0..max).map(|i| ctrl.alpha_at(i)).collect(),
         max,
         costly,
         catch_up,
+        setup,
         forced,
     };
-    Some((c, found))
+    Some((c, offer))
+}
+
+fn keep_model(s: &Seq) -> usize {
+    let d = s.spec.as_ref().and_then(|sp| sp.draft.as_ref());
+    d.map_or(0, |d| keep(&d.fed, &s.context))
 }
 
 /// Draft tokens still valid for `context`: the common prefix, leaving at least the last token to
@@ -188,9 +274,9 @@ fn keep(fed: &[u32], context: &[u32]) -> usize {
     common.min(context.len() - 1)
 }
 
-/// The draft model's part of the step: speculative sequences' prompt chunks (mirrored so the
-/// draft holds the prompt when decoding starts) and their catch-up in the first forward, then
-/// one forward per further drafted position over every sequence still drafting.
+/// The draft model's part of the step: every drafting sequence's catch-up (and the chunks of
+/// sequences warming up) in the first forward, then one forward per further drafted position
+/// over every sequence still drafting.
 fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
     let shared = l.shared.clone();
     let (Some(model), Some(pool)) = (shared.draft.as_ref(), l.draft.as_mut()) else {
@@ -202,21 +288,26 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
         let Some(d) = s.spec.as_mut().and_then(|sp| sp.draft.as_mut()) else {
             continue;
         };
-        match w {
-            Work::Prefill { end, .. } if d.fed.len() < *end => {
-                feeds.push((i, s.context[d.fed.len()..*end].to_vec(), Logits::None));
-            }
-            Work::Round {
-                proposal,
-                source: Source::Model,
-            } => {
-                let kp = keep(&d.fed, &s.context);
-                d.fed.truncate(kp);
-                d.blocks.len = kp;
-                want[i] = proposal.catch_up;
-                feeds.push((i, s.context[kp..].to_vec(), Logits::Last));
-            }
-            _ => {}
+        let Work::Round {
+            proposal,
+            source,
+            warm,
+        } = w
+        else {
+            continue;
+        };
+        if *source != Source::Model && *warm == 0 {
+            continue;
+        }
+        let kp = keep(&d.fed, &s.context);
+        d.fed.truncate(kp);
+        d.blocks.len = kp;
+        if *warm > 0 {
+            let end = (kp + warm).min(s.context.len() - 1);
+            feeds.push((i, s.context[kp..end].to_vec(), Logits::None));
+        } else {
+            want[i] = proposal.catch_up;
+            feeds.push((i, s.context[kp..].to_vec(), Logits::Last));
         }
     }
     let mut depth = 0;
@@ -414,7 +505,9 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
                 pool.register(&s.kv, &s.context[..s.prompt_len]);
                 vec![s.sampler.sample(rows_logits, model.valid_mask()).token]
             }
-            Work::Round { proposal, source } => {
+            Work::Round {
+                proposal, source, ..
+            } => {
                 s.stats.target_passes += 1;
                 if s.spec.is_none() {
                     vec![s.sampler.sample(rows_logits, model.valid_mask()).token]
