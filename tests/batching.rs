@@ -8,28 +8,13 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use cascade::engine::fixture::FixtureSpec;
 use cascade::engine::{
-    Engine, EngineConfig, EngineError, Event, GenerateConfig, Mode, Prompt, Request,
-    SchedulerConfig, StopReason,
+    DraftLen, Engine, EngineConfig, EngineError, Event, GenerateConfig, Mode, Prompt, Request,
+    SchedulerConfig, SpecConfig, StopReason,
 };
 
 fn pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let target = common::write_fixture(dir, "t.gguf", &FixtureSpec::default());
-    let draft = common::write_fixture(
-        dir,
-        "d.gguf",
-        &FixtureSpec {
-            hidden: 32,
-            n_heads: 2,
-            n_kv_heads: 1,
-            ffn: 64,
-            pad_vocab: 24,
-            seed: 9,
-            ..Default::default()
-        },
-    );
-    (target, draft)
+    common::fixture_pair(dir)
 }
 
 fn engine(dir: &Path, sched: SchedulerConfig) -> Engine {
@@ -75,8 +60,9 @@ fn request(prompt: &[u32], max_tokens: usize, mode: Mode) -> Request {
     }
 }
 
-/// Submits every request in waves of four, each wave once the previous one has streamed tokens.
-fn run_staggered(e: &Engine, reqs: &[Request], order: &[usize]) -> Vec<Vec<u32>> {
+/// Submits every request in waves of four, each wave once the previous one has streamed tokens;
+/// returns each request's tokens and drafted count.
+fn run_staggered(e: &Engine, reqs: &[Request], order: &[usize]) -> Vec<(Vec<u32>, usize)> {
     let mut handles: Vec<(usize, _)> = Vec::new();
     for wave in order.chunks(4) {
         for &i in wave {
@@ -85,12 +71,12 @@ fn run_staggered(e: &Engine, reqs: &[Request], order: &[usize]) -> Vec<Vec<u32>>
         // Wait for a token of this wave's first request, so later waves join a running batch.
         let (_, h) = handles.last().unwrap();
         match h.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(Event::Tokens { .. })) | Ok(Some(Event::Done(_))) => {}
+            Ok(Event::Tokens { .. }) | Ok(Event::Done(_)) => {}
             other => panic!("no first event: {other:?}"),
         }
         // The consumed event's tokens are re-read below from the completion.
     }
-    let mut out = vec![Vec::new(); reqs.len()];
+    let mut out = vec![(Vec::new(), 0); reqs.len()];
     for (i, h) in handles {
         let c = loop {
             match h.recv().expect("events end with Done") {
@@ -99,7 +85,7 @@ fn run_staggered(e: &Engine, reqs: &[Request], order: &[usize]) -> Vec<Vec<u32>>
                 Event::Tokens { .. } => {}
             }
         };
-        out[i] = c.tokens;
+        out[i] = (c.tokens, c.stats.drafted);
     }
     out
 }
@@ -114,7 +100,10 @@ fn batched_greedy_output_is_bitwise_each_request_alone() {
     let e = engine(dir.path(), sched);
     let vocab = e.target().tokenizer.n_vocab() as u32;
     let ps = prompts(vocab);
-    let target_reqs: Vec<Request> = ps.iter().map(|(p, n)| request(p, *n, Mode::Target)).collect();
+    let target_reqs: Vec<Request> = ps
+        .iter()
+        .map(|(p, n)| request(p, *n, Mode::Target))
+        .collect();
     let alone: Vec<Vec<u32>> = target_reqs
         .iter()
         .map(|r| e.generate(r, |_| {}).unwrap().tokens)
@@ -133,13 +122,31 @@ fn batched_greedy_output_is_bitwise_each_request_alone() {
     for order in [&forward, &backward, &mixed] {
         let got = run_staggered(&e, &target_reqs, order);
         for i in 0..16 {
-            assert_eq!(got[i], alone[i], "target-only request {i}, order {order:?}");
+            assert_eq!(
+                got[i].0, alone[i],
+                "target-only request {i}, order {order:?}"
+            );
         }
     }
-    let exact_reqs: Vec<Request> = ps.iter().map(|(p, n)| request(p, *n, Mode::exact())).collect();
+    let exact_reqs: Vec<Request> = ps
+        .iter()
+        .map(|(p, n)| request(p, *n, Mode::exact()))
+        .collect();
     let got = run_staggered(&e, &exact_reqs, &mixed);
     for i in 0..16 {
-        assert_eq!(got[i], alone[i], "exact request {i}");
+        assert_eq!(got[i].0, alone[i], "exact request {i}");
+    }
+    // A fixed draft length drafts every round whatever the plan prices: every request drafts
+    // (through the batched draft forwards) and still gives the target's tokens.
+    let fixed = Mode::Speculative(SpecConfig {
+        draft_len: DraftLen::Fixed(3),
+        ..SpecConfig::default()
+    });
+    let fixed_reqs: Vec<Request> = ps.iter().map(|(p, n)| request(p, *n, fixed)).collect();
+    let got = run_staggered(&e, &fixed_reqs, &forward);
+    for i in 0..16 {
+        assert_eq!(got[i].0, alone[i], "fixed-length exact request {i}");
+        assert!(got[i].1 > 0, "request {i} drafted nothing");
     }
     // Another engine: no prefix cache, another step budget and block size.
     let dir2 = tempfile::tempdir().unwrap();
@@ -154,14 +161,18 @@ fn batched_greedy_output_is_bitwise_each_request_alone() {
     );
     let got = run_staggered(&e2, &exact_reqs, &backward);
     for i in 0..16 {
-        assert_eq!(got[i], alone[i], "exact request {i}, second engine");
+        assert_eq!(got[i].0, alone[i], "exact request {i}, second engine");
     }
 }
 
 fn wait_for(e: &Engine, what: &str, f: impl Fn(&cascade::engine::SchedulerStats) -> bool) {
     let t = Instant::now();
     while !f(&e.stats()) {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}: {:?}", e.stats());
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what}: {:?}",
+            e.stats()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -199,7 +210,9 @@ fn cancelling_frees_blocks_and_the_queue_refuses_past_its_bound() {
     // The queued one starts; dropping its handle cancels it, and every block comes back.
     assert!(matches!(queued.recv(), Some(Event::Tokens { .. })));
     drop(queued);
-    wait_for(&e, "nothing running", |s| s.running == 0 && s.kv_blocks_used == 0);
+    wait_for(&e, "nothing running", |s| {
+        s.running == 0 && s.kv_blocks_used == 0
+    });
 }
 
 #[test]
@@ -216,7 +229,9 @@ fn a_request_larger_than_the_kv_budget_is_refused_with_the_numbers() {
     assert!(total > 0);
     let r = request(&[5, 6, 7], 240, Mode::Target);
     match e.generate(&r, |_| {}) {
-        Err(EngineError::KvBudget { needed, total: t, .. }) => {
+        Err(EngineError::KvBudget {
+            needed, total: t, ..
+        }) => {
             assert!(needed > t, "{needed} {t}");
         }
         Ok(c) => assert!(total * 16 >= 244, "ran with {total} blocks: {:?}", c.stop),

@@ -6,7 +6,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use cascade::engine::fixture::FixtureSpec;
 use cascade::engine::{
     DraftLen, Engine, EngineConfig, GenerateConfig, Mode, NgramProposer, Prompt, Request,
     SpecConfig,
@@ -14,21 +13,7 @@ use cascade::engine::{
 use common::{assert_clean_error, cascade};
 
 fn pair(dir: &Path) -> (PathBuf, PathBuf) {
-    let target = common::write_fixture(dir, "t.gguf", &FixtureSpec::default());
-    let draft = common::write_fixture(
-        dir,
-        "d.gguf",
-        &FixtureSpec {
-            hidden: 32,
-            n_heads: 2,
-            n_kv_heads: 1,
-            ffn: 64,
-            pad_vocab: 24,
-            seed: 9,
-            ..Default::default()
-        },
-    );
-    (target, draft)
+    common::fixture_pair(dir)
 }
 
 fn gen_json(target: &Path, extra: &[&str]) -> serde_json::Value {

@@ -24,7 +24,8 @@ pub use model::{Logits, Model, Precision};
 pub use perplexity::{perplexity, PerplexityResult};
 pub use sampler::{Distribution, Sampled, Sampler, SamplingParams};
 pub use scheduler::{
-    CancelGuard, CancelToken, Event, EventSink, RequestHandle, SchedulerConfig, SchedulerStats,
+    CancelGuard, CancelToken, Event, EventSink, RecvTimeoutError, RequestHandle, SchedulerConfig,
+    SchedulerStats,
 };
 pub use speculative::{
     generate_speculative, generate_speculative_with, Cascade, DraftLen, ModelProposer,

@@ -115,7 +115,7 @@ impl Run {
                     }
                 }
                 Some(Event::Done(c)) => {
-                    let outcome = Box::new(self.outcome(c)?);
+                    let outcome = Box::new(self.outcome(*c)?);
                     let rest = self.stops.finish();
                     if rest.is_empty() {
                         return Ok(Piece::End(outcome));

@@ -14,6 +14,26 @@ pub fn write_fixture(dir: &Path, name: &str, spec: &FixtureSpec) -> PathBuf {
     path
 }
 
+/// A fixture target and a smaller draft sharing its tokenizer (the draft's vocabulary padded
+/// differently), written into `dir`.
+pub fn fixture_pair(dir: &Path) -> (PathBuf, PathBuf) {
+    let target = write_fixture(dir, "t.gguf", &FixtureSpec::default());
+    let draft = write_fixture(
+        dir,
+        "d.gguf",
+        &FixtureSpec {
+            hidden: 32,
+            n_heads: 2,
+            n_kv_heads: 1,
+            ffn: 64,
+            pad_vocab: 24,
+            seed: 9,
+            ..Default::default()
+        },
+    );
+    (target, draft)
+}
+
 /// The Hugging Face name of a canonical (GGUF) tensor name.
 fn hf_name(gguf: &str) -> String {
     let candidates = [

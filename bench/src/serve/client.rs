@@ -127,6 +127,9 @@ pub fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(10))
+        // A fresh connection per request (cheap on loopback): a pooled one that the server closed
+        // while idle (llama-server does) would fail the next request before it is sent.
+        .pool_max_idle_per_host(0)
         .build()
         .map_err(|e| e.to_string())
 }

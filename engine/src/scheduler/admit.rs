@@ -5,6 +5,7 @@ use cascade_weights::StreamDecoder;
 use crate::engine::{Mode, Role};
 use crate::generate::GenerateStats;
 use crate::sampler::Sampler;
+use crate::speculative::Counters;
 
 use super::kv::SeqBlocks;
 use super::seq::{DraftKv, Seq, SpecState};
@@ -38,9 +39,7 @@ pub(crate) fn new_seq(
                 ctrl_model,
                 cascade: cfg.cascade.filter(|c| !c.is_exact()),
                 plain_streak: 0,
-                drafted_at: vec![0; kmax],
-                accepted_at: vec![0; kmax],
-                rounds_by_len: vec![0; kmax + 1],
+                counters: Counters::new(kmax),
             })
         }
         _ => None,

@@ -57,7 +57,7 @@ impl SchedulerConfig {
         if self.step_tokens == 0 {
             return Err(bad("step tokens", "must be at least 1"));
         }
-        if self.block_size == 0 || self.block_size % 8 != 0 || self.block_size > 256 {
+        if self.block_size == 0 || !self.block_size.is_multiple_of(8) || self.block_size > 256 {
             return Err(bad("KV block size", "must be a multiple of 8 up to 256"));
         }
         Ok(())
@@ -72,7 +72,7 @@ pub enum Event {
     /// while a character is split across tokens; end-of-generation tokens add no text).
     Tokens { ids: Vec<u32>, text: String },
     /// The request ended (for any [`crate::StopReason`], `Cancelled` included).
-    Done(Completion),
+    Done(Box<Completion>),
     /// The request could not run (for example its prompt does not fit the KV budget).
     Failed(EngineError),
 }
@@ -156,13 +156,9 @@ impl RequestHandle {
         self.events.recv().ok()
     }
 
-    /// The next event within `timeout`; `Ok(None)` after the last, `Err(())` on time-out.
-    pub fn recv_timeout(&self, timeout: Duration) -> std::result::Result<Option<Event>, ()> {
-        match self.events.recv_timeout(timeout) {
-            Ok(e) => Ok(Some(e)),
-            Err(RecvTimeoutError::Disconnected) => Ok(None),
-            Err(RecvTimeoutError::Timeout) => Err(()),
-        }
+    /// The next event within `timeout` (`Disconnected` after the last).
+    pub fn recv_timeout(&self, timeout: Duration) -> std::result::Result<Event, RecvTimeoutError> {
+        self.events.recv_timeout(timeout)
     }
 
     /// The receiving end of the request's events (for `select!`).
@@ -187,7 +183,7 @@ impl RequestHandle {
                         on_text(&text);
                     }
                 }
-                Ok(Event::Done(c)) => return Ok(c),
+                Ok(Event::Done(c)) => return Ok(*c),
                 Ok(Event::Failed(e)) => return Err(e),
                 Err(_) => return Err(EngineError::SchedulerGone),
             }

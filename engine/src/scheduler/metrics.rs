@@ -42,7 +42,8 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// Buckets for the batch histograms.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
-/// Registers every metric's description (call once after installing a recorder).
+/// Registers every metric's description and starts the counters at zero (call once after
+/// installing a recorder).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(REQUESTS_RUNNING, "Sequences running in the batch.");
@@ -86,4 +87,25 @@ pub fn describe() {
         Unit::Count,
         "Accepted tokens per drafted position."
     );
+    // Present from the start, as vLLM's are (a dashboard or a scraper diffing counters needs the
+    // series before the first speculative round).
+    for c in [
+        PROMPT_TOKENS,
+        GENERATION_TOKENS,
+        PREFIX_QUERIES,
+        PREFIX_HITS,
+        SPEC_DRAFTS,
+        SPEC_DRAFT_TOKENS,
+        SPEC_ACCEPTED_TOKENS,
+    ] {
+        metrics::counter!(c).increment(0);
+    }
+    for g in [
+        REQUESTS_RUNNING,
+        REQUESTS_WAITING,
+        KV_BLOCKS_USED,
+        KV_BLOCKS_CACHED,
+    ] {
+        metrics::gauge!(g).set(0.0);
+    }
 }

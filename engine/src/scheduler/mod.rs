@@ -16,6 +16,8 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Sender, TrySendError};
 
+pub use crossbeam_channel::RecvTimeoutError;
+
 pub use api::{
     CancelGuard, CancelToken, Event, EventSink, RequestHandle, SchedulerConfig, SchedulerStats,
 };

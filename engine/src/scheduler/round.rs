@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::model::{Logits, Model, SeqInput};
 use crate::sampler::Distribution;
 use crate::sampler::SamplingParams;
-use crate::speculative::{verify, DraftLen, DraftProbs, JudgeRows as Judge, PassCosts, Proposal};
+use crate::speculative::{verify, DraftLen, DraftProbs, Judge, PassCosts, Proposal};
 
 use super::kv::BlockPool;
 use super::metrics as m;
@@ -29,7 +29,7 @@ const PREFILL_STALL: f64 = 2.0;
 /// the plan weighs that one-off cost spread over the tokens the request has left. A draft that
 /// would not pay is never fed the prompt at all.
 const CATCHUP_MAX: usize = 8;
-const WARM_CHUNK: usize = 16;
+const WARM_CHUNK: usize = 32;
 
 /// Where a candidate's drafts come from.
 enum Offer {
@@ -232,22 +232,23 @@ fn candidate(s: &Seq, block: usize, draft: &PassCosts) -> Option<(Candidate, Off
         }
         (None, None) => return None,
     };
+    // Probes re-measure acceptance where that is cheap: never by warming a draft model up (its
+    // catch-up is priced by the plan instead).
+    let probe = sp.plain_streak >= PROBE_EVERY && !matches!(offer, Offer::Warm(_));
     let forced = match sp.cfg.draft_len {
         DraftLen::Fixed(k) => Some(k.min(max)),
-        DraftLen::Auto { .. } if sp.plain_streak >= PROBE_EVERY => Some(1.min(max)),
+        DraftLen::Auto { .. } if probe => Some(1.min(max)),
         DraftLen::Auto { .. } => None,
     };
     let (costly, catch_up, setup) = match offer {
         Offer::Lookup(_) => (false, 0, 0.0),
         Offer::Model => (true, s.context.len() - keep_model(s), 0.0),
         Offer::Warm(backlog) => {
-            // The catch-up's cost, spread over the rounds the request has left (about two
-            // tokens a round).
+            // The catch-up's cost (a draft forward per chunk), spread over the rounds the
+            // request has left (about two tokens a round).
             let rounds = (s.max_tokens().saturating_sub(s.tokens.len()) / 2).max(1);
-            let once = match (draft.cost(backlog), draft.cost(1)) {
-                (Some(b), Some(one)) => (b - one).max(0.0),
-                _ => 0.0,
-            };
+            let chunks = backlog.div_ceil(WARM_CHUNK);
+            let once = draft.cost(WARM_CHUNK.min(backlog)).unwrap_or(0.0) * chunks as f64;
             (true, 1, once / rounds as f64)
         }
     };
@@ -545,7 +546,7 @@ fn accept(
     let v = verify(&p, &proposal.probs, &proposal.tokens, s.sampler.rng());
     s.kv.len = base + 1 + v.accepted;
     let d = proposal.len();
-    sp.rounds_by_len[d] += 1;
+    sp.counters.round(d, v.accepted);
     if d > 0 {
         match source {
             Source::Lookup => sp.ctrl_lookup.observe(d, v.accepted, 0, 0.0, 0.0),
@@ -557,13 +558,8 @@ fn accept(
         metrics::counter!(m::SPEC_DRAFTS).increment(1);
         metrics::counter!(m::SPEC_DRAFT_TOKENS).increment(d as u64);
         metrics::counter!(m::SPEC_ACCEPTED_TOKENS).increment(v.accepted as u64);
-        for i in 0..d {
-            sp.drafted_at[i] += 1;
-            if i < v.accepted {
-                sp.accepted_at[i] += 1;
-                metrics::counter!(m::SPEC_ACCEPTED_PER_POS, "position" => i.to_string())
-                    .increment(1);
-            }
+        for i in 0..v.accepted {
+            metrics::counter!(m::SPEC_ACCEPTED_PER_POS, "position" => i.to_string()).increment(1);
         }
     }
     s.stats.drafted += d;

@@ -10,7 +10,7 @@ use crate::engine::{Completion, Mode, Role};
 use crate::generate::{GenerateStats, StopReason};
 use crate::model::Model;
 use crate::sampler::Sampler;
-use crate::speculative::{Cascade, Controller, NgramProposer, SpecConfig};
+use crate::speculative::{finish_stats, Cascade, Controller, Counters, NgramProposer, SpecConfig};
 
 use super::kv::SeqBlocks;
 use super::{metrics as m, Event, Job};
@@ -27,9 +27,7 @@ pub(crate) struct SpecState {
     pub cascade: Option<Cascade>,
     /// Rounds in a row without drafting (a probe round follows a long streak).
     pub plain_streak: usize,
-    pub drafted_at: Vec<usize>,
-    pub accepted_at: Vec<usize>,
-    pub rounds_by_len: Vec<usize>,
+    pub counters: Counters,
 }
 
 pub(crate) struct DraftKv {
@@ -134,7 +132,7 @@ impl Seq {
             };
         }
         if let Some(sp) = &self.spec {
-            finish_spec_stats(s, sp);
+            finish_stats(s, &sp.counters);
         }
         if matches!(self.job.req.mode, Mode::Draft) {
             s.draft_passes = std::mem::take(&mut s.target_passes);
@@ -155,27 +153,6 @@ impl Seq {
             stop,
             stats: std::mem::take(&mut self.stats),
         };
-        self.job.sink.send(Event::Done(completion));
+        self.job.sink.send(Event::Done(Box::new(completion)));
     }
-}
-
-fn finish_spec_stats(s: &mut GenerateStats, sp: &SpecState) {
-    let ratio = |a: usize, b: usize| if b > 0 { a as f64 / b as f64 } else { 0.0 };
-    s.acceptance_rate = ratio(s.accepted, s.drafted);
-    s.mean_accepted_per_pass = ratio(s.accepted, s.target_passes);
-    let used = sp
-        .drafted_at
-        .iter()
-        .rposition(|&d| d > 0)
-        .map_or(0, |i| i + 1);
-    s.per_position_acceptance = (0..used)
-        .map(|i| ratio(sp.accepted_at[i], sp.drafted_at[i]))
-        .collect();
-    s.per_position_drafted = sp.drafted_at[..used].to_vec();
-    let lens = sp
-        .rounds_by_len
-        .iter()
-        .rposition(|&r| r > 0)
-        .map_or(0, |i| i + 1);
-    s.draft_lengths = sp.rounds_by_len[..lens].to_vec();
 }

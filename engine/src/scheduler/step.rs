@@ -275,7 +275,7 @@ impl StepLoop {
             })
         });
         match out {
-            Ok(c) => job.sink.send(Event::Done(c)),
+            Ok(c) => job.sink.send(Event::Done(Box::new(c))),
             Err(e) => job.sink.send(Event::Failed(e)),
         };
     }
@@ -372,14 +372,15 @@ fn kv_budget(needed: usize, tokens: usize, total: usize) -> EngineError {
 /// A request cancelled before it started: it ends with no tokens.
 fn cancelled_in_queue(mut job: Job) {
     metrics::counter!(m::REQUESTS_FINISHED, "finished_reason" => "abort").increment(1);
-    job.sink.send(Event::Done(crate::engine::Completion {
-        text: String::new(),
-        tokens: Vec::new(),
-        prompt_tokens: job.prompt.len(),
-        cached_tokens: 0,
-        stop: StopReason::Cancelled,
-        stats: Default::default(),
-    }));
+    job.sink
+        .send(Event::Done(Box::new(crate::engine::Completion {
+            text: String::new(),
+            tokens: Vec::new(),
+            prompt_tokens: job.prompt.len(),
+            cached_tokens: 0,
+            stop: StopReason::Cancelled,
+            stats: Default::default(),
+        })));
 }
 
 /// The two pools: the same number of blocks each (a speculative sequence holds as many in both),

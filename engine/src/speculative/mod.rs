@@ -25,7 +25,6 @@ use std::time::Instant;
 
 use rand_chacha::ChaCha8Rng;
 
-pub(crate) use self::Judge as JudgeRows;
 pub use proposer::{ModelProposer, NgramProposer, Proposal, Proposer};
 pub use rules::{Cascade, Rule};
 pub use schedule::{Controller, DraftLen, PassCosts, MAX_DRAFT_LEN};
@@ -123,16 +122,23 @@ struct MemoryKey {
 }
 
 impl MemoryKey {
+    /// The seed does not change what gets accepted on average: every seed shares one entry.
     fn new(spec: &SpecConfig, sampling: SamplingParams) -> MemoryKey {
         MemoryKey {
             spec: SpecConfig {
                 draft_len: DraftLen::default(),
                 ..*spec
             },
-            sampling,
+            sampling: SamplingParams {
+                seed: 0,
+                ..sampling
+            },
         }
     }
 }
+
+/// Settings a [`SpecMemory`] remembers at most (the oldest entry goes first).
+const MEMORY_ENTRIES: usize = 32;
 
 impl SpecMemory {
     /// Pass costs with room for passes of `max_width` tokens.
@@ -156,7 +162,12 @@ impl SpecMemory {
         self.costs = Some(costs);
         match self.controllers.iter_mut().find(|(k, _)| *k == key) {
             Some((_, c)) => *c = controllers,
-            None => self.controllers.push((key, controllers)),
+            None => {
+                if self.controllers.len() >= MEMORY_ENTRIES {
+                    self.controllers.remove(0);
+                }
+                self.controllers.push((key, controllers));
+            }
         }
     }
 
@@ -217,10 +228,31 @@ pub fn generate_speculative_with(
 }
 
 /// Per-position and per-round counters, turned into `GenerateStats` at the end.
-struct Counters {
-    drafted_at: Vec<usize>,
-    accepted_at: Vec<usize>,
-    rounds_by_len: Vec<usize>,
+#[derive(Debug, Clone)]
+pub(crate) struct Counters {
+    pub drafted_at: Vec<usize>,
+    pub accepted_at: Vec<usize>,
+    pub rounds_by_len: Vec<usize>,
+}
+
+impl Counters {
+    /// Room for draft lengths up to `kmax`.
+    pub(crate) fn new(kmax: usize) -> Counters {
+        Counters {
+            drafted_at: vec![0; kmax],
+            accepted_at: vec![0; kmax],
+            rounds_by_len: vec![0; kmax + 1],
+        }
+    }
+
+    /// Records a round that drafted `drafted` tokens and kept `accepted`.
+    pub(crate) fn round(&mut self, drafted: usize, accepted: usize) {
+        self.rounds_by_len[drafted] += 1;
+        for i in 0..drafted {
+            self.drafted_at[i] += 1;
+            self.accepted_at[i] += (i < accepted) as usize;
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -258,11 +290,7 @@ pub(crate) fn run(
         cascade: spec.cascade.filter(|c| !c.is_exact()),
         sampling: cfg.sampling,
     };
-    let mut n = Counters {
-        drafted_at: vec![0; kmax],
-        accepted_at: vec![0; kmax],
-        rounds_by_len: vec![0; kmax + 1],
-    };
+    let mut n = Counters::new(kmax);
     let mut context = prompt.to_vec();
     let t0 = Instant::now();
     let mut new = if spec.answer {
@@ -368,11 +396,7 @@ pub(crate) fn run(
         stats.draft_s += draft_s;
         stats.verify_s += verify_s;
         last_round = Some((td, draft_s + verify_s));
-        n.rounds_by_len[d] += 1;
-        for i in 0..d {
-            n.drafted_at[i] += 1;
-            n.accepted_at[i] += (i < verdict.accepted) as usize;
-        }
+        n.round(d, verdict.accepted);
         new.clear();
         new.extend_from_slice(&proposal.tokens[..verdict.accepted]);
         new.push(verdict.next);
@@ -484,7 +508,9 @@ impl Judge<'_> {
     }
 }
 
-fn finish_stats(s: &mut GenerateStats, n: &Counters) {
+/// Fills the rates, per-position acceptance and draft-length histogram of `s` from `n` (and the
+/// decode rate from `decode_s`).
+pub(crate) fn finish_stats(s: &mut GenerateStats, n: &Counters) {
     let ratio = |a: usize, b: usize| if b > 0 { a as f64 / b as f64 } else { 0.0 };
     s.acceptance_rate = ratio(s.accepted, s.drafted);
     s.mean_accepted_per_pass = ratio(s.accepted, s.target_passes);
