@@ -9,6 +9,7 @@ use cascade_weights::{OpenOptions, StreamDecoder, WeightStore};
 
 use crate::chat::{self, Message};
 use crate::error::{EngineError, Result};
+use crate::fastcopy::RepackPolicy;
 use crate::generate::{generate, GenerateConfig, GenerateStats, StopReason};
 use crate::model::{Model, Precision};
 use crate::perplexity::{perplexity, PerplexityResult};
@@ -32,6 +33,8 @@ pub struct EngineConfig {
     pub precision: Precision,
     /// Batching, queueing and KV memory.
     pub scheduler: SchedulerConfig,
+    /// Whether GGUF models are mapped through their repacked copy (made once, on first load).
+    pub repack: RepackPolicy,
 }
 
 /// Which loaded model runs a request.
@@ -157,11 +160,12 @@ impl Engine {
         let opts = OpenOptions {
             tokenizer_json: cfg.tokenizer.clone(),
         };
-        let mut target = Model::load(&store, &cfg.target, &opts)?;
+        let fast = |p: &std::path::Path| crate::fastcopy::fast_path(p, &cfg.repack);
+        let mut target = Model::load(&store, &fast(&cfg.target), &opts)?;
         target.set_precision(cfg.precision);
         let draft = match &cfg.draft {
             Some(p) => {
-                let mut d = Model::load(&store, p, &opts)?;
+                let mut d = Model::load(&store, &fast(p), &opts)?;
                 d.set_precision(cfg.precision);
                 if let Some(detail) = target.tokenizer.first_difference(&d.tokenizer) {
                     return Err(EngineError::TokenizerMismatch { detail });

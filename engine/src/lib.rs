@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod engine;
 pub mod error;
+pub mod fastcopy;
 pub mod fixture;
 pub mod generate;
 pub mod kv_cache;
@@ -18,6 +19,7 @@ pub mod speculative;
 pub use chat::Message;
 pub use engine::{Completion, Engine, EngineConfig, Mode, Prompt, Request, Role};
 pub use error::{EngineError, Result};
+pub use fastcopy::{fast_path, RepackPolicy};
 pub use generate::{generate, GenerateConfig, GenerateStats, Generation, StopReason};
 pub use kv_cache::KvCache;
 pub use model::{Logits, Model, Precision};

@@ -174,8 +174,8 @@ impl Model {
             .count();
         if row_major > 0 {
             tracing::info!(
-                "{}: {row_major} Q4_K/Q6_K matrices are row-major; `cascade repack` writes a copy \
-                 whose products are faster (bitwise the same results)",
+                "{}: {row_major} Q4_K/Q6_K matrices are row-major (--no-repack, or the repacked copy \
+                 could not be written); their products are faster interleaved",
                 files.path.display()
             );
         }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use cascade_kernels::interleave::{interleave8, GROUP};
-use cascade_weights::{GgufHeader, GgufWriter, Layout, TensorView, Value, WeightStore};
+use cascade_weights::{GgufHeader, GgufWriter, Layout, TensorInfo, TensorView, Value, WeightStore};
 
 use crate::error::{EngineError, Result};
 
@@ -37,6 +37,11 @@ fn eligible(name: &str, dtype: cascade_weights::DType, dims: &[u64], layout: Lay
         && name != "token_embd.weight"
 }
 
+/// Whether `cascade repack` would interleave this tensor of a parsed header.
+pub fn would_interleave_info(t: &TensorInfo) -> bool {
+    eligible(&t.name, t.dtype, &t.dims, t.layout)
+}
+
 /// Whether `cascade repack` would interleave this (row-major) tensor.
 pub fn would_interleave(t: &TensorView) -> bool {
     let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
@@ -47,6 +52,11 @@ pub fn would_interleave(t: &TensorView) -> bool {
 /// written next to `dst` under a temporary name and renamed into place, so a failure never
 /// leaves a partial file at `dst`.
 pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
+    repack_gguf_with(src, dst, &[])
+}
+
+/// [`repack_gguf`] adding `extra` metadata entries to the output.
+pub fn repack_gguf_with(src: &Path, dst: &Path, extra: &[(&str, Value)]) -> Result<RepackSummary> {
     let same = match (src.canonicalize(), dst.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -96,6 +106,9 @@ pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
         }
     }
     w.meta(REPACKED_KEY, Value::String("interleaved8".into()));
+    for (k, v) in extra {
+        w.meta(k, v.clone());
+    }
     // Every tensor's bytes are given as the file is written, one at a time: the source's
     // mapping as it is, or an interleaved copy of one matrix.
     let mut summary = RepackSummary::default();
@@ -137,9 +150,13 @@ pub fn repack_gguf(src: &Path, dst: &Path) -> Result<RepackSummary> {
     Ok(summary)
 }
 
+/// A temporary name beside `dst`, unique to this process and call (two writers of one file
+/// never share one).
 fn temp_path(dst: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = dst.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
+    name.push(format!(".tmp-{}-{n}", std::process::id()));
     dst.with_file_name(name)
 }
 

@@ -66,6 +66,8 @@ pub struct ForwardArgs {
     pub logits: LogitsArg,
     #[arg(long, value_enum, default_value_t = PrecisionArg::Int8)]
     pub precision: PrecisionArg,
+    #[command(flatten)]
+    pub repack: super::RepackArgs,
     /// Print a JSON list of the entries.
     #[arg(long)]
     pub json: bool,
@@ -124,7 +126,8 @@ fn run_forward(a: ForwardArgs) -> Result<(), CliError> {
     }
     let pool = pool(a.threads)?;
     let store = WeightStore::new();
-    let mut model = Model::load(&store, &a.model, &OpenOptions::default())?;
+    let path = cascade_engine::fast_path(&a.model, &a.repack.policy());
+    let mut model = Model::load(&store, &path, &OpenOptions::default())?;
     model.set_precision(a.precision.into());
     let max_new = a.tokens.iter().copied().max().unwrap_or(1);
     if a.context + max_new > model.config.context_length {

@@ -33,6 +33,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         threads: a.threads,
         precision: Default::default(),
         scheduler: Default::default(),
+        repack: Default::default(),
     });
     pb.finish_and_clear();
     let engine = engine?;

@@ -156,6 +156,8 @@ pub struct GenerateArgs {
     /// How activations enter the matrix products: int8 (fast, as llama.cpp) or f32 (exact).
     #[arg(long, value_enum, default_value_t = super::PrecisionArg::Int8)]
     pub precision: super::PrecisionArg,
+    #[command(flatten)]
+    pub repack: super::RepackArgs,
     /// Use this tokenizer.json instead of the model's own tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -195,6 +197,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         threads: a.threads,
         precision: a.precision.into(),
         scheduler: Default::default(),
+        repack: a.repack.policy(),
     });
     if let Some(pb) = pb {
         pb.finish_and_clear();

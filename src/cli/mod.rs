@@ -118,6 +118,29 @@ pub(crate) fn print_json(v: &serde_json::Value) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `--no-repack`, `--repack-dir`: how GGUF models are mapped.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RepackArgs {
+    /// Map the model files as they are (by default a GGUF whose Q4_K/Q6_K matrices the CPU
+    /// kernels read faster interleaved is repacked once into a cache folder and its copy mapped).
+    #[arg(long)]
+    pub no_repack: bool,
+    /// The cache folder of repacked copies (default: `.cascade-repacked` beside the model, or
+    /// $CASCADE_REPACK_DIR).
+    #[arg(long, conflicts_with = "no_repack")]
+    pub repack_dir: Option<PathBuf>,
+}
+
+impl RepackArgs {
+    pub fn policy(&self) -> cascade_engine::RepackPolicy {
+        match (&self.repack_dir, self.no_repack) {
+            (_, true) => cascade_engine::RepackPolicy::Off,
+            (Some(d), false) => cascade_engine::RepackPolicy::In(d.clone()),
+            (None, false) => cascade_engine::RepackPolicy::Auto,
+        }
+    }
+}
+
 /// `--precision`: how activations enter the matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PrecisionArg {

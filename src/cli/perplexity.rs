@@ -45,6 +45,7 @@ pub fn run(a: PerplexityArgs) -> Result<(), CliError> {
         threads: a.threads,
         precision: a.precision.into(),
         scheduler: Default::default(),
+        repack: Default::default(),
     })?;
     let t0 = std::time::Instant::now();
     let quiet = a.json;

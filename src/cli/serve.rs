@@ -67,6 +67,8 @@ pub struct ServeArgs {
     /// How activations enter the matrix products: int8 (fast) or f32 (exact).
     #[arg(long, value_enum, default_value_t = super::PrecisionArg::Int8)]
     pub precision: super::PrecisionArg,
+    #[command(flatten)]
+    pub repack: super::RepackArgs,
 }
 
 pub fn run(a: ServeArgs) -> Result<(), CliError> {
@@ -134,6 +136,7 @@ fn config(a: &ServeArgs) -> Result<ServeConfig, CliError> {
             threads: a.threads,
             precision: a.precision.into(),
             scheduler,
+            repack: a.repack.policy(),
         },
         host: a.host.clone(),
         port: a.port,

@@ -12,7 +12,7 @@ pub mod tokenizer;
 pub use config::{Architecture, ModelConfig, RopeStyle};
 pub use dtype::{from_stored_id, stored_id, DType, Layout, QK_K};
 pub use error::{Result, WeightsError};
-pub use gguf::{GgufHeader, GgufWriter, Value};
+pub use gguf::{GgufHeader, GgufWriter, TensorInfo, Value};
 pub use safetensors_src::canonical_name;
 pub use store::{MappedFile, ModelFiles, ModelFormat, OpenOptions, TensorView, WeightStore};
 pub use tokenizer::{StreamDecoder, TokenKind, Tokenizer};
