@@ -343,7 +343,7 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
             } else {
                 proposal.computed += 1;
             }
-            let tok = draft_token(s, model, row, &l.both_valid, proposal);
+            let tok = draft_token(s, row, &l.both_valid, proposal);
             let eog = s.job.req.config.stop_at_eog && model.tokenizer.is_eog(tok);
             if proposal.len() < want[*i] && !eog {
                 next.push((*i, vec![tok], Logits::Last));
@@ -356,13 +356,7 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
 
 /// Samples one drafted token from the draft's logits `row`, recording the distribution it came
 /// from (and, for cascades, the one the rule judges).
-fn draft_token(
-    s: &mut Seq,
-    model: &Model,
-    row: &[f32],
-    valid: &[bool],
-    proposal: &mut Proposal,
-) -> u32 {
+fn draft_token(s: &mut Seq, row: &[f32], valid: &[bool], proposal: &mut Proposal) -> u32 {
     let greedy = s.sampler.params.is_greedy();
     let sampled = s.sampler.sample(row, valid);
     if s.spec.as_ref().is_some_and(|sp| sp.cascade.is_some()) {
@@ -372,7 +366,6 @@ fn draft_token(
             sampled.dist.clone()
         });
     }
-    let _ = model;
     proposal.probs.push(if greedy {
         DraftProbs::Point
     } else {
@@ -424,6 +417,33 @@ fn forward_feeds(
     Ok(rows)
 }
 
+/// The rows `role`'s sequences put into this step's forward: (sequence index, tokens, logits).
+fn gather_rows(running: &[Seq], work: &[Work], role: Role) -> Vec<(usize, Vec<u32>, Logits)> {
+    let mut rows = Vec::new();
+    for (i, (s, w)) in running.iter().zip(work).enumerate() {
+        if s.role != role {
+            continue;
+        }
+        match w {
+            Work::Prefill { start, end } => {
+                let want = if *end == s.prompt_len {
+                    Logits::Last
+                } else {
+                    Logits::None
+                };
+                rows.push((i, s.context[*start..*end].to_vec(), want));
+            }
+            Work::Round { proposal, .. } => {
+                let mut t = vec![*s.context.last().expect("decoding sequences have tokens")];
+                t.extend_from_slice(&proposal.tokens);
+                rows.push((i, t, Logits::All));
+            }
+            Work::Wait => {}
+        }
+    }
+    rows
+}
+
 /// The forward of `role`'s model over its sequences' rows (prompt chunks, decode and
 /// verification rows), then sampling or verification and emission. Returns the rows run.
 fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) -> Result<usize> {
@@ -434,44 +454,17 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
             None => return Ok(0),
         },
     };
-    let mut idx = Vec::new();
-    let mut toks: Vec<Vec<u32>> = Vec::new();
-    let mut wants = Vec::new();
-    for (i, (s, w)) in l.running.iter().zip(work.iter()).enumerate() {
-        if s.role != role {
-            continue;
-        }
-        let (t, want) = match w {
-            Work::Prefill { start, end } => {
-                let last = *end == s.prompt_len;
-                (
-                    s.context[*start..*end].to_vec(),
-                    if last { Logits::Last } else { Logits::None },
-                )
-            }
-            Work::Round { proposal, .. } => {
-                let mut t = vec![*s.context.last().expect("decoding sequences have tokens")];
-                t.extend_from_slice(&proposal.tokens);
-                (t, Logits::All)
-            }
-            Work::Wait => continue,
-        };
-        idx.push(i);
-        toks.push(t);
-        wants.push(want);
-    }
-    if idx.is_empty() {
+    let batch = gather_rows(&l.running, work, role);
+    if batch.is_empty() {
         return Ok(0);
     }
-    let inputs: Vec<SeqInput> = idx
+    let inputs: Vec<SeqInput> = batch
         .iter()
-        .zip(&toks)
-        .zip(&wants)
-        .map(|((&i, t), &want)| SeqInput {
+        .map(|(i, t, want)| SeqInput {
             tokens: t,
-            table: &l.running[i].kv.table,
-            past: l.running[i].kv.len,
-            want,
+            table: &l.running[*i].kv.table,
+            past: l.running[*i].kv.len,
+            want: *want,
         })
         .collect();
     let (scratch, logits) = match role {
@@ -480,50 +473,51 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
     };
     let t = Instant::now();
     model.forward_batch(&mut pool.storage, &inputs, scratch, logits)?;
-    let rows: usize = toks.iter().map(|t| t.len()).sum();
+    let rows: usize = batch.iter().map(|(_, t, _)| t.len()).sum();
     if role == Role::Target {
         l.costs.target.observe(rows, t.elapsed().as_secs_f64());
     }
     drop(inputs);
     let vocab = model.vocab_size();
     let mut r = 0;
-    let block = pool.block();
-    let cap = |s: &Seq| (s.kv.table.len() * block).min(model.config.context_length);
-    for ((&i, t), want) in idx.iter().zip(&toks).zip(&wants) {
+    for (i, t, want) in &batch {
         let n_rows = want.rows(t.len()).len();
-        let rows_logits = &logits[r * vocab..(r + n_rows) * vocab];
+        let row_logits = &logits[r * vocab..(r + n_rows) * vocab];
         r += n_rows;
-        let s = &mut l.running[i];
-        s.stats.target_tokens += t.len();
-        let base = s.kv.len;
-        s.kv.len += t.len();
-        let w = std::mem::replace(&mut work[i], Work::Wait);
-        let new = match w {
-            Work::Prefill { end, .. } => {
-                if end < s.prompt_len {
-                    continue;
-                }
-                pool.register(&s.kv, &s.context[..s.prompt_len]);
-                vec![s.sampler.sample(rows_logits, model.valid_mask()).token]
-            }
-            Work::Round {
-                proposal, source, ..
-            } => {
-                s.stats.target_passes += 1;
-                if s.spec.is_none() {
-                    vec![s.sampler.sample(rows_logits, model.valid_mask()).token]
-                } else {
-                    accept(s, model, rows_logits, &proposal, source, base)
-                }
-            }
-            Work::Wait => continue,
-        };
-        let c = cap(s);
-        if !s.emit(model, &new, c) {
-            s.stop = Some(crate::generate::StopReason::Cancelled);
-        }
+        let w = std::mem::replace(&mut work[*i], Work::Wait);
+        apply(&mut l.running[*i], pool, model, w, t.len(), row_logits);
     }
     Ok(rows)
+}
+
+/// One sequence's part of a forward: its blocks now hold `n` more positions; a finished prompt
+/// samples its first token, a round samples or verifies; the new tokens are emitted.
+fn apply(s: &mut Seq, pool: &mut BlockPool, model: &Model, w: Work, n: usize, logits: &[f32]) {
+    s.stats.target_tokens += n;
+    let base = s.kv.len;
+    s.kv.len += n;
+    let new = match w {
+        Work::Prefill { end, .. } if end < s.prompt_len => return,
+        Work::Prefill { .. } => {
+            pool.register(&s.kv, &s.context[..s.prompt_len]);
+            vec![s.sampler.sample(logits, model.valid_mask()).token]
+        }
+        Work::Round {
+            proposal, source, ..
+        } => {
+            s.stats.target_passes += 1;
+            if s.spec.is_none() {
+                vec![s.sampler.sample(logits, model.valid_mask()).token]
+            } else {
+                accept(s, model, logits, &proposal, source, base)
+            }
+        }
+        Work::Wait => return,
+    };
+    let cap = (s.kv.table.len() * pool.block()).min(model.config.context_length);
+    if !s.emit(model, &new, cap) {
+        s.stop = Some(crate::generate::StopReason::Cancelled);
+    }
 }
 
 /// Verification of one sequence's round: the target's (or the cascade rule's) distributions
