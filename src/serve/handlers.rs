@@ -57,22 +57,34 @@ pub async fn chat(
     State(st): Shared,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let v = parse_body(&body_bytes(&st, body)?)?;
-    let common: Common = read(&v)?;
-    check_model(&st, &common)?;
-    let prompt = chat_prompt(&read::<ChatRequest>(&v)?)?;
-    generate(st, Kind::Chat, prompt, &common).await
+    handle(st, body, Kind::Chat, |v| {
+        chat_prompt(&read::<ChatRequest>(v)?)
+    })
+    .await
 }
 
 pub async fn completions(
     State(st): Shared,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    handle(st, body, Kind::Completion, |v| {
+        completion_prompt(&read::<CompletionRequest>(v)?)
+    })
+    .await
+}
+
+/// Parses a body (the fields both endpoints share, then the endpoint's own prompt) and runs it.
+async fn handle(
+    st: Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    kind: Kind,
+    prompt: impl FnOnce(&serde_json::Value) -> Result<Prompt, ApiError>,
+) -> Result<Response, ApiError> {
     let v = parse_body(&body_bytes(&st, body)?)?;
     let common: Common = read(&v)?;
     check_model(&st, &common)?;
-    let prompt = completion_prompt(&read::<CompletionRequest>(&v)?)?;
-    generate(st, Kind::Completion, prompt, &common).await
+    let prompt = prompt(&v)?;
+    generate(st, kind, prompt, &common).await
 }
 
 pub async fn not_found(uri: Uri) -> ApiError {
