@@ -210,8 +210,10 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 /// reductions done together (attention scores eight keys at a time).
 #[inline(always)]
 pub fn dot8(a: &[f32], b: &[f32], stride: usize) -> [f32; 8] {
+    // Checked: release builds do not check overflow, and this bound guards raw loads.
+    let need = stride.checked_mul(7).and_then(|x| x.checked_add(a.len()));
     assert!(
-        b.len() >= 7 * stride + a.len(),
+        need.is_some_and(|n| b.len() >= n),
         "dot8: rows past the end of b"
     );
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
@@ -339,6 +341,17 @@ pub fn matmul_reference(w: &QMatrix, x: &[f32], n_tokens: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dot8_refuses_rows_past_the_end_even_when_the_bound_overflows() {
+        let a = [1f32; 16];
+        let b = [1f32; 16 * 8];
+        assert_eq!(dot8(&a, &b, 16), [16.0; 8]);
+        for stride in [17, usize::MAX / 7 + 1, usize::MAX] {
+            let r = std::panic::catch_unwind(|| dot8(&a, &b, stride));
+            assert!(r.is_err(), "stride {stride} was accepted");
+        }
+    }
     use crate::quant::random_data;
     use rand::{Rng, SeedableRng};
 
