@@ -109,7 +109,7 @@ fn layout_pairs(
     acts: &Q8Acts,
     reps: usize,
 ) -> (f64, f64, f64) {
-    let mut out = vec![0f32; acts.n * rows];
+    let mut out = vec![0f32; acts.n() * rows];
     let mut ts = [Vec::with_capacity(reps), Vec::with_capacity(reps)];
     for rep in 0..reps {
         for k in 0..2 {

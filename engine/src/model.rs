@@ -116,14 +116,15 @@ fn matrix(files: &ModelFiles, name: &str, rows: usize, cols: usize) -> Result<Te
     Ok(t.clone())
 }
 
-fn qmat(t: &TensorView) -> QMatrix<'_> {
-    QMatrix {
-        dtype: t.dtype,
-        data: t.bytes(),
-        rows: t.shape[0],
-        cols: t.shape[1],
-        layout: t.layout,
-    }
+/// A matrix view of a tensor, through the kernels' checked constructor (O(1): lengths only).
+fn qmat(t: &TensorView) -> Result<QMatrix<'_>> {
+    Ok(QMatrix::with_layout(
+        t.dtype,
+        t.bytes(),
+        t.shape[0],
+        t.shape[1],
+        t.layout,
+    )?)
 }
 
 impl Model {
@@ -213,10 +214,10 @@ impl Model {
         n: usize,
         out: &mut [f32],
     ) -> Result<()> {
-        let m = qmat(w);
-        match (self.precision, Kernel::of(m.dtype)) {
+        let m = qmat(w)?;
+        match (self.precision, Kernel::of(m.dtype())) {
             (Precision::Int8, Some(kernel)) => {
-                let acts = input.get(kernel.act_block(), x, n, m.cols);
+                let acts = input.get(kernel.act_block(), x, n, m.cols());
                 matmul_q8(&m, acts, out)?;
             }
             _ => matmul(&m, x, n, out)?,
@@ -341,7 +342,7 @@ impl Model {
             attn.push((row, q));
             row += q.tokens.len();
         }
-        let embd = qmat(&self.embd);
+        let embd = qmat(&self.embd)?;
         let x = sized(&mut s.x, n * h);
         for (t, &id) in seqs.iter().flat_map(|q| q.tokens).enumerate() {
             embd.dequant_row(id as usize, &mut x[t * h..(t + 1) * h]);

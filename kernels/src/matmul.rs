@@ -15,12 +15,14 @@ use crate::quant::dequantize;
 /// A `[rows, cols]` weight matrix in any supported type, viewed in place.
 #[derive(Debug, Clone, Copy)]
 pub struct QMatrix<'a> {
-    pub dtype: DType,
-    pub data: &'a [u8],
-    pub rows: usize,
-    pub cols: usize,
+    // Private outside the crate: the integer kernels read `data` with unchecked loads sized by
+    // the other fields, so a matrix is only built through the checked constructors.
+    pub(crate) dtype: DType,
+    pub(crate) data: &'a [u8],
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
     /// Block order ([`Layout::Interleaved8`] for matrices written by `cascade repack`).
-    pub layout: Layout,
+    pub(crate) layout: Layout,
 }
 
 impl<'a> QMatrix<'a> {
@@ -36,8 +38,9 @@ impl<'a> QMatrix<'a> {
         cols: usize,
         layout: Layout,
     ) -> Result<Self> {
+        let values = rows.checked_mul(cols);
         if !cols.is_multiple_of(dtype.block_len())
-            || data.len() != dtype.bytes_for(rows * cols)
+            || values.is_none_or(|v| data.len() != dtype.bytes_for(v))
             || !layout.supports(dtype)
             || !rows.is_multiple_of(layout.group_rows())
         {
@@ -56,6 +59,26 @@ impl<'a> QMatrix<'a> {
             cols,
             layout,
         })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     pub fn row_bytes(&self) -> usize {

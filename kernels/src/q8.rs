@@ -28,21 +28,21 @@ impl ActBlock {
 /// `n` token rows of `cols` values, quantized. Buffers are kept between calls.
 #[derive(Debug, Clone)]
 pub struct Q8Acts {
-    pub block: ActBlock,
-    pub n: usize,
-    pub cols: usize,
+    pub(crate) block: ActBlock,
+    pub(crate) n: usize,
+    pub(crate) cols: usize,
     /// `[n][cols]` quantized values.
-    pub qs: Vec<i8>,
+    pub(crate) qs: Vec<i8>,
     /// `[n][cols / block]` scales.
-    pub d: Vec<f32>,
+    pub(crate) d: Vec<f32>,
     /// `[n][cols / 16]` sums of 16 consecutive `qs` (at most 16 * 127 in magnitude).
-    pub sums16: Vec<i16>,
+    pub(crate) sums16: Vec<i16>,
     /// `[n][cols / 32]` sums of 32 consecutive `qs` (at most 32 * 127 in magnitude): two
     /// sub-blocks' sums per 32-bit lane for the Q4_K minimum term.
-    pub sums32: Vec<i16>,
+    pub(crate) sums32: Vec<i16>,
     /// `[n][cols / 32]`: `d` of the value's block times the sum of the 32 `qs` (for weight types
     /// whose blocks carry a minimum or an offset).
-    pub dsum32: Vec<f32>,
+    pub(crate) dsum32: Vec<f32>,
 }
 
 impl Default for Q8Acts {
@@ -52,6 +52,34 @@ impl Default for Q8Acts {
 }
 
 impl Q8Acts {
+    /// Token rows quantized.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn block(&self) -> ActBlock {
+        self.block
+    }
+
+    /// Whether every buffer holds what `n`, `cols` and `block` say (the kernels read them with
+    /// unchecked loads sized by those three).
+    pub(crate) fn consistent(&self) -> bool {
+        let Some(values) = self.n.checked_mul(self.cols) else {
+            return false;
+        };
+        let b = self.block.values();
+        self.cols.is_multiple_of(b)
+            && self.qs.len() >= values
+            && self.d.len() >= values / b
+            && self.sums16.len() >= values / 16
+            && self.sums32.len() >= values / 32
+            && self.dsum32.len() >= values / 32
+    }
+
     pub fn new(block: ActBlock) -> Q8Acts {
         Q8Acts {
             block,

@@ -200,7 +200,20 @@ pub fn matmul_q8_with(isa: Isa, w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> 
         op: "matmul_q8",
         detail: format!("{} has no integer kernel", w.dtype),
     })?;
-    if acts.block != kind.act_block() || acts.cols != w.cols || out.len() != acts.n * w.rows {
+    // Re-checked here, at the safe entry: the kernels below load without bounds checks.
+    let out_len = acts.n.checked_mul(w.rows);
+    let matrix_ok = w
+        .rows
+        .checked_mul(w.cols)
+        .is_some_and(|v| w.data.len() == w.dtype.bytes_for(v))
+        && w.rows.is_multiple_of(w.layout.group_rows());
+    if !matrix_ok || !acts.consistent() {
+        return Err(KernelError::Shape {
+            op: "matmul_q8",
+            detail: "inconsistent matrix or activation buffers".into(),
+        });
+    }
+    if acts.block != kind.act_block() || acts.cols != w.cols || out_len != Some(out.len()) {
         return Err(KernelError::Shape {
             op: "matmul_q8",
             detail: format!(

@@ -233,3 +233,39 @@ fn interleaved_layout_needs_whole_groups() {
     let (q8, _) = case(Kernel::Q8_0, 8, 256, 1, 1);
     assert!(QMatrix::with_layout(DType::Q8_0, &q8, 8, 256, Layout::Interleaved8).is_err());
 }
+
+#[test]
+fn the_safe_entry_refuses_inconsistent_buffers() {
+    // Buffers that disagree with the sizes they claim (possible only inside this crate now that
+    // the fields are private) are refused before any unchecked load.
+    let (rows, cols, n) = (16, 256, 3);
+    let (data, x) = case(Kernel::Q4K, rows, cols, n, 7);
+    let w = QMatrix::new(DType::Q4K, &data, rows, cols).unwrap();
+    let good = acts(Kernel::Q4K, &x, n, cols);
+    let mut out = vec![0f32; n * rows];
+    assert!(matmul_q8(&w, &good, &mut out).is_ok());
+    let mut more_rows = good.clone();
+    more_rows.n += 1;
+    let mut out4 = vec![0f32; (n + 1) * rows];
+    assert!(
+        matmul_q8(&w, &more_rows, &mut out4).is_err(),
+        "n past the buffers"
+    );
+    let mut short = good.clone();
+    short.qs.truncate(short.qs.len() - 1);
+    assert!(matmul_q8(&w, &short, &mut out).is_err(), "short quants");
+    let mut short_d = good.clone();
+    short_d.d.pop();
+    assert!(matmul_q8(&w, &short_d, &mut out).is_err(), "short scales");
+    let lying = QMatrix {
+        rows: rows + 8,
+        ..w
+    };
+    assert!(
+        matmul_q8(&lying, &good, &mut vec![0f32; n * (rows + 8)]).is_err(),
+        "rows past the data"
+    );
+    // The public constructors check lengths with checked arithmetic.
+    assert!(QMatrix::new(DType::Q4K, &data, usize::MAX / 2, 512).is_err());
+    assert!(QMatrix::new(DType::Q4K, &data[1..], rows, cols).is_err());
+}
