@@ -33,8 +33,11 @@ impl MappedFile {
                 source,
             },
         })?;
-        // SAFETY: the mapping is read-only and private to this process; cascade never writes model
-        // files, and users are told not to modify a model file while it is being served.
+        // SAFETY: a read-only *shared* mapping of the file (other processes mapping it share the
+        // pages), so its bytes change if the file is modified in place: the slices handed out stay
+        // valid only while nobody truncates or rewrites the file. cascade never writes a model in
+        // place (its writers write a temporary name and rename over, which leaves this mapping on
+        // the old inode), and the README tells users not to modify a model file while it is used.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|source| WeightsError::Io {
             path: path.to_path_buf(),
             source,
