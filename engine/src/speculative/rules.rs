@@ -65,9 +65,13 @@ impl Cascade {
     /// Whether the rule keeps the draft at a position without consulting the target's choice:
     /// for Chow/Diff/OPT, "does not defer"; for token-specific, "`token` is acceptable".
     pub fn keeps(&self, p: &Distribution, q: &Distribution, token: u32) -> bool {
-        if self.is_exact() {
-            return false;
-        }
+        !self.is_exact() && self.rule_keeps(p, q, token)
+    }
+
+    /// The rule's own test, without the α = 0 short cut (at α = 0 Chow still keeps a certain
+    /// draft, Diff and OPT one at least as confident as the target, token-specific the target's
+    /// argmax: exactness at α = 0 is the short cut's doing, tested apart).
+    fn rule_keeps(&self, p: &Distribution, q: &Distribution, token: u32) -> bool {
         let a = self.alpha;
         let (max_p, max_q) = (max(p), max(q));
         match self.rule {
@@ -197,6 +201,38 @@ mod tests {
         assert!((pi.probs.iter().sum::<f32>() - 1.0).abs() < 1e-6);
         // α = 1 accepts every token: π = q.
         assert_eq!(c(Rule::Token, 1.0).target(&p, &q).probs, q.probs);
+    }
+
+    #[test]
+    fn each_rule_at_alpha_zero_and_small_alpha() {
+        // The formulas themselves, worked by hand. p prefers token 1; q is unsure and prefers 0.
+        let p = d(&[0.2, 0.8]);
+        let unsure = d(&[0.6, 0.4]);
+        let certain = d(&[1.0, 0.0]);
+        let keeps = |rule, a: f32, q: &Distribution, t| c(rule, a).rule_keeps(&p, q, t);
+        // Chow: max q ≥ 1 − α. At 0 only a certain draft; at 0.001 still only it (0.6 < 0.999).
+        assert!(keeps(Rule::Chow, 0.0, &certain, 0) && !keeps(Rule::Chow, 0.0, &unsure, 0));
+        assert!(!keeps(Rule::Chow, 0.001, &unsure, 0));
+        assert!(keeps(Rule::Chow, 0.4, &unsure, 0), "0.6 ≥ 0.6");
+        // Diff: max q ≥ max p − α: 0.6 ≥ 0.8 − α holds from α = 0.2 on.
+        assert!(!keeps(Rule::Diff, 0.0, &unsure, 0) && !keeps(Rule::Diff, 0.19, &unsure, 0));
+        assert!(keeps(Rule::Diff, 0.21, &unsure, 0) && keeps(Rule::Diff, 0.0, &certain, 0));
+        // OPT: max q ≥ max p − α·TV(p, q), TV = 0.4 here: from α = 0.5 on.
+        assert!(!keeps(Rule::Opt, 0.0, &unsure, 0) && !keeps(Rule::Opt, 0.49, &unsure, 0));
+        assert!(keeps(Rule::Opt, 0.51, &unsure, 0));
+        // Token: p(v) ≥ (1 − α)·max p: at 0 only p's argmax; token 0 (0.2) from α = 0.75 on.
+        assert!(keeps(Rule::Token, 0.0, &unsure, 1) && !keeps(Rule::Token, 0.0, &unsure, 0));
+        assert!(!keeps(Rule::Token, 0.74, &unsure, 0) && keeps(Rule::Token, 0.76, &unsure, 0));
+        // The public test is the formula for α > 0 and never keeps at α = 0.
+        for rule in Rule::ALL {
+            for a in [0.001f32, 0.3, 0.9] {
+                for t in [0, 1] {
+                    let cc = c(rule, a);
+                    assert_eq!(cc.keeps(&p, &unsure, t), cc.rule_keeps(&p, &unsure, t));
+                }
+            }
+            assert!(!c(rule, 0.0).keeps(&p, &certain, 1));
+        }
     }
 
     #[test]
