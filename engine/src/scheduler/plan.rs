@@ -9,6 +9,11 @@
 
 use crate::speculative::PassCosts;
 
+/// A longer draft must promise at least this much more rate than the plan without it: the costs
+/// are measured with noise, and a round that drafts pays overheads the tables do not see (the
+/// draft's catch-up, its sampling), so a break-even draft is a loss in practice.
+const MARGIN: f64 = 0.05;
+
 /// One decoding sequence's options this step.
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
@@ -115,6 +120,8 @@ pub(crate) fn plan(
                 let old = std::mem::replace(&mut k[i], nk);
                 let r = rate(&k, extra - old + nk);
                 k[i] = old;
+                // Rates compared as if a longer draft earned MARGIN less.
+                let r = r.map(|r| if nk > old { r / (1.0 + MARGIN) } else { r });
                 if let Some(r) = r {
                     if r > step.map_or(best, |s| s.2) {
                         step = Some((i, nk, r));
@@ -123,10 +130,10 @@ pub(crate) fn plan(
             }
         }
         match step {
-            Some((i, nk, r)) if r > best * (1.0 + 1e-9) => {
+            Some((i, nk, _)) => {
                 extra = extra - k[i] + nk;
                 k[i] = nk;
-                best = r;
+                best = rate(&k, extra).unwrap_or(best);
             }
             _ => return k,
         }
@@ -199,13 +206,18 @@ mod tests {
             k.iter().all(|&k| k == 0),
             "eight rows are compute bound: {k:?}"
         );
-        // Free drafts (prompt lookup) with perfect acceptance still pay in a busy batch.
+        // Free drafts (prompt lookup) at α = 0.99: beside one other sequence, where rows are
+        // nearly free, k = 4 takes the step from 2 tokens in 42 ms to 5.9 in 60.7 ms; in the
+        // busy batch a drafted row costs about what the token it may yield is worth (9 rows:
+        // 111.8 tokens/s, one more: 112.2), short of the margin.
         let mut free = cand(0.99);
         free.costly = false;
+        let k = plan(&[free.clone()], 1, 2, 64, &sc);
+        assert!(k[0] >= 4, "{k:?}");
         let mut mix = busy.clone();
         mix.push(free);
         let k = plan(&mix, 0, 9, 64, &sc);
-        assert!(k[8] > 0, "{k:?}");
+        assert_eq!(k, vec![0; 9]);
         // The row cap holds.
         let many: Vec<Candidate> = (0..4).map(|_| cand(0.95)).collect();
         let k = plan(&many, 0, 4, 3, &sc);
