@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use cascade::engine::fixture::FixtureSpec;
 use cascade::engine::{
     DraftLen, Engine, EngineConfig, EngineError, Event, GenerateConfig, Mode, Prompt, Request,
     SchedulerConfig, SpecConfig, StopReason,
@@ -217,24 +218,41 @@ fn cancelling_frees_blocks_and_the_queue_refuses_past_its_bound() {
 
 #[test]
 fn a_request_larger_than_the_kv_budget_is_refused_with_the_numbers() {
+    // A target with a long context, so a request can need more blocks than 1 MiB holds (the
+    // default fixture's 256 positions always fit).
     let dir = tempfile::tempdir().unwrap();
-    let e = engine(
-        dir.path(),
-        SchedulerConfig {
+    let spec = FixtureSpec {
+        context_length: 8192,
+        ..FixtureSpec::default()
+    };
+    let e = Engine::load(&EngineConfig {
+        target: common::write_fixture(dir.path(), "long.gguf", &spec),
+        threads: Some(2),
+        scheduler: SchedulerConfig {
             kv_budget_mb: 1,
             ..Default::default()
         },
-    );
+        ..Default::default()
+    })
+    .unwrap();
     let total = e.stats().kv_blocks_total;
-    assert!(total > 0);
-    let r = request(&[5, 6, 7], 240, Mode::Target);
-    match e.generate(&r, |_| {}) {
+    let positions = total * 16;
+    assert!(positions > 0 && positions < 8000, "{total} blocks");
+    // Fits: runs. One past the pool: refused, naming the numbers, and the engine goes on.
+    let small = request(&[5, 6, 7], positions / 2, Mode::Target);
+    assert_eq!(
+        e.generate(&small, |_| {}).unwrap().tokens.len(),
+        positions / 2
+    );
+    let big = request(&[5, 6, 7], positions, Mode::Target);
+    match e.generate(&big, |_| {}) {
         Err(EngineError::KvBudget {
             needed, total: t, ..
-        }) => {
-            assert!(needed > t, "{needed} {t}");
-        }
-        Ok(c) => assert!(total * 16 >= 244, "ran with {total} blocks: {:?}", c.stop),
-        Err(other) => panic!("{other}"),
+        }) => assert!(needed > t && t == total, "{needed} {t} {total}"),
+        other => panic!("expected KvBudget, got {other:?}"),
     }
+    assert_eq!(
+        e.generate(&small, |_| {}).unwrap().tokens.len(),
+        positions / 2
+    );
 }
