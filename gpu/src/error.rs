@@ -9,6 +9,14 @@ pub enum GpuError {
     NoDriver(String),
     #[error("CUDA device {index} asked for, but the machine has {count}")]
     NoSuchDevice { index: usize, count: usize },
+    #[error("{model} needs {need} bytes on cuda:{device} but {free} are free: {missing} bytes missing (use --device cpu, a smaller --kv-budget-mb, or a smaller model)")]
+    OutOfMemory {
+        model: String,
+        device: usize,
+        need: usize,
+        free: usize,
+        missing: usize,
+    },
     #[error("CUDA driver call failed: {0}")]
     Driver(String),
 }
