@@ -13,6 +13,7 @@
 //! ```
 
 pub use cascade_engine as engine;
+pub use cascade_gpu as gpu;
 pub use cascade_kernels as kernels;
 pub use cascade_weights as weights;
 

@@ -248,3 +248,28 @@ fn perplexity_and_tokenize_errors() {
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert!(!v["ids"].as_array().unwrap().is_empty());
 }
+
+/// `--device cuda` on a machine without a GPU is a clean error naming the reason; `auto` (the
+/// default) runs on the CPU and says so. On a machine with a GPU, the explicit device is used.
+#[test]
+fn a_gpu_that_is_not_there_is_a_clear_error_and_auto_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = fixture(dir.path());
+    let has_gpu = cascade::gpu::probe().is_ok_and(|g| !g.is_empty());
+    let explicit = run_gen(&m, &["--prompt", "the cat", "--device", "cuda:7"]);
+    if has_gpu {
+        assert_clean_error(&explicit, "cuda:7");
+    } else {
+        assert_clean_error(&explicit, "the target cannot run on cuda:7: no CUDA driver");
+        let cuda = run_gen(&m, &["--prompt", "the cat", "--device", "cuda"]);
+        assert_clean_error(&cuda, "the target cannot run on cuda:0");
+    }
+    let auto = run_gen(&m, &["--prompt", "the cat", "--json", "--device", "auto"]);
+    let stderr = String::from_utf8_lossy(&auto.stderr);
+    assert!(auto.status.success(), "{stderr}");
+    if !has_gpu {
+        assert!(stderr.contains("target: on the CPU (auto:"), "{stderr}");
+    }
+    let bad = run_gen(&m, &["--prompt", "x", "--device", "tpu"]);
+    assert_eq!(bad.status.code(), Some(2), "clap's usage error");
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use cascade_gpu::DeviceSpec;
 use cascade_weights::{OpenOptions, StreamDecoder, WeightStore};
 
 use crate::chat::{self, Message};
@@ -35,6 +36,10 @@ pub struct EngineConfig {
     pub scheduler: SchedulerConfig,
     /// Whether GGUF models are mapped through their repacked copy (made once, on first load).
     pub repack: RepackPolicy,
+    /// Where the target runs (`auto`: a GPU when one is present and it fits, else the CPU).
+    pub device: DeviceSpec,
+    /// Where the draft runs.
+    pub draft_device: DeviceSpec,
 }
 
 /// Which loaded model runs a request.
@@ -179,6 +184,14 @@ impl Engine {
             }
             None => None,
         };
+        let mut draft = draft;
+        crate::placement::place_models(
+            &mut target,
+            cfg.device,
+            draft.as_mut(),
+            cfg.draft_device,
+            &cfg.scheduler,
+        )?;
         let shared = Arc::new(Shared {
             store,
             target,

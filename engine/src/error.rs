@@ -6,6 +6,8 @@ pub enum EngineError {
     Weights(#[from] cascade_weights::WeightsError),
     #[error(transparent)]
     Kernel(#[from] cascade_kernels::KernelError),
+    #[error(transparent)]
+    Gpu(#[from] cascade_gpu::GpuError),
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("the prompt has {prompt} tokens but the model's context holds {context}")]

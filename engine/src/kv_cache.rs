@@ -56,13 +56,16 @@ impl Clone for Zeroed {
 
 /// Keys and values of every layer: `[block][position in block][kv_dim]` per layer, in anonymous
 /// mappings: untouched blocks cost no resident memory.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KvStorage {
     k: Vec<Zeroed>,
     v: Vec<Zeroed>,
     kv_dim: usize,
     block: usize,
     n_blocks: usize,
+    /// The same blocks on the device of a model placed there (the host mappings then stay
+    /// untouched, costing no resident memory).
+    pub(crate) device: Option<crate::model::DeviceKv>,
 }
 
 impl KvStorage {
@@ -75,6 +78,7 @@ impl KvStorage {
             kv_dim,
             block,
             n_blocks,
+            device: None,
         }
     }
 
@@ -124,7 +128,7 @@ impl KvStorage {
 
 /// The KV cache of one sequence: storage of its own for `capacity` positions, rolled back to any
 /// earlier length.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct KvCache {
     pub(crate) storage: KvStorage,
     /// Its blocks in order.

@@ -10,12 +10,14 @@ pub mod generate;
 pub mod kv_cache;
 pub mod model;
 pub mod perplexity;
+pub mod placement;
 pub mod repack;
 pub mod sampler;
 pub mod scheduler;
 mod scratch;
 pub mod speculative;
 
+pub use cascade_gpu::DeviceSpec;
 pub use chat::Message;
 pub use engine::{Completion, Engine, EngineConfig, Mode, Prompt, Request, Role};
 pub use error::{EngineError, Result};

@@ -3,9 +3,26 @@
 //! sources on the CPU so that every kernel is tested on machines without a GPU.
 
 #[cfg(feature = "cuda")]
+mod cuda;
+#[cfg(any(feature = "cuda", feature = "shim"))]
+pub mod device;
+#[cfg(feature = "cuda")]
 pub mod driver;
 pub mod error;
+#[cfg(any(feature = "cuda", feature = "shim"))]
+mod geometry;
+pub mod kernels;
+#[cfg(any(feature = "cuda", feature = "shim"))]
+pub mod matmul;
+#[cfg(any(feature = "cuda", feature = "shim"))]
+pub mod model;
+#[cfg(feature = "cuda")]
+pub mod nvrtc;
 pub mod placement;
+#[cfg(feature = "shim")]
+pub mod shim;
 
+#[cfg(any(feature = "cuda", feature = "shim"))]
+pub use device::{DevBuf, Device};
 pub use error::{GpuError, Result};
 pub use placement::{place, probe, DeviceSpec, Footprint, GpuInfo, Placement};

@@ -111,8 +111,13 @@ pub fn place(
     match spec {
         DeviceSpec::Cpu => Ok(Placement::Cpu),
         DeviceSpec::Cuda(index) => {
-            let gpu = pick(index, gpus)?;
-            fits(what, need, gpu)?;
+            let gpu = pick(index, gpus)
+                .and_then(|g| fits(what, need, g).map(|_| g))
+                .map_err(|e| GpuError::CannotPlace {
+                    model: what.to_string(),
+                    spec: spec.to_string(),
+                    reason: Box::new(e),
+                })?;
             Ok(Placement::Cuda(gpu.clone()))
         }
         DeviceSpec::Auto => {
@@ -222,9 +227,12 @@ mod tests {
         );
         assert!(e.unwrap_err().to_string().contains("no CUDA driver"));
         let e = place(DeviceSpec::Cuda(1), "target", NEED, &Ok(vec![gpu(5000)]));
+        let Err(GpuError::CannotPlace { reason, .. }) = e else {
+            panic!("{e:?}")
+        };
         assert!(matches!(
-            e,
-            Err(GpuError::NoSuchDevice { index: 1, count: 1 })
+            *reason,
+            GpuError::NoSuchDevice { index: 1, count: 1 }
         ));
         let e = place(c, "target", NEED, &Ok(vec![gpu(1000)])).unwrap_err();
         let msg = e.to_string();

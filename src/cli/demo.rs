@@ -34,6 +34,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         precision: Default::default(),
         scheduler: Default::default(),
         repack: Default::default(),
+        ..Default::default()
     });
     pb.finish_and_clear();
     let engine = engine?;

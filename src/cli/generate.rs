@@ -158,6 +158,8 @@ pub struct GenerateArgs {
     pub precision: super::PrecisionArg,
     #[command(flatten)]
     pub repack: super::RepackArgs,
+    #[command(flatten)]
+    pub devices: super::DeviceArgs,
     /// Use this tokenizer.json instead of the model's own tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -198,6 +200,8 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         precision: a.precision.into(),
         scheduler: Default::default(),
         repack: a.repack.policy(),
+        device: a.devices.device,
+        draft_device: a.devices.draft_device,
     });
     if let Some(pb) = pb {
         pb.finish_and_clear();

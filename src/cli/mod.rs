@@ -94,7 +94,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CASCADE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cascade_gpu::placement=info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -139,6 +139,22 @@ impl RepackArgs {
             (None, false) => cascade_engine::RepackPolicy::Auto,
         }
     }
+}
+
+/// `--device`, `--draft-device`: where the models run.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeviceArgs {
+    /// Where the target runs: auto (a GPU when one is present and the model fits, else the
+    /// CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub device: cascade_engine::DeviceSpec,
+    /// Where the draft runs (same values).
+    #[arg(long, default_value = "auto", value_parser = parse_device)]
+    pub draft_device: cascade_engine::DeviceSpec,
+}
+
+fn parse_device(s: &str) -> Result<cascade_engine::DeviceSpec, String> {
+    s.parse()
 }
 
 /// `--precision`: how activations enter the matrix products.

@@ -46,6 +46,7 @@ pub fn run(a: PerplexityArgs) -> Result<(), CliError> {
         precision: a.precision.into(),
         scheduler: Default::default(),
         repack: Default::default(),
+        ..Default::default()
     })?;
     let t0 = std::time::Instant::now();
     let quiet = a.json;

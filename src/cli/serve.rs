@@ -69,6 +69,8 @@ pub struct ServeArgs {
     pub precision: super::PrecisionArg,
     #[command(flatten)]
     pub repack: super::RepackArgs,
+    #[command(flatten)]
+    pub devices: super::DeviceArgs,
 }
 
 pub fn run(a: ServeArgs) -> Result<(), CliError> {
@@ -137,6 +139,8 @@ fn config(a: &ServeArgs) -> Result<ServeConfig, CliError> {
             precision: a.precision.into(),
             scheduler,
             repack: a.repack.policy(),
+            device: a.devices.device,
+            draft_device: a.devices.draft_device,
         },
         host: a.host.clone(),
         port: a.port,

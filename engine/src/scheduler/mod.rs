@@ -50,7 +50,7 @@ impl Scheduler {
         config.validate()?;
         let (tx, rx) = crossbeam_channel::bounded(config.max_queue.max(1));
         let stats = Arc::new(Mutex::new(SchedulerStats::default()));
-        let mut step = step::StepLoop::new(shared, config, rx, stats.clone());
+        let mut step = step::StepLoop::new(shared, config, rx, stats.clone())?;
         step.publish();
         let thread = std::thread::Builder::new()
             .name("cascade-scheduler".into())

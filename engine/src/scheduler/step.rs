@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use crate::engine::{Mode, Role, Shared};
-use crate::error::EngineError;
+use crate::error::{EngineError, Result};
 use crate::generate::StopReason;
 use crate::kv_cache::KvStorage;
 use crate::model::Model;
@@ -81,15 +81,15 @@ impl StepLoop {
         cfg: SchedulerConfig,
         rx: Receiver<Job>,
         stats: Arc<Mutex<SchedulerStats>>,
-    ) -> StepLoop {
-        let (target, draft) = pools(&shared, &cfg);
+    ) -> Result<StepLoop> {
+        let (target, draft) = pools(&shared, &cfg)?;
         let both_valid = match &shared.draft {
             Some(d) => (0..d.vocab_size() as u32)
                 .map(|id| d.is_valid_token(id) && shared.target.is_valid_token(id))
                 .collect(),
             None => Vec::new(),
         };
-        StepLoop {
+        Ok(StepLoop {
             shared,
             cfg,
             rx,
@@ -107,7 +107,7 @@ impl StepLoop {
             memory: Memory::default(),
             both_valid,
             steps: 0,
-        }
+        })
     }
 
     /// The loop: runs on the scheduler thread; each step's kernels run on the engine's pool.
@@ -385,19 +385,14 @@ fn cancelled_in_queue(mut job: Job) {
 
 /// The two pools: the same number of blocks each (a speculative sequence holds as many in both),
 /// as many as the budget holds for both models' bytes per position.
-fn pools(shared: &Shared, cfg: &SchedulerConfig) -> (BlockPool, Option<BlockPool>) {
+fn pools(shared: &Shared, cfg: &SchedulerConfig) -> Result<(BlockPool, Option<BlockPool>)> {
     let per_pos = |m: &Model| KvStorage::bytes_per_position(m.config.n_layers, m.config.kv_dim());
     let t = &shared.target;
     let bytes = per_pos(t) + shared.draft.as_ref().map_or(0, per_pos);
     let n_blocks = (cfg.kv_budget_mb << 20) / (bytes * cfg.block_size);
-    let pool = |m: &Model| {
-        let s = KvStorage::new(
-            m.config.n_layers,
-            m.config.kv_dim(),
-            cfg.block_size,
-            n_blocks,
-        );
-        BlockPool::new(s, cfg.prefix_cache)
+    let pool = |m: &Model| -> Result<BlockPool> {
+        let s = m.new_storage(cfg.block_size, n_blocks)?;
+        Ok(BlockPool::new(s, cfg.prefix_cache))
     };
-    (pool(t), shared.draft.as_ref().map(pool))
+    Ok((pool(t)?, shared.draft.as_ref().map(pool).transpose()?))
 }

@@ -12,7 +12,10 @@ use cascade_weights::{
 
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, KvStorage};
+
+mod gpu;
 use crate::scratch::{sized, Scratch, SharedInput};
+pub(crate) use gpu::{DeviceKv, OnDevice};
 
 /// How activations enter the matrix products.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -88,6 +91,8 @@ pub struct Model {
     /// `valid[id]`: the id may be sampled (false for padding rows and unused tokens).
     valid: Vec<bool>,
     precision: Precision,
+    /// Where the forward passes run when not on the CPU (`place_on`).
+    device: Option<Box<OnDevice>>,
 }
 
 fn small_f32(t: &TensorView, len: usize) -> Result<Vec<f32>> {
@@ -193,6 +198,7 @@ impl Model {
             layers,
             valid,
             precision: Precision::default(),
+            device: None,
         })
     }
 
@@ -241,11 +247,28 @@ impl Model {
 
     /// A KV cache for `capacity` positions (capped at the model's context length).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        KvCache::new(
+        let mut c = KvCache::new(
             self.config.n_layers,
             self.config.kv_dim(),
             capacity.min(self.config.context_length),
-        )
+        );
+        if let Err(e) = self.attach_device_kv(&mut c.storage) {
+            // The cache's first forward pass reports the missing pool as an error.
+            tracing::error!("no device KV pool for a cache of {capacity}: {e}");
+        }
+        c
+    }
+
+    /// Whether this model's forward passes run on a device (GPU or the host shim).
+    pub fn on_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// KV blocks of `block` positions for this model, on its device when it has one.
+    pub(crate) fn new_storage(&self, block: usize, n_blocks: usize) -> Result<KvStorage> {
+        let mut s = KvStorage::new(self.config.n_layers, self.config.kv_dim(), block, n_blocks);
+        self.attach_device_kv(&mut s)?;
+        Ok(s)
     }
 
     /// Runs `tokens` through the model on top of `cache`, appends them to the cache, and returns
@@ -331,6 +354,9 @@ impl Model {
         logits: &mut Vec<f32>,
     ) -> Result<()> {
         self.check_batch(kv, seqs)?;
+        if let Some(d) = &self.device {
+            return self.forward_device(d, kv, seqs, logits);
+        }
         let c = &self.config;
         let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
         let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);

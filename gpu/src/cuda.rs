@@ -1,0 +1,149 @@
+//! A CUDA device through the driver API: its primary context, the kernel module NVRTC compiled
+//! for its architecture, memory and launches on the context's default stream (in order).
+
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Mutex;
+
+use cudarc::driver::{result, sys};
+
+use crate::device::Launch;
+use crate::error::{GpuError, Result};
+
+fn drv(what: &str) -> impl Fn(result::DriverError) -> GpuError + '_ {
+    move |e| GpuError::Driver(format!("{what}: {e}"))
+}
+
+pub(crate) struct CudaDevice {
+    dev: sys::CUdevice,
+    ctx: sys::CUcontext,
+    module: sys::CUmodule,
+    functions: Mutex<HashMap<String, usize>>,
+}
+
+// SAFETY: driver API handles (device, context, module, functions) are process-wide values
+// usable from any thread once the context is made current there, which every method does
+// first; the function table is behind a mutex.
+unsafe impl Send for CudaDevice {}
+// SAFETY: as above; no method hands out interior references.
+unsafe impl Sync for CudaDevice {}
+
+impl CudaDevice {
+    pub(crate) fn open(index: usize) -> Result<CudaDevice> {
+        crate::driver::init()?;
+        let dev = result::device::get(index as i32).map_err(drv("cuDeviceGet"))?;
+        // SAFETY: `dev` is a device the driver returned; its primary context is retained here
+        // and released in Drop.
+        let ctx = unsafe { result::primary_ctx::retain(dev) }.map_err(drv("retain context"))?;
+        // SAFETY: a context retained just above.
+        unsafe { result::ctx::set_current(ctx) }.map_err(drv("set context"))?;
+        let info = crate::driver::probe()?
+            .into_iter()
+            .nth(index)
+            .ok_or(GpuError::NoSuchDevice { index, count: 0 })?;
+        let image = crate::geometry::module_image(info.capability)?;
+        // SAFETY: `image` is a complete cubin (or NUL-terminated PTX) NVRTC produced for this
+        // device's architecture, alive for the call.
+        let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+            .map_err(drv("load kernel module"))?;
+        tracing::info!(
+            "cuda:{index}: {} (sm_{}{}), kernels loaded",
+            info.name,
+            info.capability.0,
+            info.capability.1
+        );
+        Ok(CudaDevice {
+            dev,
+            ctx,
+            module,
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn current(&self) -> Result<()> {
+        // SAFETY: the context this device retained and has not released.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(drv("set context"))
+    }
+
+    pub(crate) fn alloc(&self, len: usize) -> Result<u64> {
+        self.current()?;
+        // SAFETY: plain allocation; callers treat the bytes as uninitialized device memory.
+        unsafe { result::malloc_sync(len.max(1)) }.map_err(|e| {
+            let free = result::mem_get_info().map(|(f, _)| f).unwrap_or(0);
+            GpuError::Driver(format!("cuMemAlloc of {len} bytes ({free} free): {e}"))
+        })
+    }
+
+    pub(crate) fn free(&self, ptr: u64) {
+        if self.current().is_ok() {
+            // SAFETY: `ptr` came from `alloc` on this context and DevBuf frees it once.
+            let _ = unsafe { result::free_sync(ptr) };
+        }
+    }
+
+    pub(crate) fn htod<T: Copy>(&self, dst: u64, src: &[T]) -> Result<()> {
+        self.current()?;
+        // SAFETY: the caller checked that `dst..dst + size_of_val(src)` lies in a live
+        // allocation of this context.
+        unsafe { result::memcpy_htod_sync(dst, src) }.map_err(drv("copy to device"))
+    }
+
+    pub(crate) fn dtoh<T: Copy>(&self, dst: &mut [T], src: u64) -> Result<()> {
+        self.current()?;
+        // SAFETY: the caller checked the source range against a live allocation; `T` is a plain
+        // value type for which any bytes are valid (f32, i32, u8).
+        unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(drv("copy from device"))
+    }
+
+    fn function(&self, name: &str) -> Result<sys::CUfunction> {
+        let mut f = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&h) = f.get(name) {
+            return Ok(h as sys::CUfunction);
+        }
+        let cname = CString::new(name).map_err(|_| GpuError::UnknownKernel(name.into()))?;
+        // SAFETY: the module is loaded and alive for the device's lifetime.
+        let h = unsafe { result::module::get_function(self.module, cname) }
+            .map_err(|_| GpuError::UnknownKernel(name.into()))?;
+        f.insert(name.to_string(), h as usize);
+        Ok(h)
+    }
+
+    pub(crate) fn launch(&self, name: &str, l: Launch, params: &mut [*mut c_void]) -> Result<()> {
+        self.current()?;
+        let f = self.function(name)?;
+        let (g, b) = (l.grid, l.block);
+        // SAFETY: `params` points at one value per kernel parameter in the order and sizes of
+        // the kernel's signature (the launchers keep the kernels' contract), alive until the
+        // launch call returns (the driver copies them); the pointers among them are live
+        // allocations of this context sized for the geometry.
+        unsafe {
+            result::launch_kernel(
+                f,
+                (g[0], g[1], g[2]),
+                (b[0], b[1], b[2]),
+                l.shared,
+                std::ptr::null_mut(),
+                params,
+            )
+        }
+        .map_err(|e| GpuError::Driver(format!("launch {name}: {e}")))
+    }
+
+    pub(crate) fn sync(&self) -> Result<()> {
+        self.current()?;
+        result::ctx::synchronize().map_err(drv("synchronize"))
+    }
+}
+
+impl Drop for CudaDevice {
+    fn drop(&mut self) {
+        if self.current().is_ok() {
+            // SAFETY: the module loaded in `open`, unloaded once; the primary context retained
+            // there, released once.
+            unsafe {
+                let _ = result::module::unload(self.module);
+                let _ = result::primary_ctx::release(self.dev);
+            }
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! One seam for the two places the kernels run: a CUDA device through the driver API, and the
+//! host shim that runs the same kernel sources on the CPU (tests). Memory is untyped buffers
+//! addressed by 64-bit device pointers; a launch is a kernel name, its geometry and its
+//! arguments laid out as `cuLaunchKernel` takes them.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use crate::error::{GpuError, Result};
+
+/// Grid and block dimensions of a launch, and its dynamic shared memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared: u32,
+}
+
+impl Launch {
+    /// `blocks` blocks of `threads` threads, no dynamic shared memory.
+    pub fn linear(blocks: u32, threads: u32) -> Launch {
+        Launch {
+            grid: [blocks.max(1), 1, 1],
+            block: [threads, 1, 1],
+            shared: 0,
+        }
+    }
+}
+
+/// Arguments of one launch, each in its own 8-byte slot (little-endian: a 32-bit value is read
+/// from the slot's first four bytes, as the driver reads `kernelParams`).
+#[derive(Debug, Default)]
+pub struct Args {
+    slots: Vec<u64>,
+}
+
+impl Args {
+    pub fn new() -> Args {
+        Args::default()
+    }
+
+    pub fn buf(self, b: &DevBuf) -> Args {
+        self.ptr(b.ptr)
+    }
+
+    /// A pointer `offset` bytes into `b` (checked against its length).
+    pub fn buf_at(self, b: &DevBuf, offset: usize) -> Args {
+        assert!(
+            offset <= b.len,
+            "argument offset {offset} past a {}-byte buffer",
+            b.len
+        );
+        self.ptr(b.ptr + offset as u64)
+    }
+
+    pub fn ptr(mut self, p: u64) -> Args {
+        self.slots.push(p);
+        self
+    }
+
+    pub fn i32(mut self, v: i32) -> Args {
+        self.slots.push(v as u32 as u64);
+        self
+    }
+
+    /// A `usize` as an `int` (checked: the kernels take 32-bit sizes).
+    pub fn int(self, v: usize) -> Args {
+        self.i32(i32::try_from(v).expect("kernel size argument exceeds i32"))
+    }
+
+    pub fn f32(mut self, v: f32) -> Args {
+        self.slots.push(v.to_bits() as u64);
+        self
+    }
+
+    /// The `kernelParams` array: one pointer per slot, valid while `self` lives unmoved.
+    fn params(&mut self) -> Vec<*mut c_void> {
+        self.slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut c_void)
+            .collect()
+    }
+}
+
+enum Inner {
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaDevice),
+    #[cfg(feature = "shim")]
+    Shim,
+}
+
+/// A device the kernels run on (cheap to clone).
+#[derive(Clone)]
+pub struct Device {
+    inner: Arc<Inner>,
+}
+
+/// Device memory; freed on drop.
+pub struct DevBuf {
+    ptr: u64,
+    len: usize,
+    dev: Arc<Inner>,
+}
+
+impl DevBuf {
+    pub fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for DevBuf {
+    fn drop(&mut self) {
+        self.dev.free(self.ptr, self.len);
+    }
+}
+
+/// Alignment of every allocation (the driver gives at least 256 bytes).
+#[cfg(feature = "shim")]
+const ALIGN: usize = 256;
+
+impl Inner {
+    fn alloc(&self, len: usize) -> Result<u64> {
+        match self {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.alloc(len),
+            #[cfg(feature = "shim")]
+            Inner::Shim => {
+                let layout = std::alloc::Layout::from_size_align(len.max(1), ALIGN)
+                    .map_err(|e| GpuError::Driver(e.to_string()))?;
+                // SAFETY: the layout has a non-zero size.
+                let p = unsafe { std::alloc::alloc_zeroed(layout) };
+                if p.is_null() {
+                    return Err(GpuError::Driver(format!(
+                        "host shim: cannot allocate {len} bytes"
+                    )));
+                }
+                Ok(p as u64)
+            }
+        }
+    }
+
+    fn free(&self, ptr: u64, len: usize) {
+        match self {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.free(ptr),
+            #[cfg(feature = "shim")]
+            Inner::Shim => {
+                let layout = std::alloc::Layout::from_size_align(len.max(1), ALIGN)
+                    .expect("layout was valid at allocation");
+                // SAFETY: `ptr` came from `alloc_zeroed` with this same layout (DevBuf keeps
+                // the length it was allocated with) and is freed once, by DevBuf's drop.
+                unsafe { std::alloc::dealloc(ptr as *mut u8, layout) }
+            }
+        }
+        let _ = (ptr, len);
+    }
+}
+
+impl Device {
+    /// The host shim: the kernel sources compiled for the CPU (tests; one OS thread per CUDA
+    /// thread, so only for small shapes).
+    #[cfg(feature = "shim")]
+    pub fn shim() -> Device {
+        Device {
+            inner: Arc::new(Inner::Shim),
+        }
+    }
+
+    /// CUDA device `index` with the kernels compiled for its architecture.
+    #[cfg(feature = "cuda")]
+    pub fn cuda(index: usize) -> Result<Device> {
+        Ok(Device {
+            inner: Arc::new(Inner::Cuda(crate::cuda::CudaDevice::open(index)?)),
+        })
+    }
+
+    pub fn is_shim(&self) -> bool {
+        #[cfg(feature = "shim")]
+        if matches!(*self.inner, Inner::Shim) {
+            return true;
+        }
+        false
+    }
+
+    pub fn alloc(&self, len: usize) -> Result<DevBuf> {
+        Ok(DevBuf {
+            ptr: self.inner.alloc(len)?,
+            len,
+            dev: self.inner.clone(),
+        })
+    }
+
+    /// A buffer holding `data`.
+    pub fn upload<T: Copy>(&self, data: &[T]) -> Result<DevBuf> {
+        let buf = self.alloc(std::mem::size_of_val(data))?;
+        self.write(&buf, 0, data)?;
+        Ok(buf)
+    }
+
+    /// Copies `data` to `buf` at byte `offset`.
+    pub fn write<T: Copy>(&self, buf: &DevBuf, offset: usize, data: &[T]) -> Result<()> {
+        let bytes = std::mem::size_of_val(data);
+        check_range(buf, offset, bytes)?;
+        match &*self.inner {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.htod(buf.ptr + offset as u64, data),
+            #[cfg(feature = "shim")]
+            Inner::Shim => {
+                // SAFETY: `buf` is a live host allocation of `buf.len` bytes and
+                // `offset + bytes <= buf.len` was checked; `data` is `bytes` bytes of plain
+                // values and cannot overlap a buffer only DevBuf hands out.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        data.as_ptr() as *const u8,
+                        (buf.ptr as *mut u8).add(offset),
+                        bytes,
+                    )
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies `out.len()` values from `buf` at byte `offset` (after the work queued before).
+    pub fn read<T: Copy>(&self, buf: &DevBuf, offset: usize, out: &mut [T]) -> Result<()> {
+        let bytes = std::mem::size_of_val(out);
+        check_range(buf, offset, bytes)?;
+        match &*self.inner {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.dtoh(out, buf.ptr + offset as u64),
+            #[cfg(feature = "shim")]
+            Inner::Shim => {
+                // SAFETY: as in `write`, the range was checked against the live allocation, and
+                // `out` is `bytes` bytes of plain values (every bit pattern valid for the
+                // f32/i32/u8 the callers read).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        (buf.ptr as *const u8).add(offset),
+                        out.as_mut_ptr() as *mut u8,
+                        bytes,
+                    )
+                };
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs kernel `name` (the arguments must match its parameter list: the kernels' contract
+    /// in `kernels/cuda/`, which the launchers in this crate keep).
+    pub fn launch(&self, name: &str, l: Launch, mut args: Args) -> Result<()> {
+        let mut params = args.params();
+        match &*self.inner {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.launch(name, l, &mut params),
+            #[cfg(feature = "shim")]
+            Inner::Shim => crate::shim::launch(name, l.grid, l.block, l.shared, &mut params),
+        }
+    }
+
+    /// Waits for the queued work.
+    pub fn sync(&self) -> Result<()> {
+        match &*self.inner {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.sync(),
+            #[cfg(feature = "shim")]
+            Inner::Shim => Ok(()),
+        }
+    }
+}
+
+fn check_range(buf: &DevBuf, offset: usize, bytes: usize) -> Result<()> {
+    match offset.checked_add(bytes) {
+        Some(end) if end <= buf.len => Ok(()),
+        _ => Err(GpuError::Driver(format!(
+            "copy of {bytes} bytes at offset {offset} outside a {}-byte buffer",
+            buf.len
+        ))),
+    }
+}

@@ -1,0 +1,170 @@
+//! Matrix products on a device: a weight matrix in its stored type, times token rows. Quantized
+//! types take 8-bit activations (`block_q8_1`, quantized once per input and shared by the
+//! products that read it) through `dp4a` kernels: MMVQ for up to 16 rows, the tiled MMQ above.
+//! Float types take the f32 rows directly.
+
+use cascade_weights::DType;
+
+use crate::device::{Args, DevBuf, Device};
+use crate::error::{GpuError, Result};
+use crate::geometry as kernels;
+
+/// Most token rows the MMVQ kernels take; more go through MMQ.
+pub const MMVQ_MAX_ROWS: usize = 16;
+
+/// Bytes of one `block_q8_1` (two halves and 32 int8 values).
+const Q8_1_BYTES: usize = 36;
+
+/// The kernel-name suffix of a weight type, `None` when no device kernel reads it.
+pub fn kernel_suffix(dtype: DType) -> Option<&'static str> {
+    Some(match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::Q4_0 => "q4_0",
+        DType::Q4_1 => "q4_1",
+        DType::Q5_0 => "q5_0",
+        DType::Q8_0 => "q8_0",
+        DType::Q4K => "q4_k",
+        DType::Q6K => "q6_k",
+        _ => return None,
+    })
+}
+
+fn is_float(dtype: DType) -> bool {
+    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// A weight matrix on the device (plain row layout).
+pub struct Mat {
+    buf: DevBuf,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    suffix: &'static str,
+}
+
+impl Mat {
+    pub fn new(buf: DevBuf, dtype: DType, rows: usize, cols: usize, name: &str) -> Result<Mat> {
+        let suffix = kernel_suffix(dtype).ok_or_else(|| {
+            GpuError::Unsupported(format!("{name}: no CUDA kernel for {dtype:?} matrices"))
+        })?;
+        let want = rows * cols / dtype.block_len() * dtype.block_bytes();
+        if buf.len() != want || !cols.is_multiple_of(32) {
+            return Err(GpuError::Unsupported(format!(
+                "{name}: {rows}x{cols} {dtype:?} needs {want} bytes and 32 | cols; has {}",
+                buf.len()
+            )));
+        }
+        Ok(Mat {
+            buf,
+            dtype,
+            rows,
+            cols,
+            suffix,
+        })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// `y[t][r] = Σ_c W[r][c] · x[t][c]` for `n` rows of `x`; quantized types quantize `x`
+    /// through `mm` unless it holds `x` already.
+    pub fn apply(
+        &self,
+        d: &Device,
+        mm: &mut Matmul,
+        x: &DevBuf,
+        y: &DevBuf,
+        n: usize,
+    ) -> Result<()> {
+        if is_float(self.dtype) {
+            let name = format!("mv_{}", self.suffix);
+            let l = kernels::mv(self.rows, self.cols, n);
+            return d.launch(&name, l, self.args(x, y, n));
+        }
+        mm.prepare(d, x, self.cols, n)?;
+        let (name, l) = if n <= MMVQ_MAX_ROWS {
+            (
+                format!("mmvq_{}", self.suffix),
+                kernels::mmvq(self.dtype, self.rows, self.cols, n),
+            )
+        } else {
+            (
+                format!("mmq_{}", self.suffix),
+                kernels::mmq(self.dtype, self.rows, self.cols, n),
+            )
+        };
+        d.launch(&name, l, self.args(&mm.acts, y, n))
+    }
+
+    fn args(&self, x: &DevBuf, y: &DevBuf, n: usize) -> Args {
+        Args::new()
+            .buf(&self.buf)
+            .buf(x)
+            .buf(y)
+            .int(self.rows)
+            .int(self.cols)
+            .int(n)
+    }
+
+    /// Embedding rows: `out[i] = W[ids[i]]` dequantized to f32.
+    pub fn get_rows(&self, d: &Device, ids: &DevBuf, out: &DevBuf, n: usize) -> Result<()> {
+        let name = format!("get_rows_{}", self.suffix);
+        d.launch(
+            &name,
+            kernels::get_rows(self.cols, n),
+            Args::new()
+                .buf(&self.buf)
+                .buf(ids)
+                .buf(out)
+                .int(self.cols)
+                .int(n),
+        )
+    }
+}
+
+/// The 8-bit activations of the input the products read now.
+pub struct Matmul {
+    acts: DevBuf,
+    /// Which input `acts` holds (its buffer address, columns, rows); `None` after `reset`.
+    holds: Option<(u64, usize, usize)>,
+}
+
+impl Matmul {
+    pub fn new(acts: DevBuf) -> Matmul {
+        Matmul { acts, holds: None }
+    }
+
+    pub fn acts_bytes(n: usize, cols: usize) -> usize {
+        n * cols.div_ceil(32) * Q8_1_BYTES
+    }
+
+    pub fn into_buf(self) -> DevBuf {
+        self.acts
+    }
+
+    /// Forgets the quantized input (call whenever a buffer that was quantized is rewritten).
+    pub fn reset(&mut self) {
+        self.holds = None;
+    }
+
+    fn prepare(&mut self, d: &Device, x: &DevBuf, cols: usize, n: usize) -> Result<()> {
+        if self.holds == Some((x.ptr(), cols, n)) {
+            return Ok(());
+        }
+        if Self::acts_bytes(n, cols) > self.acts.len() {
+            return Err(GpuError::BadBatch(format!(
+                "activations of {n}x{cols} exceed the workspace"
+            )));
+        }
+        d.launch(
+            "quantize_q8_1",
+            kernels::quantize(cols, n),
+            Args::new().buf(x).buf(&self.acts).int(cols).int(n),
+        )?;
+        self.holds = Some((x.ptr(), cols, n));
+        Ok(())
+    }
+}

@@ -1,0 +1,576 @@
+//! A Llama/Qwen2-family model on a device: weights uploaded once in their stored quantized
+//! formats, keys and values in a paged pool whose block ids are the scheduler's, and one forward
+//! pass over a ragged batch that mirrors the CPU engine's layer by layer.
+
+use std::ops::Range;
+
+use cascade_weights::{DType, Layout, ModelConfig, RopeStyle, TensorView};
+
+use crate::device::{Args, DevBuf, Device, Launch};
+use crate::error::{GpuError, Result};
+use crate::matmul::{Mat, Matmul};
+
+/// What one layer of the engine's model hands over for upload.
+pub struct LayerSource<'a> {
+    pub attn_norm: &'a [f32],
+    pub ffn_norm: &'a [f32],
+    pub wq: &'a TensorView,
+    pub wk: &'a TensorView,
+    pub wv: &'a TensorView,
+    pub wo: &'a TensorView,
+    pub bq: Option<&'a [f32]>,
+    pub bk: Option<&'a [f32]>,
+    pub bv: Option<&'a [f32]>,
+    pub w_gate: &'a TensorView,
+    pub w_up: &'a TensorView,
+    pub w_down: &'a TensorView,
+}
+
+/// The whole model as the engine holds it (views into the weight store).
+pub struct ModelSource<'a> {
+    pub config: &'a ModelConfig,
+    pub embd: &'a TensorView,
+    pub output: &'a TensorView,
+    pub output_norm: &'a [f32],
+    pub layers: Vec<LayerSource<'a>>,
+}
+
+struct GpuLayer {
+    attn_norm: DevBuf,
+    ffn_norm: DevBuf,
+    wq: Mat,
+    wk: Mat,
+    wv: Mat,
+    wo: Mat,
+    bq: Option<DevBuf>,
+    bk: Option<DevBuf>,
+    bv: Option<DevBuf>,
+    w_gate: Mat,
+    w_up: Mat,
+    w_down: Mat,
+}
+
+/// A model's weights on a device.
+pub struct GpuModel {
+    dev: Device,
+    config: ModelConfig,
+    embd: Mat,
+    output: Mat,
+    output_norm: DevBuf,
+    layers: Vec<GpuLayer>,
+    /// Bytes of device memory the weights take.
+    pub weight_bytes: usize,
+}
+
+/// Keys and values of every layer in blocks of `block` positions: pool row
+/// `b * block + offset` holds position `offset` of block `b` (`kv_dim` floats).
+pub struct GpuKv {
+    k: Vec<DevBuf>,
+    v: Vec<DevBuf>,
+    n_blocks: usize,
+    block: usize,
+}
+
+impl GpuKv {
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|b| b.len()).sum()
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.n_blocks
+    }
+}
+
+/// One sequence of a batch: `tokens` at positions `past..`, its blocks `table`, and the rows
+/// of its new tokens that want logits.
+#[derive(Debug, Clone)]
+pub struct GpuSeq<'a> {
+    pub tokens: &'a [u32],
+    pub table: &'a [u32],
+    pub past: usize,
+    pub want: Range<usize>,
+}
+
+/// Device buffers of one pass, grown as needed and kept between passes.
+#[derive(Default)]
+pub struct Workspace {
+    bufs: Vec<Option<DevBuf>>,
+}
+
+/// The workspace's buffers by role.
+#[derive(Clone, Copy)]
+enum Slot {
+    X,
+    Xn,
+    Q,
+    K,
+    V,
+    Attn,
+    Proj,
+    Gate,
+    Up,
+    Acts,
+    Logits,
+    Ids,
+    Pos,
+    Slots,
+    Tables,
+    TableStart,
+    SeqOfRow,
+    OutRows,
+}
+
+const N_SLOTS: usize = Slot::OutRows as usize + 1;
+
+impl Workspace {
+    fn take(&mut self, dev: &Device, slot: Slot, bytes: usize) -> Result<DevBuf> {
+        if self.bufs.len() < N_SLOTS {
+            self.bufs.resize_with(N_SLOTS, || None);
+        }
+        match self.bufs[slot as usize].take() {
+            Some(b) if b.len() >= bytes => Ok(b),
+            _ => dev.alloc(bytes.max(256).next_power_of_two()),
+        }
+    }
+
+    fn put(&mut self, slot: Slot, b: DevBuf) {
+        self.bufs[slot as usize] = Some(b);
+    }
+}
+
+fn upload_f32(dev: &Device, v: &[f32]) -> Result<DevBuf> {
+    dev.upload(v)
+}
+
+/// Uploads a matrix in its stored type, rows in file order (an interleaved copy made for the
+/// CPU kernels is put back in row order, one matrix at a time).
+fn upload_mat(dev: &Device, t: &TensorView) -> Result<Mat> {
+    let (rows, cols) = match t.shape.as_slice() {
+        [r, c] => (*r, *c),
+        s => {
+            return Err(GpuError::Unsupported(format!(
+                "{}: shape {s:?} is not a matrix",
+                t.name
+            )))
+        }
+    };
+    let buf = match t.layout {
+        Layout::Rows => dev.upload(t.bytes())?,
+        Layout::Interleaved8 => {
+            let rows_layout =
+                cascade_kernels::interleave::deinterleave8(t.dtype, t.bytes(), rows, cols)
+                    .map_err(|e| GpuError::Unsupported(format!("{}: {e}", t.name)))?;
+            dev.upload(&rows_layout)?
+        }
+    };
+    Mat::new(buf, t.dtype, rows, cols, &t.name)
+}
+
+impl GpuModel {
+    /// Uploads `src` to `dev`.
+    pub fn upload(dev: &Device, src: &ModelSource) -> Result<GpuModel> {
+        let mat = |t: &TensorView| upload_mat(dev, t);
+        let opt = |b: Option<&[f32]>| b.map(|b| upload_f32(dev, b)).transpose();
+        let mut layers = Vec::with_capacity(src.layers.len());
+        for l in &src.layers {
+            layers.push(GpuLayer {
+                attn_norm: upload_f32(dev, l.attn_norm)?,
+                ffn_norm: upload_f32(dev, l.ffn_norm)?,
+                wq: mat(l.wq)?,
+                wk: mat(l.wk)?,
+                wv: mat(l.wv)?,
+                wo: mat(l.wo)?,
+                bq: opt(l.bq)?,
+                bk: opt(l.bk)?,
+                bv: opt(l.bv)?,
+                w_gate: mat(l.w_gate)?,
+                w_up: mat(l.w_up)?,
+                w_down: mat(l.w_down)?,
+            });
+        }
+        let mut m = GpuModel {
+            dev: dev.clone(),
+            config: src.config.clone(),
+            embd: mat(src.embd)?,
+            output: mat(src.output)?,
+            output_norm: upload_f32(dev, src.output_norm)?,
+            layers,
+            weight_bytes: 0,
+        };
+        m.weight_bytes = m.count_bytes();
+        Ok(m)
+    }
+
+    fn count_bytes(&self) -> usize {
+        let mut n = self.embd.bytes() + self.output.bytes() + self.output_norm.len();
+        for l in &self.layers {
+            n += l.attn_norm.len() + l.ffn_norm.len();
+            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]
+                .iter()
+                .map(|m| m.bytes())
+                .sum::<usize>();
+            n += [&l.bq, &l.bk, &l.bv]
+                .iter()
+                .filter_map(|b| b.as_ref().map(|b| b.len()))
+                .sum::<usize>();
+        }
+        n
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    /// A KV pool of `n_blocks` blocks of `block` positions for every layer.
+    pub fn new_kv(&self, n_blocks: usize, block: usize) -> Result<GpuKv> {
+        let bytes = n_blocks * block * self.config.kv_dim() * 4;
+        let mut k = Vec::with_capacity(self.config.n_layers);
+        let mut v = Vec::with_capacity(self.config.n_layers);
+        for _ in 0..self.config.n_layers {
+            k.push(self.dev.alloc(bytes)?);
+            v.push(self.dev.alloc(bytes)?);
+        }
+        Ok(GpuKv {
+            k,
+            v,
+            n_blocks,
+            block,
+        })
+    }
+
+    /// KV bytes per position (both keys and values, every layer).
+    pub fn kv_bytes_per_position(c: &ModelConfig) -> usize {
+        2 * c.n_layers * c.kv_dim() * 4
+    }
+}
+
+/// Host-side index arrays of a batch.
+struct BatchIndex {
+    ids: Vec<i32>,
+    pos: Vec<i32>,
+    slots: Vec<i32>,
+    tables: Vec<i32>,
+    table_start: Vec<i32>,
+    seq_of_row: Vec<i32>,
+    out_rows: Vec<i32>,
+}
+
+fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize) -> Result<BatchIndex> {
+    let mut ix = BatchIndex {
+        ids: vec![],
+        pos: vec![],
+        slots: vec![],
+        tables: vec![],
+        table_start: vec![],
+        seq_of_row: vec![],
+        out_rows: vec![],
+    };
+    let mut row = 0;
+    for (si, q) in seqs.iter().enumerate() {
+        let end = q.past + q.tokens.len();
+        if q.tokens.is_empty() || end > q.table.len() * kv.block {
+            return Err(GpuError::BadBatch(format!(
+                "sequence {si}: {} tokens after {} do not fit {} blocks of {}",
+                q.tokens.len(),
+                q.past,
+                q.table.len(),
+                kv.block
+            )));
+        }
+        if let Some(b) = q.table.iter().find(|&&b| b as usize >= kv.n_blocks) {
+            return Err(GpuError::BadBatch(format!(
+                "block {b} outside a pool of {}",
+                kv.n_blocks
+            )));
+        }
+        if let Some(t) = q.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(GpuError::BadBatch(format!(
+                "token {t} outside a vocabulary of {vocab}"
+            )));
+        }
+        if q.want.end > q.tokens.len() {
+            return Err(GpuError::BadBatch(format!(
+                "logit rows {:?} past {} tokens",
+                q.want,
+                q.tokens.len()
+            )));
+        }
+        ix.table_start.push(ix.tables.len() as i32);
+        ix.tables.extend(q.table.iter().map(|&b| b as i32));
+        for (t, &id) in q.tokens.iter().enumerate() {
+            let p = q.past + t;
+            ix.ids.push(id as i32);
+            ix.pos.push(p as i32);
+            ix.slots
+                .push((q.table[p / kv.block] as usize * kv.block + p % kv.block) as i32);
+            ix.seq_of_row.push(si as i32);
+        }
+        ix.out_rows.extend(q.want.clone().map(|r| (row + r) as i32));
+        row += q.tokens.len();
+    }
+    Ok(ix)
+}
+
+/// The device buffers of one pass.
+struct Pass {
+    x: DevBuf,
+    xn: DevBuf,
+    q: DevBuf,
+    k: DevBuf,
+    v: DevBuf,
+    attn: DevBuf,
+    proj: DevBuf,
+    gate: DevBuf,
+    up: DevBuf,
+    mm: Matmul,
+    ids: DevBuf,
+    pos: DevBuf,
+    slots: DevBuf,
+    tables: DevBuf,
+    table_start: DevBuf,
+    seq_of_row: DevBuf,
+    out_rows: DevBuf,
+    n: usize,
+}
+
+impl GpuModel {
+    fn begin(&self, ws: &mut Workspace, ix: &BatchIndex) -> Result<Pass> {
+        let c = &self.config;
+        let n = ix.ids.len();
+        let (h, qd, kvd, ff) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.intermediate_size);
+        let d = &self.dev;
+        let f = |ws: &mut Workspace, s, len: usize| ws.take(d, s, len * 4);
+        let ints = |ws: &mut Workspace, s, v: &[i32]| -> Result<DevBuf> {
+            let b = ws.take(d, s, v.len().max(1) * 4)?;
+            d.write(&b, 0, v)?;
+            Ok(b)
+        };
+        let widest = h.max(qd).max(ff);
+        Ok(Pass {
+            x: f(ws, Slot::X, n * h)?,
+            xn: f(ws, Slot::Xn, n * h)?,
+            q: f(ws, Slot::Q, n * qd)?,
+            k: f(ws, Slot::K, n * kvd)?,
+            v: f(ws, Slot::V, n * kvd)?,
+            attn: f(ws, Slot::Attn, n * qd)?,
+            proj: f(ws, Slot::Proj, n * h)?,
+            gate: f(ws, Slot::Gate, n * ff)?,
+            up: f(ws, Slot::Up, n * ff)?,
+            mm: Matmul::new(ws.take(d, Slot::Acts, Matmul::acts_bytes(n, widest))?),
+            ids: ints(ws, Slot::Ids, &ix.ids)?,
+            pos: ints(ws, Slot::Pos, &ix.pos)?,
+            slots: ints(ws, Slot::Slots, &ix.slots)?,
+            tables: ints(ws, Slot::Tables, &ix.tables)?,
+            table_start: ints(ws, Slot::TableStart, &ix.table_start)?,
+            seq_of_row: ints(ws, Slot::SeqOfRow, &ix.seq_of_row)?,
+            out_rows: ints(ws, Slot::OutRows, &ix.out_rows)?,
+            n,
+        })
+    }
+
+    fn end(ws: &mut Workspace, p: Pass) {
+        for (s, b) in [
+            (Slot::X, p.x),
+            (Slot::Xn, p.xn),
+            (Slot::Q, p.q),
+            (Slot::K, p.k),
+            (Slot::V, p.v),
+            (Slot::Attn, p.attn),
+            (Slot::Proj, p.proj),
+            (Slot::Gate, p.gate),
+            (Slot::Up, p.up),
+            (Slot::Acts, p.mm.into_buf()),
+            (Slot::Ids, p.ids),
+            (Slot::Pos, p.pos),
+            (Slot::Slots, p.slots),
+            (Slot::Tables, p.tables),
+            (Slot::TableStart, p.table_start),
+            (Slot::SeqOfRow, p.seq_of_row),
+            (Slot::OutRows, p.out_rows),
+        ] {
+            ws.put(s, b);
+        }
+    }
+
+    /// One forward pass over a ragged batch (the CPU engine's `forward_batch`): writes the new
+    /// tokens' keys and values into their blocks of `kv` and returns logits
+    /// `[rows][vocab_size]` for each sequence's `want` rows in turn.
+    pub fn forward_batch(
+        &self,
+        kv: &GpuKv,
+        seqs: &[GpuSeq],
+        ws: &mut Workspace,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let ix = index_batch(seqs, kv, c.vocab_size)?;
+        let mut p = self.begin(ws, &ix)?;
+        let result = self.run(kv, &mut p, ws, ix.out_rows.len(), logits);
+        Self::end(ws, p);
+        result
+    }
+
+    fn run(
+        &self,
+        kv: &GpuKv,
+        p: &mut Pass,
+        ws: &mut Workspace,
+        m: usize,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
+        let c = &self.config;
+        let h = c.hidden_size;
+        self.embd.get_rows(&self.dev, &p.ids, &p.x, p.n)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.attention_block(l, layer, kv, p)?;
+            self.mlp_block(layer, p)?;
+        }
+        logits.clear();
+        if m == 0 {
+            return Ok(());
+        }
+        // The rows that want logits, gathered, normed and projected.
+        let d = &self.dev;
+        d.launch(
+            "get_rows_f32",
+            Launch::linear(m as u32, 256),
+            Args::new()
+                .buf(&p.x)
+                .buf(&p.out_rows)
+                .buf(&p.proj)
+                .int(h)
+                .int(m),
+        )?;
+        self.rms_norm(&p.proj, &self.output_norm, &p.xn, m)?;
+        let out = ws.take(d, Slot::Logits, m * c.vocab_size * 4)?;
+        p.mm.reset();
+        let r = self.output.apply(d, &mut p.mm, &p.xn, &out, m);
+        if r.is_ok() {
+            logits.resize(m * c.vocab_size, 0.0);
+            d.read(&out, 0, &mut logits[..])?;
+        }
+        ws.put(Slot::Logits, out);
+        r
+    }
+
+    fn rms_norm(&self, x: &DevBuf, w: &DevBuf, y: &DevBuf, n: usize) -> Result<()> {
+        let c = &self.config;
+        self.dev.launch(
+            "rms_norm",
+            Launch::linear(n as u32, 256),
+            Args::new()
+                .buf(x)
+                .buf(w)
+                .buf(y)
+                .int(c.hidden_size)
+                .f32(c.rms_eps)
+                .int(n),
+        )
+    }
+
+    fn add_bias(&self, x: &DevBuf, b: &Option<DevBuf>, cols: usize, n: usize) -> Result<()> {
+        let Some(b) = b else { return Ok(()) };
+        self.dev.launch(
+            "add_bias",
+            Launch::linear(n as u32, 256),
+            Args::new().buf(x).buf(b).int(cols).int(n),
+        )
+    }
+
+    fn rope(&self, x: &DevBuf, pos: &DevBuf, n: usize, heads: usize) -> Result<()> {
+        let c = &self.config;
+        let neox = matches!(c.rope_style, RopeStyle::Neox) as i32;
+        self.dev.launch(
+            "rope",
+            Launch::linear(n as u32, 256),
+            Args::new()
+                .buf(x)
+                .buf(pos)
+                .int(n)
+                .int(heads)
+                .int(c.head_dim)
+                .f32(c.rope_theta)
+                .i32(neox),
+        )
+    }
+
+    fn add_inplace(&self, x: &DevBuf, y: &DevBuf, len: usize) -> Result<()> {
+        self.dev.launch(
+            "add_inplace",
+            Launch::linear(len.div_ceil(256) as u32, 256),
+            Args::new().buf(x).buf(y).int(len),
+        )
+    }
+
+    fn attention_block(&self, l: usize, layer: &GpuLayer, kv: &GpuKv, p: &mut Pass) -> Result<()> {
+        let c = &self.config;
+        let (d, n) = (&self.dev, p.n);
+        self.rms_norm(&p.x, &layer.attn_norm, &p.xn, n)?;
+        p.mm.reset();
+        layer.wq.apply(d, &mut p.mm, &p.xn, &p.q, n)?;
+        layer.wk.apply(d, &mut p.mm, &p.xn, &p.k, n)?;
+        layer.wv.apply(d, &mut p.mm, &p.xn, &p.v, n)?;
+        self.add_bias(&p.q, &layer.bq, c.q_dim(), n)?;
+        self.add_bias(&p.k, &layer.bk, c.kv_dim(), n)?;
+        self.add_bias(&p.v, &layer.bv, c.kv_dim(), n)?;
+        self.rope(&p.q, &p.pos, n, c.n_heads)?;
+        self.rope(&p.k, &p.pos, n, c.n_kv_heads)?;
+        d.launch(
+            "kv_store",
+            Launch::linear(n as u32, 256),
+            Args::new()
+                .buf(&p.k)
+                .buf(&p.v)
+                .buf(&kv.k[l])
+                .buf(&kv.v[l])
+                .buf(&p.slots)
+                .int(c.kv_dim())
+                .int(n),
+        )?;
+        let launch = crate::geometry::attention(n, c.n_heads, c.head_dim);
+        d.launch(
+            "attention_paged",
+            launch,
+            Args::new()
+                .buf(&p.q)
+                .buf(&kv.k[l])
+                .buf(&kv.v[l])
+                .buf(&p.tables)
+                .buf(&p.seq_of_row)
+                .buf(&p.pos)
+                .buf(&p.table_start)
+                .buf(&p.attn)
+                .int(n)
+                .int(c.n_heads)
+                .int(c.n_kv_heads)
+                .int(c.head_dim)
+                .int(kv.block)
+                .f32(1.0 / (c.head_dim as f32).sqrt()),
+        )?;
+        p.mm.reset();
+        layer.wo.apply(d, &mut p.mm, &p.attn, &p.proj, n)?;
+        self.add_inplace(&p.x, &p.proj, n * c.hidden_size)
+    }
+
+    fn mlp_block(&self, layer: &GpuLayer, p: &mut Pass) -> Result<()> {
+        let c = &self.config;
+        let (d, n, ff) = (&self.dev, p.n, c.intermediate_size);
+        self.rms_norm(&p.x, &layer.ffn_norm, &p.xn, n)?;
+        p.mm.reset();
+        layer.w_gate.apply(d, &mut p.mm, &p.xn, &p.gate, n)?;
+        layer.w_up.apply(d, &mut p.mm, &p.xn, &p.up, n)?;
+        d.launch(
+            "silu_mul",
+            Launch::linear((n * ff).div_ceil(256) as u32, 256),
+            Args::new().buf(&p.gate).buf(&p.up).int(n * ff),
+        )?;
+        p.mm.reset();
+        layer.w_down.apply(d, &mut p.mm, &p.gate, &p.proj, n)?;
+        self.add_inplace(&p.x, &p.proj, n * c.hidden_size)
+    }
+}
+
+/// Whether every matrix type of a model has a device kernel.
+pub fn supported(dtype: DType) -> bool {
+    crate::matmul::kernel_suffix(dtype).is_some()
+}
