@@ -1,0 +1,309 @@
+//! The CUDA kernels: their sources (`kernels/cuda/`), their names, and the launch geometry of
+//! each family for its shapes. The kernels' own header comments say what a block computes; the
+//! functions here are the one place that turns shapes into grids. No CUDA types: this builds
+//! without the `cuda` feature (the host shim launches the same names with the same geometry).
+
+use cascade_weights::DType;
+
+/// One CUDA source file.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    pub name: &'static str,
+    pub text: &'static str,
+}
+
+macro_rules! source {
+    ($name:literal) => {
+        Source {
+            name: $name,
+            text: include_str!(concat!("../../kernels/cuda/", $name)),
+        }
+    };
+}
+
+/// Headers the sources include (in dependency order).
+pub const HEADERS: &[Source] = &[source!("common.cuh"), source!("vecdot.cuh")];
+
+/// The kernel sources.
+pub const SOURCES: &[Source] = &[
+    source!("quantize.cu"),
+    source!("mmvq.cu"),
+    source!("mmq.cu"),
+    source!("mv.cu"),
+    source!("elementwise.cu"),
+    source!("get_rows.cu"),
+    source!("attention.cu"),
+    source!("sample.cu"),
+];
+
+/// Every kernel (the `extern "C" __global__` functions of [`SOURCES`]).
+pub const KERNELS: &[&str] = &[
+    "quantize_q8_1",
+    "mmvq_q4_0",
+    "mmvq_q4_1",
+    "mmvq_q5_0",
+    "mmvq_q8_0",
+    "mmvq_q4_k",
+    "mmvq_q6_k",
+    "mmq_q4_0",
+    "mmq_q4_1",
+    "mmq_q5_0",
+    "mmq_q8_0",
+    "mmq_q4_k",
+    "mmq_q6_k",
+    "mv_f32",
+    "mv_f16",
+    "mv_bf16",
+    "rms_norm",
+    "add_bias",
+    "add_inplace",
+    "silu_mul",
+    "rope",
+    "get_rows_f32",
+    "get_rows_f16",
+    "get_rows_bf16",
+    "get_rows_q4_0",
+    "get_rows_q4_1",
+    "get_rows_q5_0",
+    "get_rows_q8_0",
+    "get_rows_q4_k",
+    "get_rows_q6_k",
+    "kv_store",
+    "attention_paged",
+    "argmax_rows",
+    "topk_rows",
+];
+
+/// Kernels whose speed matters most: they must not spill registers (checked at compile tests).
+pub fn is_hot(kernel: &str) -> bool {
+    kernel.starts_with("mmvq_")
+        || kernel.starts_with("mmq_")
+        || kernel == "attention_paged"
+        || kernel == "rms_norm"
+}
+
+/// The whole program as NVRTC compiles it: the headers, then every source, each after a `#line`
+/// directive naming its file (so the log points into the real file), with the includes of our
+/// own headers removed (their text is already there).
+pub fn program_source() -> String {
+    let mut out = String::new();
+    for s in HEADERS.iter().chain(SOURCES) {
+        out.push_str(&format!("#line 1 \"{}\"\n", s.name));
+        for line in s.text.lines() {
+            let own_include = line.trim_start().starts_with("#include \"")
+                && HEADERS
+                    .iter()
+                    .any(|h| line.contains(&format!("\"{}\"", h.name)));
+            if own_include {
+                // Keep the line count, so #line stays right.
+                out.push('\n');
+            } else {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Grid and block dimensions of a launch, and its dynamic shared memory in bytes (the kernels
+/// use static shared arrays only: always 0 here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Launch {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared: u32,
+}
+
+impl Launch {
+    fn new(grid: [u32; 3], threads: u32) -> Launch {
+        Launch {
+            grid: [grid[0].max(1), grid[1].max(1), grid[2].max(1)],
+            block: [threads, 1, 1],
+            shared: 0,
+        }
+    }
+}
+
+/// Threads of the matrix-vector kernels' blocks: the 128 K-lanes of a row's reduction.
+pub const MV_LANES: u32 = 128;
+/// Tokens one MMVQ / MV block takes (more go to further blocks along y).
+pub const MMVQ_TOKENS: u32 = 16;
+/// Rows and tokens of one MMQ tile.
+pub const MMQ_ROWS: u32 = 4;
+pub const MMQ_TOKENS: u32 = 8;
+/// Limits of `attention_paged`.
+pub const ATTENTION_MAX_HEAD_DIM: u32 = 256;
+pub const ATTENTION_MAX_GROUP: u32 = 8;
+/// Limit of `rope`'s head dimension.
+pub const ROPE_MAX_HEAD_DIM: u32 = 512;
+/// Largest k of `topk_rows`.
+pub const TOPK_MAX: u32 = 64;
+/// Values per `block_q8_1`, and its bytes (half2 ds + 32 int8).
+pub const Q8_1_VALUES: u32 = 32;
+pub const Q8_1_BYTES: u32 = 36;
+
+/// `quantize_q8_1` of `n` rows of `cols` values (`cols` a multiple of 32): one warp per q8_1
+/// block, 8 per block of 256 threads.
+pub fn quantize_q8_1(cols: u32, n: u32) -> Launch {
+    let blocks = (n as u64 * (cols / Q8_1_VALUES) as u64).div_ceil(8);
+    Launch::new([grid_dim(blocks), 1, 1], 256)
+}
+
+/// `mmvq_<type>` for a `rows`-row matrix and `ntok` token rows: one block of 128 K-lanes per
+/// (row, group of 16 tokens).
+pub fn mmvq(rows: u32, ntok: u32) -> Launch {
+    Launch::new([rows, ntok.div_ceil(MMVQ_TOKENS), 1], MV_LANES)
+}
+
+/// `mmq_<type>`: one block of 128 K-lanes per tile of 4 rows x 8 tokens.
+pub fn mmq(rows: u32, ntok: u32) -> Launch {
+    Launch::new(
+        [rows.div_ceil(MMQ_ROWS), ntok.div_ceil(MMQ_TOKENS), 1],
+        MV_LANES,
+    )
+}
+
+/// `mv_f32` / `mv_f16` / `mv_bf16`: as [`mmvq`].
+pub fn mv(rows: u32, ntok: u32) -> Launch {
+    mmvq(rows, ntok)
+}
+
+/// `rms_norm` of `n` rows: a block of 128 threads per row.
+pub fn rms_norm(n: u32) -> Launch {
+    Launch::new([n, 1, 1], 128)
+}
+
+/// `add_bias` of `n` rows of `cols`.
+pub fn add_bias(cols: u32, n: u32) -> Launch {
+    Launch::new([cols.div_ceil(256), n, 1], 256)
+}
+
+/// `add_inplace` and `silu_mul` over `len` values.
+pub fn elementwise(len: u32) -> Launch {
+    Launch::new([len.div_ceil(256), 1, 1], 256)
+}
+
+/// `rope` of `ntok` token rows: a block of 128 threads per token.
+pub fn rope(ntok: u32) -> Launch {
+    Launch::new([ntok, 1, 1], 128)
+}
+
+/// `get_rows_<type>` of `n` rows of `cols`.
+pub fn get_rows(cols: u32, n: u32) -> Launch {
+    Launch::new([cols.div_ceil(256), n, 1], 256)
+}
+
+/// `kv_store` of `n` rows of `kv_dim`.
+pub fn kv_store(kv_dim: u32, n: u32) -> Launch {
+    Launch::new([kv_dim.div_ceil(256), n, 1], 256)
+}
+
+/// `attention_paged` of `n_rows` query rows: a block of 128 threads per (row, KV head).
+pub fn attention_paged(n_rows: u32, n_kv_heads: u32) -> Launch {
+    Launch::new([n_rows, n_kv_heads, 1], 128)
+}
+
+/// Whether `attention_paged` takes this head layout.
+pub fn attention_supported(n_heads: u32, n_kv_heads: u32, head_dim: u32) -> bool {
+    n_kv_heads > 0
+        && n_heads.is_multiple_of(n_kv_heads)
+        && n_heads / n_kv_heads <= ATTENTION_MAX_GROUP
+        && head_dim > 0
+        && head_dim <= ATTENTION_MAX_HEAD_DIM
+}
+
+/// `argmax_rows` and `topk_rows` of `n` rows: a block of 256 threads per row.
+pub fn argmax_rows(n: u32) -> Launch {
+    Launch::new([n, 1, 1], 256)
+}
+
+pub fn topk_rows(n: u32) -> Launch {
+    argmax_rows(n)
+}
+
+fn grid_dim(blocks: u64) -> u32 {
+    u32::try_from(blocks).expect("grid dimension exceeds u32")
+}
+
+/// The kernel-name suffix of a weight type, `None` when no kernel reads it.
+pub fn suffix(dtype: DType) -> Option<&'static str> {
+    Some(match dtype {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        DType::Q4_0 => "q4_0",
+        DType::Q4_1 => "q4_1",
+        DType::Q5_0 => "q5_0",
+        DType::Q8_0 => "q8_0",
+        DType::Q4K => "q4_k",
+        DType::Q6K => "q6_k",
+        _ => return None,
+    })
+}
+
+/// Whether `dtype` goes through the 8-bit activation kernels (`mmvq_*`, `mmq_*`), as opposed to
+/// the float ones (`mv_*`).
+pub fn is_quantized(dtype: DType) -> bool {
+    !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// `mmvq_<type>`, `mmq_<type>` (quantized types), or `mv_<type>` (float types) for `dtype`.
+pub fn matmul_kernel(dtype: DType, many_tokens: bool) -> Option<String> {
+    let s = suffix(dtype)?;
+    Some(if !is_quantized(dtype) {
+        format!("mv_{s}")
+    } else if many_tokens {
+        format!("mmq_{s}")
+    } else {
+        format!("mmvq_{s}")
+    })
+}
+
+/// `get_rows_<type>` for `dtype`.
+pub fn get_rows_kernel(dtype: DType) -> Option<String> {
+    suffix(dtype).map(|s| format!("get_rows_{s}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kernel_is_defined_in_the_sources_once() {
+        let all: String = SOURCES.iter().map(|s| s.text).collect();
+        for k in KERNELS {
+            // Defined directly or through a per-type macro.
+            let direct = all.matches(&format!("\n    {k}(")).count();
+            let by_macro = all.matches(&format!("_KERNEL({k},")).count();
+            assert_eq!(direct + by_macro, 1, "{k}");
+        }
+    }
+
+    #[test]
+    fn program_source_keeps_line_numbers_and_drops_own_includes() {
+        let p = program_source();
+        assert!(!p.contains("#include \"common.cuh\""));
+        assert!(p.contains("#line 1 \"mmvq.cu\""));
+        let mmvq = SOURCES.iter().find(|s| s.name == "mmvq.cu").unwrap();
+        let start = p.find("#line 1 \"mmvq.cu\"\n").unwrap() + "#line 1 \"mmvq.cu\"\n".len();
+        assert_eq!(
+            p[start..].lines().take(mmvq.text.lines().count()).count(),
+            mmvq.text.lines().count()
+        );
+    }
+
+    #[test]
+    fn geometry_covers_the_shapes() {
+        assert_eq!(mmvq(1536, 1).grid, [1536, 1, 1]);
+        assert_eq!(mmvq(1536, 17).grid, [1536, 2, 1]);
+        assert_eq!(mmq(1537, 64).grid, [385, 8, 1]);
+        assert_eq!(quantize_q8_1(1536, 3).grid, [18, 1, 1]);
+        assert_eq!(elementwise(0).grid, [1, 1, 1]);
+        assert!(attention_supported(12, 2, 128));
+        assert!(!attention_supported(12, 1, 128));
+        assert_eq!(matmul_kernel(DType::Q4K, true).unwrap(), "mmq_q4_k");
+        assert_eq!(matmul_kernel(DType::BF16, true).unwrap(), "mv_bf16");
+        assert!(matmul_kernel(DType::Q5K, false).is_none());
+    }
+}

@@ -1,0 +1,65 @@
+//! The host shim (feature `shim`, tests only): the kernel sources of `kernels/cuda/` compiled
+//! for the CPU by `build.rs` (C++20, `gpu/shim/`), one OS thread per CUDA thread, blocks one after
+//! another. [`launch`] takes what `cuLaunchKernel` takes; "device" pointers are host pointers.
+
+use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+
+use crate::error::{GpuError, Result};
+
+extern "C" {
+    /// gpu/shim/shim.cpp. Returns 0 when the kernel ran, 1 for an unknown name, 2 for a bad
+    /// geometry, 3 when dynamic shared memory is asked for, 4 on an internal failure.
+    fn cascade_shim_launch(
+        kernel_name: *const c_char,
+        grid: *const c_uint,
+        block: *const c_uint,
+        shared_bytes: c_uint,
+        args: *mut *mut c_void,
+    ) -> c_int;
+}
+
+/// Runs kernel `name` on the CPU: `args[i]` points at the value of the kernel's i-th parameter
+/// (as `cuLaunchKernel`'s `kernelParams`). Launches are serialized process-wide.
+///
+/// The kernel reads and writes through the pointers among the argument values, with the sizes
+/// its shape arguments imply. This function is safe to call in the sense of the device seam
+/// (`Device::launch`): like a launch on a GPU, its memory safety rests on the launcher passing
+/// the kernel's parameter list (the contract in `kernels/cuda/`) with buffers of the sizes the
+/// shapes imply; the launchers in this crate are the code that keeps it.
+pub fn launch(
+    name: &str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    shared: u32,
+    args: &mut [*mut c_void],
+) -> Result<()> {
+    let cname = CString::new(name).map_err(|_| GpuError::Shim {
+        kernel: name.to_string(),
+        reason: "name holds a NUL byte".into(),
+    })?;
+    // SAFETY: the name is a NUL-terminated string, grid and block point at three u32 each, all
+    // valid for the call; `args` holds one pointer per kernel parameter, each pointing at a
+    // value of that parameter's type, alive for the call (the shim copies them at launch, as
+    // the driver does). The pointers among those values must address buffers the kernel may
+    // access for its shapes: the launcher's contract (see above).
+    let rc = unsafe {
+        cascade_shim_launch(
+            cname.as_ptr(),
+            grid.as_ptr(),
+            block.as_ptr(),
+            shared,
+            args.as_mut_ptr(),
+        )
+    };
+    let reason = match rc {
+        0 => return Ok(()),
+        1 => "no such kernel in the shim".to_string(),
+        2 => format!("bad geometry: grid {grid:?}, block {block:?}"),
+        3 => format!("{shared} bytes of dynamic shared memory (the kernels use none)"),
+        n => format!("internal failure (code {n})"),
+    };
+    Err(GpuError::Shim {
+        kernel: name.to_string(),
+        reason,
+    })
+}
