@@ -63,7 +63,8 @@ const std::vector<Entry>& table() {
         KERNEL(get_rows_f32), KERNEL(get_rows_f16), KERNEL(get_rows_bf16),
         KERNEL(get_rows_q4_0), KERNEL(get_rows_q4_1), KERNEL(get_rows_q5_0),
         KERNEL(get_rows_q8_0), KERNEL(get_rows_q4_k), KERNEL(get_rows_q6_k),
-        KERNEL(kv_store), KERNEL(attention_paged),
+        KERNEL(kv_store), KERNEL(attention_paged), KERNEL(attention_paged_split),
+        KERNEL(attention_combine),
         KERNEL(argmax_rows), KERNEL(topk_rows),
         KERNEL(shim_test_reverse), KERNEL(shim_test_shuffle),
     };

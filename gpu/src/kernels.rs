@@ -70,6 +70,8 @@ pub const KERNELS: &[&str] = &[
     "get_rows_q6_k",
     "kv_store",
     "attention_paged",
+    "attention_paged_split",
+    "attention_combine",
     "argmax_rows",
     "topk_rows",
 ];
@@ -78,7 +80,7 @@ pub const KERNELS: &[&str] = &[
 pub fn is_hot(kernel: &str) -> bool {
     kernel.starts_with("mmvq_")
         || kernel.starts_with("mmq_")
-        || kernel == "attention_paged"
+        || kernel.starts_with("attention_paged")
         || kernel == "rms_norm"
 }
 
@@ -202,6 +204,48 @@ pub fn kv_store(kv_dim: u32, n: u32) -> Launch {
 /// `attention_paged` of `n_rows` query rows: a block of 128 threads per (row, KV head).
 pub fn attention_paged(n_rows: u32, n_kv_heads: u32) -> Launch {
     Launch::new([n_rows, n_kv_heads, 1], 128)
+}
+
+/// Keys per split a model may use with the split-K attention. Any fixed value works (a row's
+/// splits depend only on its own length), but results depend on it: keep one per model.
+pub const ATTENTION_KEYS_PER_SPLIT: u32 = 512;
+
+/// Splits of the longest row (`max_keys` keys) for `attention_paged_split`.
+pub fn attention_splits(max_keys: u32, keys_per_split: u32) -> u32 {
+    max_keys.div_ceil(keys_per_split).max(1)
+}
+
+/// `attention_paged_split`: a block of 128 threads per (row, KV head, split of the longest row).
+pub fn attention_paged_split(
+    n_rows: u32,
+    n_kv_heads: u32,
+    max_keys: u32,
+    keys_per_split: u32,
+) -> Launch {
+    Launch::new(
+        [
+            n_rows,
+            n_kv_heads,
+            attention_splits(max_keys, keys_per_split),
+        ],
+        128,
+    )
+}
+
+/// `attention_combine`: a block of 128 threads per (row, query head).
+pub fn attention_combine(n_rows: u32, n_heads: u32) -> Launch {
+    Launch::new([n_rows, n_heads, 1], 128)
+}
+
+/// Floats of `attention_paged_split`'s `part_o` and `part_ml` buffers.
+pub fn attention_split_scratch(
+    n_rows: usize,
+    n_heads: usize,
+    head_dim: usize,
+    splits: usize,
+) -> (usize, usize) {
+    let per_head = n_rows * n_heads * splits;
+    (per_head * head_dim, per_head * 2)
 }
 
 /// Whether `attention_paged` takes this head layout.

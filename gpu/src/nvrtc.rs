@@ -168,7 +168,10 @@ static LOADED: OnceLock<std::result::Result<Loaded, String>> = OnceLock::new();
 /// An error (not a panic, which is what cudarc does on a missing library) when it is missing.
 pub fn load() -> Result<&'static CudaPaths> {
     let loaded = LOADED.get_or_init(|| {
-        let paths = find_cuda().map_err(|e| e.to_string())?;
+        let paths = find_cuda().map_err(|e| match e {
+            GpuError::NvrtcMissing(m) => m,
+            other => other.to_string(),
+        })?;
         // SAFETY: loading libnvrtc runs its initializers, which have no preconditions; the
         // library stays loaded (owned by this static) for the rest of the process, so symbols
         // cudarc resolves from it stay valid.

@@ -32,7 +32,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_hot_spills() {
     );
     let mut problems = Vec::new();
     let mut table = vec![format!(
-        "{:<18} {:>5} {:>7} {:>7} {:>7}   {:>5} {:>7} {:>7} {:>7}",
+        "{:<22} {:>5} {:>7} {:>7} {:>7}   {:>5} {:>7} {:>7} {:>7}",
         "kernel", "regs", "st.sp", "ld.sp", "smem", "regs", "st.sp", "ld.sp", "smem"
     )];
     let mut per_arch = Vec::new();
@@ -62,7 +62,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_hot_spills() {
         per_arch.push(c);
     }
     for k in KERNELS {
-        let mut row = format!("{k:<18}");
+        let mut row = format!("{k:<22}");
         for c in &per_arch {
             if let Some(r) = c.resources.iter().find(|r| r.name == *k) {
                 row.push_str(&format!(
@@ -73,7 +73,7 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_hot_spills() {
         }
         table.push(row);
     }
-    println!("{:>27}{:>36}", "sm_80", "sm_90");
+    println!("{:>31}{:>36}", "sm_80", "sm_90");
     println!("{}", table.join("\n"));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

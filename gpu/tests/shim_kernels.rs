@@ -751,6 +751,119 @@ fn kv_store_writes_rows_to_their_slots() {
 
 // ---- attention ---------------------------------------------------------------------------------
 
+/// The paged batch of one attention call (the kernels' index arrays).
+struct Paged<'a> {
+    q: &'a [f32],
+    k_pool: &'a [f32],
+    v_pool: &'a [f32],
+    tables: &'a [i32],
+    seq_of_row: &'a [i32],
+    pos_of_row: &'a [i32],
+    table_start: &'a [i32],
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    block: usize,
+}
+
+impl Paged<'_> {
+    fn rows(&self) -> usize {
+        self.seq_of_row.len()
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
+    fn attention(&self) -> Vec<f32> {
+        let rows = self.rows();
+        let mut out = vec![f32::NAN; rows * self.n_heads * self.head_dim];
+        run(
+            "attention_paged",
+            kernels::attention_paged(rows as u32, self.n_kv_heads as u32),
+            &[
+                p(self.q),
+                p(self.k_pool),
+                p(self.v_pool),
+                p(self.tables),
+                p(self.seq_of_row),
+                p(self.pos_of_row),
+                p(self.table_start),
+                pm(&mut out),
+                i(rows),
+                i(self.n_heads),
+                i(self.n_kv_heads),
+                i(self.head_dim),
+                i(self.block),
+                A::F(self.scale()),
+            ],
+        );
+        out
+    }
+
+    /// attention_paged_split + attention_combine.
+    fn attention_split(&self, keys_per_split: usize) -> Vec<f32> {
+        let rows = self.rows();
+        let max_keys = *self.pos_of_row.iter().max().unwrap() as u32 + 1;
+        let split = kernels::attention_paged_split(
+            rows as u32,
+            self.n_kv_heads as u32,
+            max_keys,
+            keys_per_split as u32,
+        );
+        let splits = split.grid[2] as usize;
+        let (no, nml) = kernels::attention_split_scratch(rows, self.n_heads, self.head_dim, splits);
+        let mut part_o = vec![f32::NAN; no];
+        let mut part_ml = vec![f32::NAN; nml];
+        run(
+            "attention_paged_split",
+            split,
+            &[
+                p(self.q),
+                p(self.k_pool),
+                p(self.v_pool),
+                p(self.tables),
+                p(self.seq_of_row),
+                p(self.pos_of_row),
+                p(self.table_start),
+                pm(&mut part_o),
+                pm(&mut part_ml),
+                i(rows),
+                i(self.n_heads),
+                i(self.n_kv_heads),
+                i(self.head_dim),
+                i(self.block),
+                A::F(self.scale()),
+                i(keys_per_split),
+            ],
+        );
+        let mut out = vec![f32::NAN; rows * self.n_heads * self.head_dim];
+        run(
+            "attention_combine",
+            kernels::attention_combine(rows as u32, self.n_heads as u32),
+            &[
+                p(&part_o),
+                p(&part_ml),
+                p(self.pos_of_row),
+                pm(&mut out),
+                i(rows),
+                i(self.n_heads),
+                i(self.head_dim),
+                i(keys_per_split),
+                i(splits),
+            ],
+        );
+        out
+    }
+}
+
+fn worst_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 #[test]
 fn paged_attention_matches_ops_over_shuffled_blocks_and_ragged_sequences() {
     // (n_heads, n_kv_heads, head_dim): a group of 3 with a width that is not a multiple of 32,
@@ -814,28 +927,20 @@ fn paged_attention_matches_ops_over_shuffled_blocks_and_ragged_sequences() {
             rows += n;
         }
         let q = uniform(&mut r, rows * q_dim, 1.0);
-        let scale = 1.0 / (head_dim as f32).sqrt();
-        let mut got = vec![f32::NAN; rows * q_dim];
-        run(
-            "attention_paged",
-            kernels::attention_paged(rows as u32, n_kv_heads as u32),
-            &[
-                p(&q),
-                p(&k_pool),
-                p(&v_pool),
-                p(&tables),
-                p(&seq_of_row),
-                p(&pos_of_row),
-                p(&table_start),
-                pm(&mut got),
-                i(rows),
-                i(n_heads),
-                i(n_kv_heads),
-                i(head_dim),
-                i(block),
-                A::F(scale),
-            ],
-        );
+        let batch = Paged {
+            q: &q,
+            k_pool: &k_pool,
+            v_pool: &v_pool,
+            tables: &tables,
+            seq_of_row: &seq_of_row,
+            pos_of_row: &pos_of_row,
+            table_start: &table_start,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            block,
+        };
+        let got = batch.attention();
         let seqs: Vec<AttnSeq> = seq_tables
             .iter()
             .map(|(row, n, past, table)| AttnSeq {
@@ -869,33 +974,32 @@ fn paged_attention_matches_ops_over_shuffled_blocks_and_ragged_sequences() {
         }
         // A row alone gives the same bits as in the batch: the verify run's last row.
         let last = 4; // rows: [decode], [verify x4], [prefill x3]
-        let mut alone = vec![f32::NAN; q_dim];
-        run(
-            "attention_paged",
-            kernels::attention_paged(1, n_kv_heads as u32),
-            &[
-                p(&q[last * q_dim..]),
-                p(&k_pool),
-                p(&v_pool),
-                p(&tables),
-                p(&seq_of_row[last..]),
-                p(&pos_of_row[last..]),
-                p(&table_start),
-                pm(&mut alone),
-                i(1),
-                i(n_heads),
-                i(n_kv_heads),
-                i(head_dim),
-                i(block),
-                A::F(scale),
-            ],
-        );
+        let alone = Paged {
+            q: &q[last * q_dim..],
+            seq_of_row: &seq_of_row[last..last + 1],
+            pos_of_row: &pos_of_row[last..last + 1],
+            ..batch
+        }
+        .attention();
         assert!(
             alone
                 .iter()
                 .zip(&got[last * q_dim..(last + 1) * q_dim])
                 .all(|(a, b)| a.to_bits() == b.to_bits()),
             "a row alone differs from the batch"
+        );
+        // Split-K: splits of 32 keys (the 73-key rows take 3) within the same tolerance; one
+        // split per row, bitwise attention_paged.
+        let split = batch.attention_split(32);
+        let worst = worst_diff(&split, &want);
+        println!("split attention heads {n_heads}/{n_kv_heads} dim {head_dim}: worst difference {worst:e}");
+        assert!(worst <= 2e-6, "split-K: worst difference {worst}");
+        let one = batch.attention_split(1024);
+        assert!(
+            one.iter()
+                .zip(&got)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "one split differs from attention_paged"
         );
     }
 }
@@ -988,28 +1092,21 @@ fn paged_attention_takes_a_32k_context() {
         k_pool[at..at + kv_dim].copy_from_slice(&k[j * kv_dim..(j + 1) * kv_dim]);
         v_pool[at..at + kv_dim].copy_from_slice(&v[j * kv_dim..(j + 1) * kv_dim]);
     }
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let mut got = vec![f32::NAN; n_heads * head_dim];
-    run(
-        "attention_paged",
-        kernels::attention_paged(1, n_kv_heads as u32),
-        &[
-            p(&q),
-            p(&k_pool),
-            p(&v_pool),
-            p(&table),
-            p(&[0i32]),
-            p(&[keys as i32 - 1]),
-            p(&[0i32]),
-            pm(&mut got),
-            i(1),
-            i(n_heads),
-            i(n_kv_heads),
-            i(head_dim),
-            i(block),
-            A::F(scale),
-        ],
-    );
+    let batch = Paged {
+        q: &q,
+        k_pool: &k_pool,
+        v_pool: &v_pool,
+        tables: &table,
+        seq_of_row: &[0],
+        pos_of_row: &[keys as i32 - 1],
+        table_start: &[0],
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        block,
+    };
+    let got = batch.attention();
+    let split = batch.attention_split(kernels::ATTENTION_KEYS_PER_SPLIT as usize);
     // ops::attention: the last of `keys` positions as one query row with keys - 1 past.
     let s = AttentionShape {
         n_heads,
@@ -1019,11 +1116,12 @@ fn paged_attention_takes_a_32k_context() {
     let mut want = vec![0f32; n_heads * head_dim];
     let mut scratch = vec![0f32; ops::attention_scratch(1, keys - 1, n_heads)];
     ops::attention(&q, &k, &v, keys - 1, s, &mut want, &mut scratch);
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(&a, &b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    println!("attention over {keys} keys: worst difference {worst:e}");
+    let worst = worst_diff(&got, &want);
+    let worst_split = worst_diff(&split, &want);
+    println!("attention over {keys} keys: worst difference {worst:e}, split-K (64 splits) {worst_split:e}");
     assert!(worst <= 1e-6, "worst difference {worst}");
+    assert!(
+        worst_split <= 1e-6,
+        "split-K: worst difference {worst_split}"
+    );
 }
