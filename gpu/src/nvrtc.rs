@@ -216,7 +216,11 @@ pub fn compile(arch: u32) -> Result<Compiled> {
     let version = version()?;
     let source = kernels::program_source();
     let options = options(arch, &paths.include);
-    let key = cache_key(&source, &options, arch, version);
+    // The library's size tells patch releases of one NVRTC version apart.
+    let lib_len = std::fs::metadata(&paths.nvrtc)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    let key = cache_key(&source, &options, arch, version, lib_len);
     let path = cache_dir().map(|d| d.join(format!("{key:016x}-sm_{arch}.bin")));
     if let Some(p) = &path {
         if let Some(mut c) = read_cache(p, arch) {
@@ -387,7 +391,13 @@ pub fn cache_dir() -> Option<PathBuf> {
 
 /// 64-bit FNV-1a over everything that changes the output (stable across Rust versions, unlike
 /// `DefaultHasher`).
-fn cache_key(source: &str, options: &[String], arch: u32, version: (i32, i32)) -> u64 {
+fn cache_key(
+    source: &str,
+    options: &[String],
+    arch: u32,
+    version: (i32, i32),
+    lib_len: u64,
+) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -409,6 +419,7 @@ fn cache_key(source: &str, options: &[String], arch: u32, version: (i32, i32)) -
     eat(&arch.to_le_bytes());
     eat(&version.0.to_le_bytes());
     eat(&version.1.to_le_bytes());
+    eat(&lib_len.to_le_bytes());
     h
 }
 
@@ -426,12 +437,14 @@ fn write_cache(path: &Path, c: &Compiled) -> std::io::Result<()> {
         bytes.extend_from_slice(part);
     }
     // Written under a temporary name, then renamed: a reader sees the whole file or none.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}.{}.tmp",
         path.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("kernels"),
-        std::process::id()
+        std::process::id(),
+        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     std::fs::write(&tmp, &bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
@@ -541,11 +554,12 @@ ptxas info    : Used 255 registers, 43136 bytes smem, 452 bytes cmem[0]
     #[test]
     fn cache_key_depends_on_every_input_but_the_include_path() {
         let o = |inc: &str| vec!["--a".to_string(), format!("--include-path={inc}")];
-        let k = cache_key("src", &o("/x"), 80, (12, 8));
-        assert_eq!(k, cache_key("src", &o("/y"), 80, (12, 8)));
-        assert_ne!(k, cache_key("src2", &o("/x"), 80, (12, 8)));
-        assert_ne!(k, cache_key("src", &o("/x"), 90, (12, 8)));
-        assert_ne!(k, cache_key("src", &o("/x"), 80, (12, 9)));
-        assert_ne!(k, cache_key("src", &["--b".to_string()], 80, (12, 8)));
+        let k = cache_key("src", &o("/x"), 80, (12, 8), 1);
+        assert_eq!(k, cache_key("src", &o("/y"), 80, (12, 8), 1));
+        assert_ne!(k, cache_key("src2", &o("/x"), 80, (12, 8), 1));
+        assert_ne!(k, cache_key("src", &o("/x"), 90, (12, 8), 1));
+        assert_ne!(k, cache_key("src", &o("/x"), 80, (12, 9), 1));
+        assert_ne!(k, cache_key("src", &o("/x"), 80, (12, 8), 2));
+        assert_ne!(k, cache_key("src", &["--b".to_string()], 80, (12, 8), 1));
     }
 }

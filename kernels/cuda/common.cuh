@@ -82,6 +82,18 @@ struct block_q8_1 {
     i8 qs[32];
 };               // 36 bytes
 
+static_assert(sizeof(block_q4_0) == 18, "block_q4_0 layout");
+static_assert(sizeof(block_q4_1) == 20, "block_q4_1 layout");
+static_assert(sizeof(block_q5_0) == 22, "block_q5_0 layout");
+static_assert(sizeof(block_q8_0) == 34, "block_q8_0 layout");
+static_assert(sizeof(block_q4_K) == 144, "block_q4_K layout");
+static_assert(sizeof(block_q6_K) == 210, "block_q6_K layout");
+static_assert(sizeof(block_q8_1) == 36, "block_q8_1 layout");
+
+// Alignment the kernels need of a weight matrix's first byte (rows follow at whole blocks):
+// 4 bytes for Q4_1 and Q4_K (32-bit loads of their quants), 2 for the other block types (16-bit
+// loads); of the q8_1 activations: 4 bytes.
+
 // ---- small helpers ----------------------------------------------------------------------------
 
 static __device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
