@@ -27,6 +27,10 @@ pub struct FixtureSpec {
     /// Extra unused padding rows appended to the vocabulary (like Qwen's).
     pub pad_vocab: usize,
     pub seed: u64,
+    /// Multiplies every matrix's scales (1: the type's default magnitude). Below 1 the
+    /// activations and attention scores stay small, so that two roundings of one model keep
+    /// the same winners (tests comparing the GPU path with the CPU's).
+    pub weight_scale: f32,
 }
 
 impl Default for FixtureSpec {
@@ -44,6 +48,7 @@ impl Default for FixtureSpec {
             tied: false,
             pad_vocab: 8,
             seed: 42,
+            weight_scale: 1.0,
         }
     }
 }
@@ -182,7 +187,8 @@ pub fn build(spec: &FixtureSpec) -> GgufWriter {
                rows: usize,
                cols: usize,
                dtype: DType| {
-        let data = random_data(dtype, rows * cols, scale_for(dtype), || rng.random());
+        let scale = scale_for(dtype) * spec.weight_scale;
+        let data = random_data(dtype, rows * cols, scale, || rng.random());
         w.tensor(name, &[cols as u64, rows as u64], dtype, data);
     };
     let h = spec.hidden;

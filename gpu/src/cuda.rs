@@ -41,10 +41,11 @@ impl CudaDevice {
             .into_iter()
             .nth(index)
             .ok_or(GpuError::NoSuchDevice { index, count: 0 })?;
-        let image = crate::geometry::module_image(info.capability)?;
-        // SAFETY: `image` is a complete cubin (or NUL-terminated PTX) NVRTC produced for this
-        // device's architecture, alive for the call.
-        let module = unsafe { result::module::load_data(image.as_ptr() as *const c_void) }
+        let (major, minor) = info.capability;
+        let compiled = crate::nvrtc::compile(major * 10 + minor)?;
+        // SAFETY: a complete CUBIN NVRTC produced for this device's architecture, alive for
+        // the call (the driver copies what it loads).
+        let module = unsafe { result::module::load_data(compiled.cubin.as_ptr() as *const c_void) }
             .map_err(drv("load kernel module"))?;
         tracing::info!(
             "cuda:{index}: {} (sm_{}{}), kernels loaded",

@@ -8,24 +8,7 @@ use std::sync::Arc;
 
 use crate::error::{GpuError, Result};
 
-/// Grid and block dimensions of a launch, and its dynamic shared memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Launch {
-    pub grid: [u32; 3],
-    pub block: [u32; 3],
-    pub shared: u32,
-}
-
-impl Launch {
-    /// `blocks` blocks of `threads` threads, no dynamic shared memory.
-    pub fn linear(blocks: u32, threads: u32) -> Launch {
-        Launch {
-            grid: [blocks.max(1), 1, 1],
-            block: [threads, 1, 1],
-            shared: 0,
-        }
-    }
-}
+pub use crate::kernels::Launch;
 
 /// Arguments of one launch, each in its own 8-byte slot (little-endian: a 32-bit value is read
 /// from the slot's first four bytes, as the driver reads `kernelParams`).

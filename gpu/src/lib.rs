@@ -9,8 +9,6 @@ pub mod device;
 #[cfg(feature = "cuda")]
 pub mod driver;
 pub mod error;
-#[cfg(any(feature = "cuda", feature = "shim"))]
-mod geometry;
 pub mod kernels;
 #[cfg(any(feature = "cuda", feature = "shim"))]
 pub mod matmul;

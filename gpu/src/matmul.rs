@@ -7,33 +7,10 @@ use cascade_weights::DType;
 
 use crate::device::{Args, DevBuf, Device};
 use crate::error::{GpuError, Result};
-use crate::geometry as kernels;
+use crate::kernels;
 
-/// Most token rows the MMVQ kernels take; more go through MMQ.
-pub const MMVQ_MAX_ROWS: usize = 16;
-
-/// Bytes of one `block_q8_1` (two halves and 32 int8 values).
-const Q8_1_BYTES: usize = 36;
-
-/// The kernel-name suffix of a weight type, `None` when no device kernel reads it.
-pub fn kernel_suffix(dtype: DType) -> Option<&'static str> {
-    Some(match dtype {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-        DType::Q4_0 => "q4_0",
-        DType::Q4_1 => "q4_1",
-        DType::Q5_0 => "q5_0",
-        DType::Q8_0 => "q8_0",
-        DType::Q4K => "q4_k",
-        DType::Q6K => "q6_k",
-        _ => return None,
-    })
-}
-
-fn is_float(dtype: DType) -> bool {
-    matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
-}
+/// Most token rows the MMVQ kernels take at their best; more go through MMQ's tiles.
+pub const MMVQ_MAX_ROWS: usize = kernels::MMVQ_TOKENS as usize;
 
 /// A weight matrix on the device (plain row layout).
 pub struct Mat {
@@ -46,7 +23,7 @@ pub struct Mat {
 
 impl Mat {
     pub fn new(buf: DevBuf, dtype: DType, rows: usize, cols: usize, name: &str) -> Result<Mat> {
-        let suffix = kernel_suffix(dtype).ok_or_else(|| {
+        let suffix = kernels::suffix(dtype).ok_or_else(|| {
             GpuError::Unsupported(format!("{name}: no CUDA kernel for {dtype:?} matrices"))
         })?;
         let want = rows * cols / dtype.block_len() * dtype.block_bytes();
@@ -79,22 +56,16 @@ impl Mat {
         y: &DevBuf,
         n: usize,
     ) -> Result<()> {
-        if is_float(self.dtype) {
+        let (rows, nt) = (self.rows as u32, n as u32);
+        if !kernels::is_quantized(self.dtype) {
             let name = format!("mv_{}", self.suffix);
-            let l = kernels::mv(self.rows, self.cols, n);
-            return d.launch(&name, l, self.args(x, y, n));
+            return d.launch(&name, kernels::mv(rows, nt), self.args(x, y, n));
         }
         mm.prepare(d, x, self.cols, n)?;
         let (name, l) = if n <= MMVQ_MAX_ROWS {
-            (
-                format!("mmvq_{}", self.suffix),
-                kernels::mmvq(self.dtype, self.rows, self.cols, n),
-            )
+            (format!("mmvq_{}", self.suffix), kernels::mmvq(rows, nt))
         } else {
-            (
-                format!("mmq_{}", self.suffix),
-                kernels::mmq(self.dtype, self.rows, self.cols, n),
-            )
+            (format!("mmq_{}", self.suffix), kernels::mmq(rows, nt))
         };
         d.launch(&name, l, self.args(&mm.acts, y, n))
     }
@@ -114,7 +85,7 @@ impl Mat {
         let name = format!("get_rows_{}", self.suffix);
         d.launch(
             &name,
-            kernels::get_rows(self.cols, n),
+            kernels::get_rows(self.cols as u32, n as u32),
             Args::new()
                 .buf(&self.buf)
                 .buf(ids)
@@ -138,7 +109,7 @@ impl Matmul {
     }
 
     pub fn acts_bytes(n: usize, cols: usize) -> usize {
-        n * cols.div_ceil(32) * Q8_1_BYTES
+        n * cols.div_ceil(32) * kernels::Q8_1_BYTES as usize
     }
 
     pub fn into_buf(self) -> DevBuf {
@@ -161,7 +132,7 @@ impl Matmul {
         }
         d.launch(
             "quantize_q8_1",
-            kernels::quantize(cols, n),
+            kernels::quantize_q8_1(cols as u32, n as u32),
             Args::new().buf(x).buf(&self.acts).int(cols).int(n),
         )?;
         self.holds = Some((x.ptr(), cols, n));

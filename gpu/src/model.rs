@@ -6,8 +6,9 @@ use std::ops::Range;
 
 use cascade_weights::{DType, Layout, ModelConfig, RopeStyle, TensorView};
 
-use crate::device::{Args, DevBuf, Device, Launch};
+use crate::device::{Args, DevBuf, Device};
 use crate::error::{GpuError, Result};
+use crate::kernels as k;
 use crate::matmul::{Mat, Matmul};
 
 /// What one layer of the engine's model hands over for upload.
@@ -169,6 +170,13 @@ fn upload_mat(dev: &Device, t: &TensorView) -> Result<Mat> {
 impl GpuModel {
     /// Uploads `src` to `dev`.
     pub fn upload(dev: &Device, src: &ModelSource) -> Result<GpuModel> {
+        let c = src.config;
+        let (h, kvh, hd) = (c.n_heads as u32, c.n_kv_heads as u32, c.head_dim as u32);
+        if !k::attention_supported(h, kvh, hd) || hd > k::ROPE_MAX_HEAD_DIM {
+            return Err(GpuError::Unsupported(format!(
+                "attention of {h} heads over {kvh} KV heads of {hd} dimensions"
+            )));
+        }
         let mat = |t: &TensorView| upload_mat(dev, t);
         let opt = |b: Option<&[f32]>| b.map(|b| upload_f32(dev, b)).transpose();
         let mut layers = Vec::with_capacity(src.layers.len());
@@ -433,7 +441,7 @@ impl GpuModel {
         let d = &self.dev;
         d.launch(
             "get_rows_f32",
-            Launch::linear(m as u32, 256),
+            k::get_rows(h as u32, m as u32),
             Args::new()
                 .buf(&p.x)
                 .buf(&p.out_rows)
@@ -457,7 +465,7 @@ impl GpuModel {
         let c = &self.config;
         self.dev.launch(
             "rms_norm",
-            Launch::linear(n as u32, 256),
+            k::rms_norm(n as u32),
             Args::new()
                 .buf(x)
                 .buf(w)
@@ -472,7 +480,7 @@ impl GpuModel {
         let Some(b) = b else { return Ok(()) };
         self.dev.launch(
             "add_bias",
-            Launch::linear(n as u32, 256),
+            k::add_bias(cols as u32, n as u32),
             Args::new().buf(x).buf(b).int(cols).int(n),
         )
     }
@@ -482,7 +490,7 @@ impl GpuModel {
         let neox = matches!(c.rope_style, RopeStyle::Neox) as i32;
         self.dev.launch(
             "rope",
-            Launch::linear(n as u32, 256),
+            k::rope(n as u32),
             Args::new()
                 .buf(x)
                 .buf(pos)
@@ -497,7 +505,7 @@ impl GpuModel {
     fn add_inplace(&self, x: &DevBuf, y: &DevBuf, len: usize) -> Result<()> {
         self.dev.launch(
             "add_inplace",
-            Launch::linear(len.div_ceil(256) as u32, 256),
+            k::elementwise(len as u32),
             Args::new().buf(x).buf(y).int(len),
         )
     }
@@ -517,7 +525,7 @@ impl GpuModel {
         self.rope(&p.k, &p.pos, n, c.n_kv_heads)?;
         d.launch(
             "kv_store",
-            Launch::linear(n as u32, 256),
+            k::kv_store(c.kv_dim() as u32, n as u32),
             Args::new()
                 .buf(&p.k)
                 .buf(&p.v)
@@ -527,7 +535,7 @@ impl GpuModel {
                 .int(c.kv_dim())
                 .int(n),
         )?;
-        let launch = crate::geometry::attention(n, c.n_heads, c.head_dim);
+        let launch = k::attention_paged(n as u32, c.n_kv_heads as u32);
         d.launch(
             "attention_paged",
             launch,
@@ -561,7 +569,7 @@ impl GpuModel {
         layer.w_up.apply(d, &mut p.mm, &p.xn, &p.up, n)?;
         d.launch(
             "silu_mul",
-            Launch::linear((n * ff).div_ceil(256) as u32, 256),
+            k::elementwise((n * ff) as u32),
             Args::new().buf(&p.gate).buf(&p.up).int(n * ff),
         )?;
         p.mm.reset();
@@ -572,5 +580,5 @@ impl GpuModel {
 
 /// Whether every matrix type of a model has a device kernel.
 pub fn supported(dtype: DType) -> bool {
-    crate::matmul::kernel_suffix(dtype).is_some()
+    k::suffix(dtype).is_some()
 }

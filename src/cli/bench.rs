@@ -68,6 +68,9 @@ pub struct ForwardArgs {
     pub precision: PrecisionArg,
     #[command(flatten)]
     pub repack: super::RepackArgs,
+    /// Where the model runs: auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_parser = super::parse_device)]
+    pub device: cascade_engine::DeviceSpec,
     /// Print a JSON list of the entries.
     #[arg(long)]
     pub json: bool,
@@ -129,6 +132,9 @@ fn run_forward(a: ForwardArgs) -> Result<(), CliError> {
     let path = cascade_engine::fast_path(&a.model, &a.repack.policy());
     let mut model = Model::load(&store, &path, &OpenOptions::default())?;
     model.set_precision(a.precision.into());
+    let none = cascade_engine::DeviceSpec::Cpu;
+    let sched = Default::default();
+    cascade_engine::placement::place_models(&mut model, a.device, None, none, &sched)?;
     let max_new = a.tokens.iter().copied().max().unwrap_or(1);
     if a.context + max_new > model.config.context_length {
         return Err(CliError::Usage(format!(

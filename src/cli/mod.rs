@@ -153,7 +153,7 @@ pub struct DeviceArgs {
     pub draft_device: cascade_engine::DeviceSpec,
 }
 
-fn parse_device(s: &str) -> Result<cascade_engine::DeviceSpec, String> {
+pub(crate) fn parse_device(s: &str) -> Result<cascade_engine::DeviceSpec, String> {
     s.parse()
 }
 

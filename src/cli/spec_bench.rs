@@ -59,6 +59,8 @@ pub struct SpecBenchArgs {
     /// Print one JSON object per setting (after each thread count's run).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub devices: super::DeviceArgs,
 }
 
 /// `--lookup`: no prompt lookup, or lookup from n-grams of at least this many tokens.
@@ -275,6 +277,8 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
             target: a.target.clone(),
             draft: draft_path.clone(),
             threads: Some(threads),
+            device: a.devices.device,
+            draft_device: a.devices.draft_device,
             ..Default::default()
         })?;
         let request = |p: &PromptLine, mode| Request {
