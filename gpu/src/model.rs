@@ -119,9 +119,11 @@ enum Slot {
     TableStart,
     SeqOfRow,
     OutRows,
+    PartO,
+    PartMl,
 }
 
-const N_SLOTS: usize = Slot::OutRows as usize + 1;
+const N_SLOTS: usize = Slot::PartMl as usize + 1;
 
 impl Workspace {
     fn take(&mut self, dev: &Device, slot: Slot, bytes: usize) -> Result<DevBuf> {
@@ -252,6 +254,9 @@ impl GpuModel {
     }
 }
 
+/// Keys per piece of a row's split attention (fixed per model: batch invariance).
+const KEYS_PER_SPLIT: u32 = 256;
+
 /// Host-side index arrays of a batch.
 struct BatchIndex {
     ids: Vec<i32>,
@@ -261,6 +266,8 @@ struct BatchIndex {
     table_start: Vec<i32>,
     seq_of_row: Vec<i32>,
     out_rows: Vec<i32>,
+    /// Keys of the longest row (its position + 1).
+    max_keys: usize,
 }
 
 fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize) -> Result<BatchIndex> {
@@ -272,6 +279,7 @@ fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize) -> Result<BatchIndex> 
         table_start: vec![],
         seq_of_row: vec![],
         out_rows: vec![],
+        max_keys: 0,
     };
     let mut row = 0;
     for (si, q) in seqs.iter().enumerate() {
@@ -314,6 +322,7 @@ fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize) -> Result<BatchIndex> 
             ix.seq_of_row.push(si as i32);
         }
         ix.out_rows.extend(q.want.clone().map(|r| (row + r) as i32));
+        ix.max_keys = ix.max_keys.max(end);
         row += q.tokens.len();
     }
     Ok(ix)
@@ -338,7 +347,10 @@ struct Pass {
     table_start: DevBuf,
     seq_of_row: DevBuf,
     out_rows: DevBuf,
+    part_o: DevBuf,
+    part_ml: DevBuf,
     n: usize,
+    max_keys: usize,
 }
 
 impl GpuModel {
@@ -354,6 +366,8 @@ impl GpuModel {
             Ok(b)
         };
         let widest = h.max(qd).max(ff);
+        let splits = k::attention_splits(ix.max_keys as u32, KEYS_PER_SPLIT) as usize;
+        let split = k::attention_split_scratch(n, c.n_heads, c.head_dim, splits);
         Ok(Pass {
             x: f(ws, Slot::X, n * h)?,
             xn: f(ws, Slot::Xn, n * h)?,
@@ -372,7 +386,10 @@ impl GpuModel {
             table_start: ints(ws, Slot::TableStart, &ix.table_start)?,
             seq_of_row: ints(ws, Slot::SeqOfRow, &ix.seq_of_row)?,
             out_rows: ints(ws, Slot::OutRows, &ix.out_rows)?,
+            part_o: f(ws, Slot::PartO, split.0)?,
+            part_ml: f(ws, Slot::PartMl, split.1)?,
             n,
+            max_keys: ix.max_keys,
         })
     }
 
@@ -395,6 +412,8 @@ impl GpuModel {
             (Slot::TableStart, p.table_start),
             (Slot::SeqOfRow, p.seq_of_row),
             (Slot::OutRows, p.out_rows),
+            (Slot::PartO, p.part_o),
+            (Slot::PartMl, p.part_ml),
         ] {
             ws.put(s, b);
         }
@@ -535,10 +554,31 @@ impl GpuModel {
                 .int(c.kv_dim())
                 .int(n),
         )?;
-        let launch = k::attention_paged(n as u32, c.n_kv_heads as u32);
+        self.attention(l, kv, p)?;
+        p.mm.reset();
+        layer.wo.apply(d, &mut p.mm, &p.attn, &p.proj, n)?;
+        self.add_inplace(&p.x, &p.proj, n * c.hidden_size)
+    }
+
+    /// Paged attention of every row, split along the keys in fixed pieces of
+    /// [`KEYS_PER_SPLIT`] (a row's splits depend on its own length only, so its result does not
+    /// depend on the batch; one split is `attention_paged`'s bits) so that a few long rows still
+    /// spread over many blocks, then the splits merged in order.
+    fn attention(&self, l: usize, kv: &GpuKv, p: &Pass) -> Result<()> {
+        let c = &self.config;
+        let (d, n) = (&self.dev, p.n);
+        let kps = KEYS_PER_SPLIT;
+        let splits = k::attention_splits(p.max_keys as u32, kps) as usize;
+        let (po, pm) = k::attention_split_scratch(n, c.n_heads, c.head_dim, splits);
+        let scale = 1.0 / (c.head_dim as f32).sqrt();
+        if po * 4 > p.part_o.len() || pm * 4 > p.part_ml.len() {
+            return Err(GpuError::BadBatch(
+                "attention split scratch too small".into(),
+            ));
+        }
         d.launch(
-            "attention_paged",
-            launch,
+            "attention_paged_split",
+            k::attention_paged_split(n as u32, c.n_kv_heads as u32, p.max_keys as u32, kps),
             Args::new()
                 .buf(&p.q)
                 .buf(&kv.k[l])
@@ -547,17 +587,30 @@ impl GpuModel {
                 .buf(&p.seq_of_row)
                 .buf(&p.pos)
                 .buf(&p.table_start)
-                .buf(&p.attn)
+                .buf(&p.part_o)
+                .buf(&p.part_ml)
                 .int(n)
                 .int(c.n_heads)
                 .int(c.n_kv_heads)
                 .int(c.head_dim)
                 .int(kv.block)
-                .f32(1.0 / (c.head_dim as f32).sqrt()),
+                .f32(scale)
+                .i32(kps as i32),
         )?;
-        p.mm.reset();
-        layer.wo.apply(d, &mut p.mm, &p.attn, &p.proj, n)?;
-        self.add_inplace(&p.x, &p.proj, n * c.hidden_size)
+        d.launch(
+            "attention_combine",
+            k::attention_combine(n as u32, c.n_heads as u32),
+            Args::new()
+                .buf(&p.part_o)
+                .buf(&p.part_ml)
+                .buf(&p.pos)
+                .buf(&p.attn)
+                .int(n)
+                .int(c.n_heads)
+                .int(c.head_dim)
+                .i32(kps as i32)
+                .int(splits),
+        )
     }
 
     fn mlp_block(&self, layer: &GpuLayer, p: &mut Pass) -> Result<()> {
