@@ -1,25 +1,30 @@
 // The CUDA dialect of kernels/cuda/*.cu as plain C++20, so that the host shim runs the very same
-// kernel sources on the CPU: one OS thread per CUDA thread, the blocks of a launch one after
-// another (so `__shared__` is a `static`), `__syncthreads` a barrier over the block's threads,
-// warp shuffles an exchange through a per-warp buffer with barriers among the warp's lanes.
+// kernel sources on the CPU. Each CUDA thread of a block is a fiber (its own stack, switched in
+// user space, shim.cpp) on one OS thread; `__syncthreads` and every warp shuffle are barriers
+// at which the fiber stops and the next ready fiber of the block runs, and a barrier opens when
+// every fiber of the block (of the warp, for a shuffle) has reached it. Between barriers a fiber
+// runs alone, so the only interleavings are at barriers. Independent blocks may run on several
+// OS threads at once, each block's fibers on one of them: `__shared__` is a `static
+// thread_local`, one copy per OS thread, which the fibers of the block running there share.
+// `threadIdx` and the lane state are per-fiber values that the scheduler sets on every switch
+// (fibers never move between OS threads).
 //
 // A thread that returns from the kernel drops out of its block's and its warp's barriers (as an
 // exited thread on the GPU), so a whole-block early return is fine. A shuffle needs every lane
-// of the warp (as the kernels' full masks promise); a shuffle in a divergent branch deadlocks.
+// of the warp (as the kernels' full masks promise); a barrier or shuffle that not every thread
+// (lane) reaches is a deadlock, which the shim detects and reports (the launch fails).
 #pragma once
 
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <optional>
 #include <type_traits>
 
 #define __global__
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+#define __shared__ static thread_local
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)
@@ -29,6 +34,7 @@ struct dim3 {
 };
 typedef dim3 uint3;
 
+// Per OS thread; threadIdx rewritten on every fiber switch, the others per block.
 inline thread_local dim3 threadIdx;
 inline thread_local dim3 blockIdx;
 inline thread_local dim3 blockDim;
@@ -36,36 +42,41 @@ inline thread_local dim3 gridDim;
 
 namespace cascade_shim {
 
-// One warp's exchange buffer: shuffles alternate between two slot arrays, so one barrier per
-// shuffle suffices (a lane writing slots[p] again has passed the barrier of the shuffle after
-// the one that last read them).
+// One warp's exchange buffer and barrier: shuffles alternate between two slot arrays, so one
+// barrier per shuffle suffices (a lane writing slots[p] again has passed the barrier of the
+// shuffle after the one that last read them).
 struct Warp {
-    std::optional<std::barrier<>> bar;
     alignas(64) uint64_t slots[2][32];
+    unsigned arrived = 0;  // lanes stopped at the current shuffle
+    unsigned live = 0;     // lanes that have not returned from the kernel
 };
 
-struct ThreadState {
-    std::barrier<>* block_bar = nullptr;
+// What the shuffles read of the running fiber.
+struct Lane {
     Warp* warp = nullptr;
     unsigned lane = 0;
     unsigned warp_size = 32;  // lanes in this warp (the last warp of a block may be partial)
     unsigned parity = 0;
 };
 
-inline thread_local ThreadState t_state;
+// The running fiber's lane state (set on every switch).
+inline thread_local Lane* t_lane = nullptr;
 
-inline void syncthreads() { t_state.block_bar->arrive_and_wait(); }
+// shim.cpp: stop the running fiber until every live thread of its block (lane of its warp) has
+// arrived.
+void block_barrier();
+void warp_barrier();
 
 template <class T>
 inline T exchange(T v, unsigned src) {
     static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "shuffle of a small value");
-    ThreadState& s = t_state;
+    Lane& s = *t_lane;  // this fiber's own, valid across the barrier
     uint64_t* slots = s.warp->slots[s.parity];
     s.parity ^= 1;
     uint64_t bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
     slots[s.lane] = bits;
-    s.warp->bar->arrive_and_wait();
+    warp_barrier();
     if (src >= s.warp_size) {
         return v;
     }
@@ -77,11 +88,11 @@ inline T exchange(T v, unsigned src) {
 
 }  // namespace cascade_shim
 
-inline void __syncthreads() { cascade_shim::syncthreads(); }
+inline void __syncthreads() { cascade_shim::block_barrier(); }
 
 template <class T>
 inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
-    const unsigned lane = cascade_shim::t_state.lane;
+    const unsigned lane = cascade_shim::t_lane->lane;
     const unsigned src = lane ^ (unsigned)lane_mask;
     // Outside the lane's segment of `width`: its own value, as on the GPU.
     if ((src & ~(unsigned)(width - 1)) != (lane & ~(unsigned)(width - 1))) {
@@ -92,7 +103,7 @@ inline T __shfl_xor_sync(unsigned, T v, int lane_mask, int width = 32) {
 
 template <class T>
 inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
-    const unsigned lane = cascade_shim::t_state.lane;
+    const unsigned lane = cascade_shim::t_lane->lane;
     const unsigned in_seg = lane & (unsigned)(width - 1);
     const unsigned src = in_seg + delta < (unsigned)width ? lane + delta : lane;
     return cascade_shim::exchange(v, src);
@@ -100,7 +111,7 @@ inline T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
 
 template <class T>
 inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
-    const unsigned lane = cascade_shim::t_state.lane;
+    const unsigned lane = cascade_shim::t_lane->lane;
     const unsigned in_seg = lane & (unsigned)(width - 1);
     const unsigned src = in_seg >= delta ? lane - delta : lane;
     return cascade_shim::exchange(v, src);
@@ -108,7 +119,7 @@ inline T __shfl_up_sync(unsigned, T v, unsigned delta, int width = 32) {
 
 template <class T>
 inline T __shfl_sync(unsigned, T v, int src_lane, int width = 32) {
-    const unsigned lane = cascade_shim::t_state.lane;
+    const unsigned lane = cascade_shim::t_lane->lane;
     const unsigned base = lane & ~(unsigned)(width - 1);
     return cascade_shim::exchange(v, base + ((unsigned)src_lane & (unsigned)(width - 1)));
 }

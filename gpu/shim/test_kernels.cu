@@ -1,17 +1,30 @@
 // Kernels that test the shim itself (compiled into the shim only, never by NVRTC).
 #include "../../kernels/cuda/common.cuh"
 
-// Reverses x[0..n) (n = blockDim.x <= 1024) through shared memory. With sync == 0 the barrier
-// between the writes and the reads is missing: a thread may read a slot before its owner wrote
-// it (and sees the previous launch's value), which the shim must show as a wrong answer.
+// Reverses block b's slice x[b n .. b n + n) (n = blockDim.x <= 1024) through shared memory.
+// With sync == 0 the barrier between the writes and the reads is missing: a thread may read a
+// slot before its owner wrote it (and sees a previous block's value), which the shim must show
+// as a wrong answer.
 extern "C" __global__ void shim_test_reverse(float* x, int n, int sync) {
     __shared__ float buf[1024];
     const int t = threadIdx.x;
+    x += (i64)blockIdx.x * n;
     buf[t] = x[t];
     if (sync) {
         __syncthreads();
     }
     x[t] = buf[n - 1 - t];
+}
+
+// A shuffle that only the odd threads reach while the even ones wait at __syncthreads: a
+// deadlock on the GPU, which the shim must report (not hang).
+extern "C" __global__ void shim_test_divergent(int* out) {
+    const int t = threadIdx.x;
+    if (t % 2 == 1) {
+        out[t] = __shfl_xor_sync(FULL_MASK, t, 1);
+    }
+    __syncthreads();
+    out[t] += 1;
 }
 
 // Each shuffle flavour once per lane, for a check against the CUDA semantics:

@@ -1,6 +1,8 @@
 //! The host shim (feature `shim`, tests only): the kernel sources of `kernels/cuda/` compiled
-//! for the CPU by `build.rs` (C++20, `gpu/shim/`), one OS thread per CUDA thread, blocks one after
-//! another. [`launch`] takes what `cuLaunchKernel` takes; "device" pointers are host pointers.
+//! for the CPU by `build.rs` (C++20, `gpu/shim/`): each CUDA thread of a block a fiber on one OS
+//! thread, switched at barriers and shuffles; a launch's blocks spread over the calling thread and
+//! a few helper threads. [`launch`] takes what `cuLaunchKernel` takes; "device" pointers are host
+//! pointers.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 
@@ -8,7 +10,8 @@ use crate::error::{GpuError, Result};
 
 extern "C" {
     /// gpu/shim/shim.cpp. Returns 0 when the kernel ran, 1 for an unknown name, 2 for a bad
-    /// geometry, 3 when dynamic shared memory is asked for, 4 on an internal failure.
+    /// geometry, 3 when dynamic shared memory is asked for, 4 on an internal failure, 5 for a
+    /// deadlock (a barrier or shuffle not every thread reached).
     fn cascade_shim_launch(
         kernel_name: *const c_char,
         grid: *const c_uint,
@@ -19,7 +22,8 @@ extern "C" {
 }
 
 /// Runs kernel `name` on the CPU: `args[i]` points at the value of the kernel's i-th parameter
-/// (as `cuLaunchKernel`'s `kernelParams`). Launches are serialized process-wide.
+/// (as `cuLaunchKernel`'s `kernelParams`). Launches from different threads may run at the same
+/// time (each OS thread has its own `__shared__` arrays), as launches on different streams.
 ///
 /// The kernel reads and writes through the pointers among the argument values, with the sizes
 /// its shape arguments imply. This function is safe to call in the sense of the device seam
@@ -56,6 +60,7 @@ pub fn launch(
         1 => "no such kernel in the shim".to_string(),
         2 => format!("bad geometry: grid {grid:?}, block {block:?}"),
         3 => format!("{shared} bytes of dynamic shared memory (the kernels use none)"),
+        5 => "deadlock: a __syncthreads or warp shuffle that not every thread reached".to_string(),
         n => format!("internal failure (code {n})"),
     };
     Err(GpuError::Shim {

@@ -1,5 +1,5 @@
 //! Every CUDA kernel, run on the CPU through the host shim, against cascade-kernels' CPU code
-//! and exact references. Shapes are small (the shim runs one OS thread per CUDA thread) but
+//! and exact references. Shapes are small (the shim runs every CUDA thread as a fiber on the CPU) but
 //! large enough that every K-lane of the matrix kernels takes more than one part, attention
 //! spans several key tiles, and the last tiles are partial.
 
@@ -137,35 +137,55 @@ fn shim_shuffles_follow_cuda_semantics() {
 
 #[test]
 fn a_missing_syncthreads_shows_as_a_wrong_answer() {
-    // shim_test_reverse reverses 128 values through shared memory; without its barrier, threads
-    // read slots their owners have not written yet in this launch (they hold the previous
-    // launch's values), which the shim must expose.
+    // shim_test_reverse reverses 128 values per block through shared memory; without its
+    // barrier, threads read slots their owners have not written yet (they hold a previous
+    // block's values), which the shim must expose. The shim runs the fibers of one of two
+    // consecutive blocks in thread order and of the other backwards, so with two blocks both
+    // directions fail: threads that read a higher thread's slot (lower half), and threads that
+    // read a lower one's (upper half).
     let n = 128;
     let l = Launch {
-        grid: [1, 1, 1],
+        grid: [2, 1, 1],
         block: [n as u32, 1, 1],
         shared: 0,
     };
-    let mut wrong_without = 0;
     for round in 0..4 {
         for sync in [1, 0] {
-            let base = (round * 2 + sync) as f32 * 1000.0;
-            let mut x: Vec<f32> = (0..n).map(|j| base + j as f32).collect();
+            let base = (round * 2 + sync + 1) as f32 * 1000.0;
+            let value = |b: usize, j: usize| base + (b * 500 + j) as f32;
+            let mut x: Vec<f32> = (0..2 * n).map(|k| value(k / n, k % n)).collect();
             run("shim_test_reverse", l, &[pm(&mut x), i(n), A::I(sync)]);
-            let wrong = (0..n)
-                .filter(|&j| x[j] != base + (n - 1 - j) as f32)
-                .count();
+            let wrong = |j: usize| (0..2).any(|b| x[b * n + j] != value(b, n - 1 - j));
+            let (lower, upper) = (0..n)
+                .filter(|&j| wrong(j))
+                .partition::<Vec<_>, _>(|&j| j < n / 2);
             if sync == 1 {
-                assert_eq!(wrong, 0, "with the barrier, round {round}");
+                assert!(
+                    lower.is_empty() && upper.is_empty(),
+                    "with the barrier, round {round}"
+                );
             } else {
-                wrong_without += wrong;
+                assert!(
+                    !lower.is_empty() && !upper.is_empty(),
+                    "without the barrier, round {round}: wrong lower threads {lower:?}, upper {upper:?}"
+                );
             }
         }
     }
-    assert!(
-        wrong_without > 0,
-        "no wrong value without the barrier in 4 launches"
-    );
+}
+
+#[test]
+fn a_barrier_not_every_thread_reaches_is_reported_as_a_deadlock() {
+    // The odd threads wait at a shuffle, the even ones at __syncthreads: the launch fails
+    // (instead of hanging), and the next launch runs normally.
+    let mut out = vec![0i32; 64];
+    let mut slot = out.as_mut_ptr() as u64;
+    let mut params = [&mut slot as *mut u64 as *mut c_void];
+    let err = shim::launch("shim_test_divergent", [2, 1, 1], [64, 1, 1], 0, &mut params)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("deadlock"), "{err}");
+    shim_shuffles_follow_cuda_semantics();
 }
 
 #[test]
