@@ -1,7 +1,10 @@
 // A ThreadSanitizer run of the shim (not part of the cargo build): gpu/shim/tsan-check builds
-// this with -fsanitize=thread and runs it. It launches rms_norm, mmvq_q8_0 and attention_paged
-// (barriers, warp shuffles, shared memory), which must be race free, and then, with
-// `--racy`, shim_test_reverse without its barrier, which TSan must report.
+// this with -fsanitize=thread and runs it. TSan sees the shim's fibers (the CUDA threads) as
+// threads through its fiber API, ordered only by the barriers and shuffles (shim.cpp). It
+// launches rms_norm, rope, mmvq_q8_0, mmq_q8_0, attention_paged, the split-K attention pair and
+// topk_rows (barriers, warp shuffles, shared memory, several blocks on several OS threads),
+// which must be race free, and then, with `--racy`, shim_test_reverse without its barrier,
+// which TSan must report.
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -43,6 +46,53 @@ int main(int argc, char** argv) {
         int *tp = table.data(), *sp = seq.data(), *pp = pos.data(), *stp = start.data();
         rc |= launch("attention_paged", n_rows, n_kv, 128,
                      {&qp, &kp, &vp, &tp, &sp, &pp, &stp, &op, &n_rows, &n_heads, &n_kv, &hd, &bs, &scale});
+    }
+    {
+        int ntok = 3, n_heads = 2, hd = 64, neox = 1;
+        float theta = 10000.0f;
+        std::vector<float> x(ntok * n_heads * hd, 0.5f);
+        std::vector<int> pos = {0, 5, 9};
+        float* xp = x.data();
+        int* pp = pos.data();
+        rc |= launch("rope", ntok, 1, 128, {&xp, &pp, &ntok, &n_heads, &hd, &theta, &neox});
+    }
+    {
+        int rows = 8, cols = 256, ntok = 16;
+        std::vector<unsigned char> wq(rows * cols / 32 * 34, 1), xq(ntok * cols / 32 * 36, 1);
+        std::vector<float> y(rows * ntok);
+        void *wp = wq.data(), *xp = xq.data();
+        float* yp = y.data();
+        rc |= launch("mmq_q8_0", rows / 4, ntok / 8, 128, {&wp, &xp, &yp, &rows, &cols, &ntok});
+    }
+    {
+        int n_rows = 2, n_heads = 4, n_kv = 2, hd = 64, bs = 16, kps = 32, splits = 2;
+        float scale = 0.125f;
+        std::vector<float> q(n_rows * n_heads * hd, 0.5f), k(64 * n_kv * hd, 0.25f),
+            v(64 * n_kv * hd, 1.0f), part_o(n_rows * n_heads * splits * hd),
+            part_ml(n_rows * n_heads * splits * 2), out(n_rows * n_heads * hd);
+        std::vector<int> table = {2, 0, 3, 1}, seq = {0, 0}, pos = {20, 50}, start = {0};
+        float *qp = q.data(), *kp = k.data(), *vp = v.data(), *pop = part_o.data(),
+              *pmp = part_ml.data(), *op = out.data();
+        int *tp = table.data(), *sp = seq.data(), *pp = pos.data(), *stp = start.data();
+        const unsigned grid[3] = {(unsigned)n_rows, (unsigned)n_kv, (unsigned)splits};
+        const unsigned block[3] = {128, 1, 1};
+        std::vector<void*> a = {&qp, &kp, &vp, &tp, &sp, &pp, &stp, &pop, &pmp, &n_rows,
+                                &n_heads, &n_kv, &hd, &bs, &scale, &kps};
+        const int r = cascade_shim_launch("attention_paged_split", grid, block, 0, a.data());
+        std::printf("attention_paged_split: %d\n", r);
+        rc |= r;
+        rc |= launch("attention_combine", n_rows, n_heads, 128,
+                     {&pop, &pmp, &pp, &op, &n_rows, &n_heads, &hd, &kps, &splits});
+    }
+    {
+        int vocab = 1000, n = 3, k = 5;
+        std::vector<float> logits(vocab * n);
+        for (int i = 0; i < vocab * n; ++i) logits[i] = (float)((i * 37) % 101);
+        std::vector<int> idx(n * k);
+        std::vector<float> val(n * k);
+        float *lp = logits.data(), *vp = val.data();
+        int* ip = idx.data();
+        rc |= launch("topk_rows", n, 1, 256, {&lp, &vocab, &n, &k, &ip, &vp});
     }
     if (argc > 1 && std::strcmp(argv[1], "--racy") == 0) {
         int n = 64, sync = 0;
