@@ -289,3 +289,66 @@ fn chat_prompt_uses_the_template() {
         "special tokens in text are parsed as special tokens"
     );
 }
+
+/// FR-Spec: a model whose output layer is restricted to some tokens gives, for those tokens,
+/// bitwise the full model's logits, -inf for every other, for every weight type of the output
+/// matrix (including a repacked, interleaved one); speculative decoding with such a draft still
+/// emits exactly the target's greedy tokens.
+#[test]
+fn a_restricted_output_layer_gives_the_full_logits_of_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, embd_dtype) in [
+        ("q8", DType::Q8_0),
+        ("q6k", DType::Q6K),
+        ("q4k", DType::Q4K),
+    ] {
+        let spec = FixtureSpec {
+            hidden: 256,
+            ffn: 512,
+            n_layers: 1,
+            embd_dtype,
+            // 272 vocabulary rows: whole groups of eight, so the output matrix interleaves.
+            pad_vocab: 7,
+            ..FixtureSpec::default()
+        };
+        let path = common::write_fixture(dir.path(), &format!("{name}.gguf"), &spec);
+        // K-quant output matrices through their repacked (interleaved) copy.
+        let path = if embd_dtype == DType::Q8_0 {
+            path
+        } else {
+            let r = dir.path().join(format!("{name}.r8.gguf"));
+            cascade::engine::repack::repack_gguf(&path, &r).unwrap();
+            r
+        };
+        let full = load(&path);
+        let mut sub = load(&path);
+        let ids: Vec<u32> = (0..full.vocab_size() as u32)
+            .filter(|i| i % 3 != 1)
+            .collect();
+        sub.restrict_output(&ids).unwrap();
+        assert_eq!(sub.output_tokens(), ids.len());
+        let prompt = [5u32, 77, 140, 201];
+        let a = full
+            .forward(&prompt, &mut full.new_cache(16), Logits::All)
+            .unwrap();
+        let b = sub
+            .forward(&prompt, &mut sub.new_cache(16), Logits::All)
+            .unwrap();
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let id = (i % full.vocab_size()) as u32;
+            if id % 3 != 1 {
+                assert_eq!(x.to_bits(), y.to_bits(), "{name}: token {id}");
+            } else {
+                assert_eq!(*y, f32::NEG_INFINITY, "{name}: token {id}");
+            }
+        }
+    }
+    assert!(load(&common::write_fixture(
+        dir.path(),
+        "m.gguf",
+        &FixtureSpec::default()
+    ))
+    .restrict_output(&[1, 100_000])
+    .is_err());
+}

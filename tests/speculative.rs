@@ -352,3 +352,59 @@ fn bench_speculative_runs_every_setting_per_prompt_and_checks_losslessness() {
         "--lookup off leaves nothing to draft",
     );
 }
+
+/// `cascade vocab-rank` writes a ranking; `--draft-vocab N --vocab-rank FILE` restricts the
+/// draft's output layer to N tokens and the output is still the target's own; without a ranking
+/// for the tokenizer it is a clear error.
+#[test]
+fn a_restricted_draft_vocabulary_keeps_exact_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (t, d) = pair(dir.path());
+    let (ts, ds) = (t.display().to_string(), d.display().to_string());
+    let text = dir.path().join("corpus.txt");
+    std::fs::write(
+        &text,
+        "the cat sat on the mat and the cat ran. the hat, the mat.",
+    )
+    .unwrap();
+    let rank = dir.path().join("r.rank");
+    let (cs, rs) = (text.display().to_string(), rank.display().to_string());
+    let out = cascade(&["vocab-rank", "--model", &ts, "--corpus", &cs, "--out", &rs]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plain = gen_json(&t, &["--mode", "target"]);
+    for n in ["40", "120"] {
+        let args = [
+            "--draft",
+            &ds,
+            "--draft-len",
+            "3",
+            "--no-lookup",
+            "--draft-vocab",
+            n,
+            "--vocab-rank",
+            &rs,
+        ];
+        let out = gen_json(&t, &args);
+        assert_eq!(out["tokens"], plain["tokens"], "--draft-vocab {n}");
+        assert!(out["stats"]["drafted"].as_u64().unwrap() > 0);
+    }
+    let out = cascade(&[
+        "generate",
+        "--target",
+        &ts,
+        "--draft",
+        &ds,
+        "--prompt",
+        "the cat",
+        "--draft-vocab",
+        "40",
+    ]);
+    common::assert_clean_error(
+        &out,
+        "no shipped frequency ranking for the draft's tokenizer",
+    );
+}

@@ -40,6 +40,12 @@ pub struct EngineConfig {
     pub device: DeviceSpec,
     /// Where the draft runs.
     pub draft_device: DeviceSpec,
+    /// The draft's output layer computes only this many of the most frequent tokens (FR-Spec;
+    /// `None`: the whole vocabulary). Exactness is unaffected.
+    pub draft_vocab: Option<usize>,
+    /// The frequency ranking for `draft_vocab` (default: the one this build ships for the
+    /// draft's tokenizer).
+    pub vocab_rank: Option<PathBuf>,
 }
 
 /// Which loaded model runs a request.
@@ -144,6 +150,28 @@ pub(crate) struct Shared {
     pub(crate) spec_memory: Mutex<SpecMemory>,
 }
 
+/// Restricts the draft's output layer to the `n` most frequent tokens of its ranking.
+fn restrict_draft(d: &mut Model, n: usize, rank: Option<&std::path::Path>) -> Result<()> {
+    use crate::speculative::vocab::{fingerprint, VocabRank};
+    let rank = match rank {
+        Some(p) => VocabRank::load(p)?,
+        None => VocabRank::shipped(fingerprint(&d.tokenizer)).ok_or(EngineError::InvalidParam {
+            name: "draft vocabulary",
+            reason: "no shipped frequency ranking for the draft's tokenizer; build one with \
+                     `cascade vocab-rank` and pass it with --vocab-rank"
+                .into(),
+        })?,
+    };
+    let ids = rank.subset(&d.tokenizer, n)?;
+    d.restrict_output(&ids)?;
+    tracing::info!(
+        "draft output layer: {} of {} tokens",
+        d.output_tokens(),
+        d.vocab_size()
+    );
+    Ok(())
+}
+
 /// What users embed: the models, and the scheduler thread that runs every request submitted to
 /// it in one batch per step.
 pub struct Engine {
@@ -185,6 +213,9 @@ impl Engine {
             None => None,
         };
         let mut draft = draft;
+        if let (Some(d), Some(n)) = (draft.as_mut(), cfg.draft_vocab) {
+            restrict_draft(d, n, cfg.vocab_rank.as_deref())?;
+        }
         crate::placement::place_models(
             &mut target,
             cfg.device,

@@ -53,6 +53,8 @@ pub enum EngineError {
         tokens: usize,
         total: usize,
     },
+    #[error("{0}")]
+    Io(String),
     #[error("cannot write {path}: {source}")]
     Write {
         path: std::path::PathBuf,

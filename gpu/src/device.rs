@@ -148,8 +148,8 @@ impl Inner {
 }
 
 impl Device {
-    /// The host shim: the kernel sources compiled for the CPU (tests; one OS thread per CUDA
-    /// thread, so only for small shapes).
+    /// The host shim: the kernel sources compiled for the CPU (tests; each CUDA thread a fiber,
+    /// blocks spread over the cores).
     #[cfg(feature = "shim")]
     pub fn shim() -> Device {
         Device {

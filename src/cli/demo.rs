@@ -27,6 +27,8 @@ pub struct DemoArgs {
     pub threads: Option<usize>,
     #[command(flatten)]
     pub devices: super::DeviceArgs,
+    #[command(flatten)]
+    pub vocab: super::DraftVocabArgs,
 }
 
 pub fn run(a: DemoArgs) -> Result<(), CliError> {
@@ -46,6 +48,8 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
         },
         device: a.devices.device,
         draft_device: a.devices.draft_device,
+        draft_vocab: a.vocab.draft_vocab,
+        vocab_rank: a.vocab.vocab_rank.clone(),
         ..Default::default()
     });
     pb.finish_and_clear();

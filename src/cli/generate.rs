@@ -160,6 +160,8 @@ pub struct GenerateArgs {
     pub repack: super::RepackArgs,
     #[command(flatten)]
     pub devices: super::DeviceArgs,
+    #[command(flatten)]
+    pub vocab: super::DraftVocabArgs,
     /// Use this tokenizer.json instead of the model's own tokenizer.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
@@ -202,6 +204,8 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         repack: a.repack.policy(),
         device: a.devices.device,
         draft_device: a.devices.draft_device,
+        draft_vocab: a.vocab.draft_vocab,
+        vocab_rank: a.vocab.vocab_rank.clone(),
     });
     if let Some(pb) = pb {
         pb.finish_and_clear();

@@ -16,6 +16,7 @@ mod repack;
 mod serve;
 mod spec_bench;
 mod tokenize;
+mod vocab_rank;
 
 pub use generate::GenerateArgs;
 
@@ -75,6 +76,8 @@ pub enum Command {
     Repack(repack::RepackArgs),
     /// An OpenAI-compatible HTTP server (chat and completions, streamed or not; /metrics).
     Serve(serve::ServeArgs),
+    /// Rank a tokenizer's tokens by frequency over text files, for --draft-vocab (FR-Spec).
+    VocabRank(vocab_rank::VocabRankArgs),
 }
 
 pub fn run(cli: Cli) -> Result<(), CliError> {
@@ -89,6 +92,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Calibrate(a) => calibrate::run(a),
         Command::Repack(a) => repack::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::VocabRank(a) => vocab_rank::run(a),
     }
 }
 
@@ -151,6 +155,19 @@ pub struct DeviceArgs {
     /// Where the draft runs (same values).
     #[arg(long, default_value = "auto", value_parser = parse_device)]
     pub draft_device: cascade_engine::DeviceSpec,
+}
+
+/// `--draft-vocab`, `--vocab-rank`: a cheaper draft step.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DraftVocabArgs {
+    /// The draft's output layer computes only the N most frequent tokens (FR-Spec: a cheaper
+    /// draft step; the output stays exact, since the target verifies every token).
+    #[arg(long, value_name = "N")]
+    pub draft_vocab: Option<usize>,
+    /// The frequency ranking for --draft-vocab (default: the one shipped for the tokenizer;
+    /// build one with `cascade vocab-rank`).
+    #[arg(long, requires = "draft_vocab")]
+    pub vocab_rank: Option<PathBuf>,
 }
 
 pub(crate) fn parse_device(s: &str) -> Result<cascade_engine::DeviceSpec, String> {

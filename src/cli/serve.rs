@@ -71,6 +71,8 @@ pub struct ServeArgs {
     pub repack: super::RepackArgs,
     #[command(flatten)]
     pub devices: super::DeviceArgs,
+    #[command(flatten)]
+    pub vocab: super::DraftVocabArgs,
 }
 
 pub fn run(a: ServeArgs) -> Result<(), CliError> {
@@ -141,6 +143,8 @@ fn config(a: &ServeArgs) -> Result<ServeConfig, CliError> {
             repack: a.repack.policy(),
             device: a.devices.device,
             draft_device: a.devices.draft_device,
+            draft_vocab: a.vocab.draft_vocab,
+            vocab_rank: a.vocab.vocab_rank.clone(),
         },
         host: a.host.clone(),
         port: a.port,

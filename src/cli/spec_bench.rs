@@ -61,6 +61,8 @@ pub struct SpecBenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub devices: super::DeviceArgs,
+    #[command(flatten)]
+    pub vocab: super::DraftVocabArgs,
 }
 
 /// `--lookup`: no prompt lookup, or lookup from n-grams of at least this many tokens.
@@ -279,6 +281,8 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
             threads: Some(threads),
             device: a.devices.device,
             draft_device: a.devices.draft_device,
+            draft_vocab: a.vocab.draft_vocab,
+            vocab_rank: a.vocab.vocab_rank.clone(),
             ..Default::default()
         })?;
         let request = |p: &PromptLine, mode| Request {

@@ -93,6 +93,17 @@ pub struct Model {
     precision: Precision,
     /// Where the forward passes run when not on the CPU (`place_on`).
     device: Option<Box<OnDevice>>,
+    /// The output layer restricted to some tokens (a draft's cheaper step, FR-Spec).
+    output_subset: Option<OutputSubset>,
+}
+
+/// Rows `ids` (sorted) of the output matrix, copied in row order: logits are computed for these
+/// tokens only, every other token's logit is -inf (probability 0).
+struct OutputSubset {
+    data: Vec<u8>,
+    dtype: DType,
+    cols: usize,
+    ids: Vec<u32>,
 }
 
 fn small_f32(t: &TensorView, len: usize) -> Result<Vec<f32>> {
@@ -199,6 +210,7 @@ impl Model {
             valid,
             precision: Precision::default(),
             device: None,
+            output_subset: None,
         })
     }
 
@@ -220,7 +232,17 @@ impl Model {
         n: usize,
         out: &mut [f32],
     ) -> Result<()> {
-        let m = qmat(w)?;
+        self.project_matrix(qmat(w)?, input, x, n, out)
+    }
+
+    fn project_matrix(
+        &self,
+        m: QMatrix,
+        input: &mut SharedInput,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
         match (self.precision, Kernel::of(m.dtype())) {
             (Precision::Int8, Some(kernel)) => {
                 let acts = input.get(kernel.act_block(), x, n, m.cols());
@@ -488,8 +510,68 @@ impl Model {
             &mut s.xn[..m * h],
         );
         s.input.reset();
-        self.project(&self.output, &mut s.input, &s.xn[..m * h], m, logits)?;
+        let Some(sub) = &self.output_subset else {
+            return self.project(&self.output, &mut s.input, &s.xn[..m * h], m, logits);
+        };
+        let k = sub.ids.len();
+        let w = QMatrix::new(sub.dtype, &sub.data, k, sub.cols)?;
+        let part = sized(&mut s.scores, m * k);
+        self.project_matrix(w, &mut s.input, &s.xn[..m * h], m, part)?;
+        logits.fill(f32::NEG_INFINITY);
+        for (row, vals) in logits
+            .chunks_exact_mut(c.vocab_size)
+            .zip(part.chunks_exact(k))
+        {
+            for (&id, &v) in sub.ids.iter().zip(vals) {
+                row[id as usize] = v;
+            }
+        }
         Ok(())
+    }
+
+    /// Computes logits for the tokens `ids` only (every other token gets -inf): a draft's output
+    /// layer reads `ids.len()` rows instead of the whole vocabulary (FR-Spec). The rows are
+    /// copied once. On a device the whole layer still runs.
+    pub fn restrict_output(&mut self, ids: &[u32]) -> Result<()> {
+        let t = &self.output;
+        let (rows, cols) = (t.shape[0], t.shape[1]);
+        let mut ids = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        if let Some(&bad) = ids.iter().find(|&&i| i as usize >= rows) {
+            return Err(EngineError::InvalidToken {
+                id: bad,
+                vocab: rows,
+            });
+        }
+        let rows_bytes: std::borrow::Cow<[u8]> = match t.layout {
+            cascade_weights::Layout::Rows => std::borrow::Cow::Borrowed(t.bytes()),
+            _ => std::borrow::Cow::Owned(cascade_kernels::interleave::deinterleave8(
+                t.dtype,
+                t.bytes(),
+                rows,
+                cols,
+            )?),
+        };
+        let rb = rows_bytes.len() / rows;
+        let mut data = Vec::with_capacity(ids.len() * rb);
+        for &i in &ids {
+            data.extend_from_slice(&rows_bytes[i as usize * rb..(i as usize + 1) * rb]);
+        }
+        self.output_subset = Some(OutputSubset {
+            data,
+            dtype: t.dtype,
+            cols,
+            ids,
+        });
+        Ok(())
+    }
+
+    /// Tokens the output layer computes (the vocabulary, or the subset of `restrict_output`).
+    pub fn output_tokens(&self) -> usize {
+        self.output_subset
+            .as_ref()
+            .map_or(self.config.vocab_size, |s| s.ids.len())
     }
 
     /// Bytes of the matrices one decode step reads: every weight but the embedding table, of

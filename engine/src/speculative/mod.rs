@@ -17,6 +17,7 @@ mod proposer;
 pub mod rules;
 mod schedule;
 pub mod verify;
+pub mod vocab;
 
 #[cfg(test)]
 mod tests;
