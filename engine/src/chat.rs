@@ -25,6 +25,13 @@ impl Message {
             content: content.into(),
         }
     }
+
+    pub fn assistant(content: impl Into<String>) -> Message {
+        Message {
+            role: "assistant".into(),
+            content: content.into(),
+        }
+    }
 }
 
 fn raise_exception(msg: String) -> std::result::Result<String, Error> {

@@ -65,6 +65,7 @@ pub struct KvStorage {
     n_blocks: usize,
     /// The same blocks on the device of a model placed there (the host mappings then stay
     /// untouched, costing no resident memory).
+    #[cfg_attr(not(any(feature = "cuda", feature = "shim")), allow(dead_code))]
     pub(crate) device: Option<crate::model::DeviceKv>,
 }
 

@@ -71,6 +71,10 @@ pub struct ForwardArgs {
     /// Where the model runs: auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto", value_parser = super::parse_device)]
     pub device: cascade_engine::DeviceSpec,
+    /// Restrict the output layer to the N most frequent tokens of the shipped ranking (the
+    /// draft's step under `--draft-vocab N`).
+    #[arg(long, value_name = "N")]
+    pub output_vocab: Option<usize>,
     /// Print a JSON list of the entries.
     #[arg(long)]
     pub json: bool,
@@ -132,6 +136,14 @@ fn run_forward(a: ForwardArgs) -> Result<(), CliError> {
     let path = cascade_engine::fast_path(&a.model, &a.repack.policy());
     let mut model = Model::load(&store, &path, &OpenOptions::default())?;
     model.set_precision(a.precision.into());
+    if let Some(n) = a.output_vocab {
+        use cascade_engine::speculative::vocab::{fingerprint, VocabRank};
+        let rank = VocabRank::shipped(fingerprint(&model.tokenizer)).ok_or_else(|| {
+            CliError::Usage("no shipped frequency ranking for this model's tokenizer".into())
+        })?;
+        let ids = rank.subset(&model.tokenizer, n)?;
+        model.restrict_output(&ids)?;
+    }
     let none = cascade_engine::DeviceSpec::Cpu;
     let sched = Default::default();
     cascade_engine::placement::place_models(&mut model, a.device, None, none, &sched)?;

@@ -63,6 +63,10 @@ pub struct SpecBenchArgs {
     pub devices: super::DeviceArgs,
     #[command(flatten)]
     pub vocab: super::DraftVocabArgs,
+    /// Draft output-layer sizes to compare, in turns per prompt like the other settings (0: the
+    /// whole vocabulary); each loads its own engine.
+    #[arg(long, value_delimiter = ',', conflicts_with = "draft_vocab")]
+    pub draft_vocabs: Vec<usize>,
 }
 
 /// `--lookup`: no prompt lookup, or lookup from n-grams of at least this many tokens.
@@ -86,11 +90,46 @@ fn parse_lookup(s: &str) -> Result<LookupArg, String> {
 
 #[derive(Debug, Clone, Deserialize)]
 struct PromptLine {
+    #[serde(default)]
     prompt: String,
     #[serde(default)]
     chat: bool,
     #[serde(default)]
     kind: String,
+    /// A conversation (multi-turn chat) instead of `prompt`.
+    #[serde(default)]
+    messages: Vec<TurnLine>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct TurnLine {
+    role: String,
+    content: String,
+}
+
+impl PromptLine {
+    fn prompt(&self) -> Result<Prompt, CliError> {
+        if !self.messages.is_empty() {
+            let turns = self
+                .messages
+                .iter()
+                .map(|t| match t.role.as_str() {
+                    "system" => Ok(Message::system(t.content.clone())),
+                    "user" => Ok(Message::user(t.content.clone())),
+                    "assistant" => Ok(Message::assistant(t.content.clone())),
+                    r => Err(CliError::Usage(format!(
+                        "unknown role `{r}` in a prompt line"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?;
+            return Ok(Prompt::Chat(turns));
+        }
+        Ok(if self.chat {
+            Prompt::Chat(vec![Message::user(self.prompt.clone())])
+        } else {
+            Prompt::Text(self.prompt.clone())
+        })
+    }
 }
 
 /// Totals of one setting over the prompt set.
@@ -123,8 +162,18 @@ struct Totals {
     draft_lengths: Vec<usize>,
     draft_s: f64,
     verify_s: f64,
+    /// The draft's output layer: `all`, or the number of most frequent tokens it computes.
+    draft_vocab: String,
+    /// Median over prompts of target-only's prefill + decode seconds over this setting's.
+    median_speedup_end_to_end: f64,
+    /// Per prompt kind: (prompts, median decode speed-up, worst decode speed-up).
+    by_kind: std::collections::BTreeMap<String, (usize, f64, f64)>,
+    #[serde(skip)]
+    kind_speedups: std::collections::BTreeMap<String, Vec<f64>>,
     #[serde(skip)]
     rates: Vec<f64>,
+    #[serde(skip)]
+    e2e: Vec<f64>,
     #[serde(skip)]
     speedups: Vec<f64>,
     #[serde(skip)]
@@ -172,7 +221,102 @@ impl Totals {
         self.per_position_acceptance = self.pos.iter().map(|&(a, n)| a / n.max(1) as f64).collect();
         self.median_tokens_per_s = median(&self.rates);
         self.median_speedup = median(&self.speedups);
+        self.median_speedup_end_to_end = median(&self.e2e);
+        self.by_kind = self
+            .kind_speedups
+            .iter()
+            .map(|(k, v)| {
+                let worst = v.iter().copied().fold(f64::INFINITY, f64::min);
+                (k.clone(), (v.len(), median(v), worst))
+            })
+            .collect();
     }
+}
+
+/// An engine for `bench speculative` with `threads` threads and the draft's output layer `vocab`.
+fn engine_for(
+    a: &SpecBenchArgs,
+    draft: Option<std::path::PathBuf>,
+    threads: usize,
+    vocab: Option<usize>,
+) -> Result<Engine, CliError> {
+    Ok(Engine::load(&EngineConfig {
+        target: a.target.clone(),
+        draft,
+        threads: Some(threads),
+        device: a.devices.device,
+        draft_device: a.devices.draft_device,
+        draft_vocab: vocab,
+        vocab_rank: a.vocab.vocab_rank.clone(),
+        ..Default::default()
+    })?)
+}
+
+fn request(a: &SpecBenchArgs, p: &PromptLine, mode: Mode) -> Result<Request, CliError> {
+    Ok(Request {
+        prompt: p.prompt()?,
+        mode,
+        config: GenerateConfig {
+            max_tokens: a.max_tokens,
+            sampling: SamplingParams::greedy(),
+            stop_at_eog: true,
+        },
+    })
+}
+
+/// Each prompt runs target-only (on the first engine), then every setting in turn; returns
+/// target-only's totals and outputs.
+fn run_prompts(
+    a: &SpecBenchArgs,
+    engines: &[Engine],
+    prompts: &[PromptLine],
+    settings: &mut [(usize, SpecConfig, Totals)],
+    threads: usize,
+    reference: &Option<Vec<Vec<u32>>>,
+) -> Result<(Totals, Vec<Vec<u32>>), CliError> {
+    let mut base = Totals {
+        mode: "target".into(),
+        draft_len: "-".into(),
+        lookup: "-".into(),
+        draft_vocab: "-".into(),
+        threads,
+        ..Default::default()
+    };
+    let wall = |c: &Completion| c.stats.prefill_s + c.stats.decode_s;
+    let mut plain = Vec::new();
+    let bar = progress(prompts.len(), format!("{threads} threads"));
+    for (i, p) in prompts.iter().enumerate() {
+        let c = engines[0].generate(&request(a, p, Mode::Target)?, |_| {})?;
+        // Target-only output must not depend on the thread count either.
+        let same = reference.as_ref().is_none_or(|r| r[i] == c.tokens);
+        base.add(&c, same);
+        let (base_rate, base_wall) = (c.stats.decode_tokens_per_s, wall(&c));
+        plain.push(c.tokens);
+        for (e, spec, t) in settings.iter_mut() {
+            let mode = Mode::Speculative(*spec);
+            let c = engines[*e].generate(&request(a, p, mode)?, |_| {})?;
+            let same = c.tokens == plain[i];
+            if !same {
+                bar.println(format!(
+                    "prompt {i}: exact output differs from the target's (draft length {}, lookup {}, vocabulary {})",
+                    t.draft_len, t.lookup, t.draft_vocab
+                ));
+            }
+            t.add(&c, same);
+            if base_rate > 0.0 {
+                let x = c.stats.decode_tokens_per_s / base_rate;
+                t.speedups.push(x);
+                t.kind_speedups.entry(p.kind.clone()).or_default().push(x);
+            }
+            t.e2e.push(base_wall / wall(&c).max(1e-9));
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    base.finish();
+    base.median_speedup = 1.0;
+    base.median_speedup_end_to_end = 1.0;
+    Ok((base, plain))
 }
 
 /// [`forward::median`] of a copy, 0 for none.
@@ -208,6 +352,13 @@ fn read_prompts(a: &SpecBenchArgs) -> Result<Vec<PromptLine>, CliError> {
         }
         let p: PromptLine = serde_json::from_str(line)
             .map_err(|e| CliError::Usage(format!("{} line {}: {e}", a.prompts.display(), i + 1)))?;
+        if p.prompt.is_empty() && p.messages.is_empty() {
+            return Err(CliError::Usage(format!(
+                "{} line {}: needs a prompt or messages",
+                a.prompts.display(),
+                i + 1
+            )));
+        }
         if a.kind.as_ref().is_none_or(|k| *k == p.kind) {
             out.push(p);
         }
@@ -272,93 +423,51 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
         None => "off".to_string(),
         Some(p) => format!("n>={}", p.min_n),
     };
+    let vocabs: Vec<Option<usize>> = if a.draft_vocabs.is_empty() {
+        vec![a.vocab.draft_vocab]
+    } else {
+        a.draft_vocabs
+            .iter()
+            .map(|&n| (n > 0).then_some(n))
+            .collect()
+    };
     let mut all = Vec::new();
     let mut reference: Option<Vec<Vec<u32>>> = None;
     for &threads in &a.threads {
-        let engine = Engine::load(&EngineConfig {
-            target: a.target.clone(),
-            draft: draft_path.clone(),
-            threads: Some(threads),
-            device: a.devices.device,
-            draft_device: a.devices.draft_device,
-            draft_vocab: a.vocab.draft_vocab,
-            vocab_rank: a.vocab.vocab_rank.clone(),
-            ..Default::default()
-        })?;
-        let request = |p: &PromptLine, mode| Request {
-            prompt: if p.chat {
-                Prompt::Chat(vec![Message::user(p.prompt.clone())])
-            } else {
-                Prompt::Text(p.prompt.clone())
-            },
-            mode,
-            config: GenerateConfig {
-                max_tokens: a.max_tokens,
-                sampling: SamplingParams::greedy(),
-                stop_at_eog: true,
-            },
-        };
-        let mut base = Totals {
-            mode: "target".into(),
-            draft_len: "-".into(),
-            lookup: "-".into(),
-            threads,
-            ..Default::default()
-        };
-        let mut settings: Vec<(SpecConfig, Totals)> = Vec::new();
-        for lookup in &lookups {
-            for &len in &lens {
-                let spec = SpecConfig {
-                    draft_len: len,
-                    draft_model,
-                    lookup: *lookup,
-                    ..Default::default()
-                };
-                let t = Totals {
-                    mode: "exact".into(),
-                    draft_len: match len {
-                        DraftLen::Fixed(k) => k.to_string(),
-                        DraftLen::Auto { max } => format!("auto (max {max})"),
-                    },
-                    lookup: label(lookup),
-                    threads,
-                    ..Default::default()
-                };
-                settings.push((spec, t));
-            }
-        }
-        // Each prompt runs target-only, then every setting in turn.
-        let mut plain = Vec::new();
-        let bar = progress(prompts.len(), format!("{threads} threads"));
-        for (i, p) in prompts.iter().enumerate() {
-            let c = engine.generate(&request(p, Mode::Target), |_| {})?;
-            // Target-only output must not depend on the thread count either.
-            let same = reference.as_ref().is_none_or(|r| r[i] == c.tokens);
-            base.add(&c, same);
-            let base_rate = c.stats.decode_tokens_per_s;
-            plain.push(c.tokens);
-            for (spec, t) in &mut settings {
-                let c = engine.generate(&request(p, Mode::Speculative(*spec)), |_| {})?;
-                let same = c.tokens == plain[i];
-                if !same {
-                    bar.println(format!(
-                        "prompt {i}: exact output differs from the target's (draft length {}, lookup {})",
-                        t.draft_len, t.lookup
-                    ));
-                }
-                t.add(&c, same);
-                if base_rate > 0.0 {
-                    t.speedups.push(c.stats.decode_tokens_per_s / base_rate);
+        let engines = vocabs
+            .iter()
+            .map(|&v| engine_for(&a, draft_path.clone(), threads, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut settings: Vec<(usize, SpecConfig, Totals)> = Vec::new();
+        for (e, v) in vocabs.iter().enumerate() {
+            for lookup in &lookups {
+                for &len in &lens {
+                    let spec = SpecConfig {
+                        draft_len: len,
+                        draft_model,
+                        lookup: *lookup,
+                        ..Default::default()
+                    };
+                    let t = Totals {
+                        mode: "exact".into(),
+                        draft_len: match len {
+                            DraftLen::Fixed(k) => k.to_string(),
+                            DraftLen::Auto { max } => format!("auto (max {max})"),
+                        },
+                        lookup: label(lookup),
+                        draft_vocab: v.map_or("all".into(), |n| n.to_string()),
+                        threads,
+                        ..Default::default()
+                    };
+                    settings.push((e, spec, t));
                 }
             }
-            bar.inc(1);
         }
-        bar.finish_and_clear();
-        reference.get_or_insert_with(|| plain.clone());
-        base.finish();
-        base.median_speedup = 1.0;
+        let (base, plain) =
+            run_prompts(&a, &engines, &prompts, &mut settings, threads, &reference)?;
+        reference.get_or_insert(plain);
         let mut block = vec![base];
-        block.extend(settings.into_iter().map(|(_, mut t)| {
+        block.extend(settings.into_iter().map(|(_, _, mut t)| {
             t.finish();
             t
         }));
@@ -372,8 +481,8 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
     // With --json each setting's line was printed after its thread count's run.
     if !a.json {
         println!(
-            "{:>6} {:>14} {:>6} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8} {:>10} {:>8}  per-position acceptance / rounds by draft length",
-            "mode", "draft_len", "lookup", "threads", "identical", "tok/s", "median", "vs_tgt", "med_x", "passes/tok", "accept"
+            "{:>6} {:>14} {:>6} {:>6} {:>7} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>10} {:>8}  per-position acceptance / rounds by draft length",
+            "mode", "draft_len", "lookup", "vocab", "threads", "identical", "tok/s", "median", "vs_tgt", "med_x", "med_e2e", "passes/tok", "accept"
         );
         let mut base_rate = 0.0;
         for t in &all {
@@ -381,10 +490,11 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
                 base_rate = t.decode_tokens_per_s;
             }
             println!(
-                "{:>6} {:>14} {:>6} {:>7} {:>6}/{:<3} {:>9.2} {:>9.2} {:>7.2}x {:>7.2}x {:>10.3} {:>8.3}  {:?} / {:?}",
+                "{:>6} {:>14} {:>6} {:>6} {:>7} {:>6}/{:<3} {:>9.2} {:>9.2} {:>7.2}x {:>7.2}x {:>7.2}x {:>10.3} {:>8.3}  {:?} / {:?}",
                 t.mode,
                 t.draft_len,
                 t.lookup,
+                t.draft_vocab,
                 t.threads,
                 t.identical,
                 t.prompts,
@@ -392,6 +502,7 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
                 t.median_tokens_per_s,
                 t.decode_tokens_per_s / base_rate.max(1e-9),
                 t.median_speedup,
+                t.median_speedup_end_to_end,
                 t.target_passes as f64 / t.tokens.max(1) as f64,
                 t.acceptance_rate,
                 t.per_position_acceptance

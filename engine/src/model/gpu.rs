@@ -180,12 +180,14 @@ mod tests {
                 table: ta,
                 past: 0,
                 want: Logits::None,
+                extra: &[],
             },
             SeqInput {
                 tokens: &b[..2],
                 table: tb,
                 past: 0,
                 want: Logits::Last,
+                extra: &[],
             },
         ];
         cpu.forward_batch(&mut kv_c, &first, &mut sc, &mut lc)
@@ -199,12 +201,14 @@ mod tests {
                 table: tb,
                 past: 2,
                 want: Logits::All,
+                extra: &[],
             },
             SeqInput {
                 tokens: &a[6..],
                 table: ta,
                 past: 6,
                 want: Logits::All,
+                extra: &[],
             },
         ];
         cpu.forward_batch(&mut kv_c, &second, &mut sc, &mut lc)

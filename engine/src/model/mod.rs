@@ -13,8 +13,12 @@ use cascade_weights::{
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, KvStorage};
 
-mod gpu;
 use crate::scratch::{sized, Scratch, SharedInput};
+
+mod gpu;
+#[cfg(test)]
+mod tests;
+
 pub(crate) use gpu::{DeviceKv, OnDevice};
 
 /// How activations enter the matrix products.
@@ -62,6 +66,10 @@ pub struct SeqInput<'a> {
     pub table: &'a [u32],
     pub past: usize,
     pub want: Logits,
+    /// Tokens whose logits this sequence also needs when the output layer is restricted
+    /// ([`Model::restrict_output`]): its context's tokens (a topic's words are rarely among the
+    /// most frequent tokens but come back in its answer). Empty: the subset alone.
+    pub extra: &'a [u32],
 }
 
 struct Layer {
@@ -318,6 +326,7 @@ impl Model {
             table: &cache.table,
             past: cache.len(),
             want,
+            extra: &[],
         };
         let result = self.forward_batch(&mut cache.storage, &[seq], &mut scratch, logits);
         cache.scratch = scratch;
@@ -525,6 +534,53 @@ impl Model {
             for (&id, &v) in sub.ids.iter().zip(vals) {
                 row[id as usize] = v;
             }
+        }
+        self.extra_logits(seqs, s, logits)
+    }
+
+    /// The logits of each sequence's `extra` tokens outside the restricted output layer: their
+    /// rows of the full matrix gathered and multiplied with that sequence's normed rows.
+    fn extra_logits(&self, seqs: &[SeqInput], s: &mut Scratch, logits: &mut [f32]) -> Result<()> {
+        let (Some(sub), c) = (&self.output_subset, &self.config) else {
+            return Ok(());
+        };
+        let (h, t) = (c.hidden_size, &self.output);
+        if t.layout != cascade_weights::Layout::Rows {
+            return Ok(()); // an interleaved copy: the subset alone
+        }
+        let rb = t.bytes().len() / t.shape[0];
+        let mut m = 0;
+        for q in seqs {
+            let rows = q.want.rows(q.tokens.len()).len();
+            let ids: Vec<u32> = q
+                .extra
+                .iter()
+                .copied()
+                .filter(|&i| (i as usize) < c.vocab_size && sub.ids.binary_search(&i).is_err())
+                .collect();
+            if rows > 0 && !ids.is_empty() {
+                let mut data = Vec::with_capacity(ids.len() * rb);
+                for &i in &ids {
+                    data.extend_from_slice(&t.bytes()[i as usize * rb..(i as usize + 1) * rb]);
+                }
+                let w = QMatrix::new(t.dtype, &data, ids.len(), h)?;
+                let mut out = vec![0f32; rows * ids.len()];
+                s.input.reset();
+                self.project_matrix(
+                    w,
+                    &mut s.input,
+                    &s.xn[m * h..(m + rows) * h],
+                    rows,
+                    &mut out,
+                )?;
+                for (r, vals) in out.chunks_exact(ids.len()).enumerate() {
+                    let row = &mut logits[(m + r) * c.vocab_size..(m + r + 1) * c.vocab_size];
+                    for (&id, &v) in ids.iter().zip(vals) {
+                        row[id as usize] = v;
+                    }
+                }
+            }
+            m += rows;
         }
         Ok(())
     }

@@ -34,11 +34,15 @@ pub(crate) fn new_seq(
                 draft: draft.map(|b| DraftKv {
                     fed: job.prompt[..b.len].to_vec(),
                     blocks: b,
+                    vocab: Vec::new(),
                 }),
                 ctrl_lookup,
                 ctrl_model,
                 cascade: cfg.cascade.filter(|c| !c.is_exact()),
                 plain_streak: 0,
+                probe_every: super::round::PROBE_EVERY,
+                probing: false,
+                probe_due: false,
                 counters: Counters::new(kmax),
             })
         }

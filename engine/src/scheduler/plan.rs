@@ -49,9 +49,20 @@ pub(crate) struct StepCosts<'a> {
     pub target: &'a PassCosts,
     pub draft: &'a PassCosts,
     pub overhead: f64,
+    /// A draft forward's cost over a target forward's of the same rows before any draft forward
+    /// is measured (the ratio of the bytes their steps read: both are bound by memory at a few
+    /// rows). Without it the draft model would never run, so never be measured.
+    pub draft_prior: f64,
 }
 
 impl StepCosts<'_> {
+    /// Seconds of a draft forward over `rows` rows: measured, or the prior from the target's.
+    pub fn draft_cost(&self, rows: usize) -> Option<f64> {
+        self.draft
+            .cost(rows)
+            .or_else(|| Some(self.target.cost(rows)? * self.draft_prior))
+    }
+
     /// Seconds of a step with `rows` target rows and draft lengths `k`, or None before the
     /// first measurements.
     fn time(&self, rows: usize, cands: &[Candidate], k: &[usize]) -> Option<f64> {
@@ -76,7 +87,7 @@ impl StepCosts<'_> {
                 .filter(|(c, &k)| c.costly && k >= i)
                 .map(|(c, _)| if i == 1 { c.catch_up.max(1) } else { 1 })
                 .sum();
-            t += self.draft.cost(rows)?;
+            t += self.draft_cost(rows)?;
         }
         Some(t)
     }
@@ -184,6 +195,7 @@ mod tests {
             target: &target,
             draft: &draft,
             overhead: 0.0,
+            draft_prior: 0.4,
         };
         // Alone at α = 0.8: k = 1 emits 1.8 tokens in 42 + 20 ms (29.0/s), k = 2 2.44 in
         // 46.3 + 40 ms (28.3/s), plain decoding 25/s.
@@ -196,6 +208,7 @@ mod tests {
             target: &target,
             draft: &cheap,
             overhead: 0.0,
+            draft_prior: 0.4,
         };
         assert!(plan(&[cand(0.8)], 0, 1, 64, &sc2)[0] >= 3);
         let poor = plan(&[cand(0.2)], 0, 1, 64, &sc);
@@ -231,9 +244,35 @@ mod tests {
             target: &empty,
             draft: &empty,
             overhead: 0.0,
+            draft_prior: 0.4,
         };
         let mut fixed = cand(0.1);
         fixed.forced = Some(6);
         assert_eq!(plan(&[cand(0.5), fixed], 0, 2, 64, &sc), vec![4, 6]);
+    }
+
+    /// Before any draft forward is measured, the draft is priced from the target's measured
+    /// cost and the byte ratio: a good draft gets to run (and be measured), a bad one does not.
+    #[test]
+    fn an_unmeasured_draft_is_priced_from_the_target() {
+        let target = costs(&[(1, 0.060), (2, 0.063), (4, 0.070), (8, 0.080)], 64);
+        let empty = PassCosts::new(64);
+        let sc = StepCosts {
+            target: &target,
+            draft: &empty,
+            overhead: 0.0,
+            draft_prior: 0.4,
+        };
+        assert_eq!(sc.draft_cost(1), Some(0.060 * 0.4));
+        // α = 0.9: k = 1 emits 1.9 tokens in 63 + 24 ms (21.8/s) against plain 16.7/s.
+        assert!(plan(&[cand(0.9)], 0, 1, 64, &sc)[0] >= 1);
+        // α = 0.3: 1.3 tokens in 87 ms (14.9/s): plain decoding.
+        assert_eq!(plan(&[cand(0.3)], 0, 1, 64, &sc), vec![0]);
+        // A draft as dear as the target never pays.
+        let dear = StepCosts {
+            draft_prior: 1.0,
+            ..sc
+        };
+        assert_eq!(plan(&[cand(0.7)], 0, 1, 64, &dear), vec![0]);
     }
 }

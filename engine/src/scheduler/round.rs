@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::model::{Logits, Model, SeqInput};
 use crate::sampler::Distribution;
 use crate::sampler::SamplingParams;
-use crate::speculative::{verify, DraftLen, DraftProbs, Judge, PassCosts, Proposal};
+use crate::speculative::{verify, DraftLen, DraftProbs, Judge, Proposal};
 
 use super::kv::BlockPool;
 use super::metrics as m;
@@ -17,7 +17,7 @@ use super::seq::Seq;
 use super::step::StepLoop;
 
 /// After this many plain rounds a sequence drafts one token to re-measure acceptance.
-const PROBE_EVERY: usize = 16;
+pub(crate) const PROBE_EVERY: usize = 16;
 
 /// While streams decode, prompt chunks may make a step at most this many times as long as the
 /// decode rows alone would take (measured costs), so arriving prompts do not stall the streams:
@@ -26,10 +26,23 @@ const PREFILL_STALL: f64 = 2.0;
 
 /// A draft model more than this many tokens behind its sequence (its prompt, or what it missed
 /// while lookup or plain decoding ran) catches up in chunks of [`WARM_CHUNK`] before it drafts;
-/// the plan weighs that one-off cost spread over the tokens the request has left. A draft that
-/// would not pay is never fed the prompt at all.
-const CATCHUP_MAX: usize = 8;
+/// the plan weighs that one-off cost spread over the tokens the request can be expected to have
+/// left. A draft that would not pay is never fed the prompt at all. Less behind, it catches up
+/// in its first drafting forward, whose rows the plan prices.
+const CATCHUP_MAX: usize = WARM_CHUNK;
 const WARM_CHUNK: usize = 32;
+
+/// How much lower prompt lookup's first-position acceptance may be than the draft model's for
+/// its match still to be tried first (it costs no draft forward).
+const LOOKUP_EDGE: f64 = 0.1;
+
+/// A probe may warm a draft model up (feed it the backlog) only when the request can be expected
+/// to run at least this many more tokens ([`expected_remaining`]).
+const PROBE_WARM_MIN: usize = 48;
+
+/// The longest interval between probes: each probe that finds nothing accepted doubles the
+/// interval up to this, so a proposer that does not pay costs ever less re-measuring.
+const PROBE_MAX: usize = 256;
 
 /// Where a candidate's drafts come from.
 enum Offer {
@@ -100,23 +113,34 @@ fn plan_work(l: &mut StepLoop) -> Vec<Work> {
     let mut cands = Vec::new();
     let mut who = Vec::new();
     let mut lookups = Vec::new();
+    let costs = StepCosts {
+        target: &l.costs.target,
+        draft: &l.costs.draft,
+        overhead: l.costs.overhead,
+        draft_prior: l.costs.draft_prior,
+    };
     for (i, s) in l.running.iter().enumerate() {
         if s.prefilling() || s.role != Role::Target {
             continue;
         }
-        if let Some((c, found)) = candidate(s, block, &l.costs.draft) {
+        if let Some((c, found)) = candidate(s, block, &costs) {
             cands.push(c);
             who.push(i);
             lookups.push(found);
         }
     }
     let max_extra = l.cfg.step_tokens.saturating_sub(decoding);
-    let costs = StepCosts {
-        target: &l.costs.target,
-        draft: &l.costs.draft,
-        overhead: l.costs.overhead,
-    };
     let ks = plan(&cands, decoding - cands.len(), decoding, max_extra, &costs);
+    tracing::trace!(
+        "plan: {:?} for {:?}; target 1 row {:?}, draft 1 row {:?}",
+        ks,
+        cands
+            .iter()
+            .map(|c| (c.max, c.costly, c.setup, c.alphas.first().copied()))
+            .collect::<Vec<_>>(),
+        costs.target.cost(1),
+        costs.draft_cost(1)
+    );
     let mut work: Vec<Work> = l
         .running
         .iter()
@@ -139,6 +163,16 @@ fn plan_work(l: &mut StepLoop) -> Vec<Work> {
             .spec
             .as_mut()
             .expect("candidates are speculative");
+        let due = sp.probe_due || sp.plain_streak >= sp.probe_every;
+        match found {
+            // A probe that first warms the draft up stays due until it drafts.
+            Offer::Warm(_) if k > 0 => sp.probe_due = due,
+            _ if k > 0 => {
+                sp.probing = due;
+                sp.probe_due = false;
+            }
+            _ => {}
+        }
         sp.plain_streak = if k == 0 { sp.plain_streak + 1 } else { 0 };
         if k == 0 {
             continue;
@@ -209,13 +243,18 @@ fn prefill_budget(l: &StepLoop, decoding: usize, used: usize) -> usize {
         .unwrap_or(1.min(left))
 }
 
-/// A speculative sequence's options: prompt lookup's continuation when it finds one (free), else
-/// the draft model (once caught up). `None` when it cannot draft at all.
-fn candidate(s: &Seq, block: usize, draft: &PassCosts) -> Option<(Candidate, Offer)> {
+/// A speculative sequence's options: prompt lookup's continuation when it finds one (free) and
+/// its matches have been accepted about as often as the draft model's tokens, else the draft
+/// model (once caught up). `None` when it cannot draft at all.
+fn candidate(s: &Seq, block: usize, costs: &StepCosts) -> Option<(Candidate, Offer)> {
     let sp = s.spec.as_ref()?;
     let room = s.draft_room(block).min(sp.cfg.draft_len.max());
+    // A weak lookup match must not displace a better draft model: a round is one or the other.
+    let lookup_first =
+        sp.draft.is_none() || sp.ctrl_lookup.alpha_at(0) + LOOKUP_EDGE >= sp.ctrl_model.alpha_at(0);
     let found = sp
         .lookup
+        .filter(|_| lookup_first)
         .map(|n| n.lookup(&s.context, room))
         .filter(|t| !t.is_empty());
     let (ctrl, max, offer) = match (found, &sp.draft) {
@@ -232,9 +271,12 @@ fn candidate(s: &Seq, block: usize, draft: &PassCosts) -> Option<(Candidate, Off
         }
         (None, None) => return None,
     };
-    // Probes re-measure acceptance where that is cheap: never by warming a draft model up (its
-    // catch-up is priced by the plan instead).
-    let probe = sp.plain_streak >= PROBE_EVERY && !matches!(offer, Offer::Warm(_));
+    // Probes re-measure acceptance (and measure it first: without them a proposer estimated
+    // not to pay would never be tried). Warming a draft model up for one costs a forward per
+    // chunk of the backlog, so that is done only once the answer has shown it is long.
+    let due = sp.probe_due || sp.plain_streak >= sp.probe_every;
+    let warm_ok = expected_remaining(s) >= PROBE_WARM_MIN;
+    let probe = due && (!matches!(offer, Offer::Warm(_)) || warm_ok);
     let forced = match sp.cfg.draft_len {
         DraftLen::Fixed(k) => Some(k.min(max)),
         DraftLen::Auto { .. } if probe => Some(1.min(max)),
@@ -245,10 +287,10 @@ fn candidate(s: &Seq, block: usize, draft: &PassCosts) -> Option<(Candidate, Off
         Offer::Model => (true, s.context.len() - keep_model(s), 0.0),
         Offer::Warm(backlog) => {
             // The catch-up's cost (a draft forward per chunk), spread over the rounds the
-            // request has left (about two tokens a round).
-            let rounds = (s.max_tokens().saturating_sub(s.tokens.len()) / 2).max(1);
+            // request can be expected to have left (about two tokens a round).
+            let rounds = (expected_remaining(s) / 2).max(1);
             let chunks = backlog.div_ceil(WARM_CHUNK);
-            let once = draft.cost(WARM_CHUNK.min(backlog)).unwrap_or(0.0) * chunks as f64;
+            let once = costs.draft_cost(WARM_CHUNK.min(backlog)).unwrap_or(0.0) * chunks as f64;
             (true, 1, once / rounds as f64)
         }
     };
@@ -262,6 +304,18 @@ fn candidate(s: &Seq, block: usize, draft: &PassCosts) -> Option<(Candidate, Off
     };
     Some((c, offer))
 }
+
+/// Tokens a request can be expected to generate still: at most what `max_tokens` leaves, and,
+/// since most answers end well before it, as many as it has generated so far (an answer that
+/// has run n tokens tends to run about n more), at least [`EXPECT_MIN`]. A one-off cost such as
+/// warming the draft up on the prompt is thus paid only once the answer shows it is long.
+fn expected_remaining(s: &Seq) -> usize {
+    let left = s.max_tokens().saturating_sub(s.tokens.len());
+    left.min(s.tokens.len().max(EXPECT_MIN))
+}
+
+/// The least [`expected_remaining`] assumes of an answer.
+const EXPECT_MIN: usize = 16;
 
 fn keep_model(s: &Seq) -> usize {
     let d = s.spec.as_ref().and_then(|sp| sp.draft.as_ref());
@@ -303,6 +357,12 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
         let kp = keep(&d.fed, &s.context);
         d.fed.truncate(kp);
         d.blocks.len = kp;
+        if model.output_tokens() < model.vocab_size() {
+            d.vocab.clear();
+            d.vocab.extend_from_slice(&s.context);
+            d.vocab.sort_unstable();
+            d.vocab.dedup();
+        }
         if *warm > 0 {
             let end = (kp + warm).min(s.context.len() - 1);
             feeds.push((i, s.context[kp..end].to_vec(), Logits::None));
@@ -398,6 +458,7 @@ fn forward_feeds(
                 table: &d.blocks.table,
                 past: d.blocks.len,
                 want: *want,
+                extra: &d.vocab,
             }
         })
         .collect();
@@ -465,6 +526,7 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
             table: &l.running[*i].kv.table,
             past: l.running[*i].kv.len,
             want: *want,
+            extra: &[],
         })
         .collect();
     let (scratch, logits) = match role {
@@ -555,6 +617,13 @@ fn accept(
         for i in 0..v.accepted {
             metrics::counter!(m::SPEC_ACCEPTED_PER_POS, "position" => i.to_string()).increment(1);
         }
+    }
+    if std::mem::take(&mut sp.probing) {
+        sp.probe_every = if v.accepted == 0 {
+            (sp.probe_every * 2).min(PROBE_MAX)
+        } else {
+            PROBE_EVERY
+        };
     }
     s.stats.drafted += d;
     s.stats.accepted += v.accepted;

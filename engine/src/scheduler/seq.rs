@@ -27,12 +27,20 @@ pub(crate) struct SpecState {
     pub cascade: Option<Cascade>,
     /// Rounds in a row without drafting (a probe round follows a long streak).
     pub plain_streak: usize,
+    /// Plain rounds before the next probe (doubles after each probe that finds nothing).
+    pub probe_every: usize,
+    /// This round is a probe.
+    pub probing: bool,
+    /// A probe is due (it warmed the draft up and drafts next).
+    pub probe_due: bool,
     pub counters: Counters,
 }
 
 pub(crate) struct DraftKv {
     pub blocks: SeqBlocks,
     pub fed: Vec<u32>,
+    /// The context's distinct tokens, sorted: a restricted draft output layer computes them too.
+    pub vocab: Vec<u32>,
 }
 
 pub(crate) struct Seq {

@@ -63,6 +63,8 @@ pub(crate) struct Costs {
     pub target: PassCosts,
     pub draft: PassCosts,
     pub overhead: f64,
+    /// Draft forward cost over target forward cost before any draft forward is measured.
+    pub draft_prior: f64,
 }
 
 /// Why a request could not start now.
@@ -83,6 +85,10 @@ impl StepLoop {
         stats: Arc<Mutex<SchedulerStats>>,
     ) -> Result<StepLoop> {
         let (target, draft) = pools(&shared, &cfg)?;
+        // Both models' decode steps are bound by reading their weights.
+        let draft_prior = shared.draft.as_ref().map_or(1.0, |d| {
+            d.step_weight_bytes() as f64 / shared.target.step_weight_bytes().max(1) as f64
+        });
         let both_valid = match &shared.draft {
             Some(d) => (0..d.vocab_size() as u32)
                 .map(|id| d.is_valid_token(id) && shared.target.is_valid_token(id))
@@ -103,6 +109,7 @@ impl StepLoop {
                 target: PassCosts::new(MAX_ROWS),
                 draft: PassCosts::new(MAX_ROWS),
                 overhead: 0.0,
+                draft_prior,
             },
             memory: Memory::default(),
             both_valid,
