@@ -20,12 +20,9 @@ pub fn models_dir() -> PathBuf {
     cache.join("cascade").join("models")
 }
 
-/// The project's fetch script (shipped in the source tree).
-pub fn fetch_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scripts")
-        .join("fetch-models")
-}
+/// The project's fetch script, compiled into the binary (no path of the build machine is kept
+/// in it: the binary fetches the same way wherever it is copied).
+pub const FETCH_SCRIPT: &str = include_str!("../scripts/fetch-models");
 
 /// Makes sure the default pair is in `dir`, running the fetch script (which shows progress on
 /// stderr and checks sha256 sums) when a file is missing.
@@ -33,24 +30,32 @@ pub fn ensure_default_pair(dir: &Path) -> Result<(PathBuf, PathBuf), CliError> {
     let target = dir.join(TARGET_FILE);
     let draft = dir.join(DRAFT_FILE);
     if !(target.exists() && draft.exists()) {
-        let script = fetch_script();
         eprintln!(
-            "models missing in {}; fetching with {}",
-            dir.display(),
-            script.display()
+            "models missing in {}; fetching them (scripts/fetch-models, built in)",
+            dir.display()
         );
-        let status = Command::new("python3")
-            .arg(&script)
-            .arg("--dest")
-            .arg(dir)
-            .status()
-            .map_err(|e| CliError::Fetch(format!("cannot run {}: {e}", script.display())))?;
+        let status = run_fetch_script(dir)
+            .map_err(|e| CliError::Fetch(format!("cannot run python3: {e}")))?;
         if !status.success() {
             return Err(CliError::Fetch(format!(
-                "{} failed ({status})",
-                script.display()
+                "scripts/fetch-models failed ({status})"
             )));
         }
     }
     Ok((target, draft))
+}
+
+/// Runs the built-in fetch script with `python3 -` (the script on standard input).
+fn run_fetch_script(dir: &Path) -> std::io::Result<std::process::ExitStatus> {
+    use std::io::Write;
+    let mut child = Command::new("python3")
+        .arg("-")
+        .arg("--dest")
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(FETCH_SCRIPT.as_bytes())?;
+    }
+    child.wait()
 }
