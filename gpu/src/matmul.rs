@@ -18,14 +18,20 @@ pub struct Mat {
     dtype: DType,
     rows: usize,
     cols: usize,
-    suffix: &'static str,
+    /// Kernel names, made once: the product for up to [`MMVQ_MAX_ROWS`] rows, above, and the
+    /// row gather.
+    few: String,
+    many: String,
+    gather: String,
 }
 
 impl Mat {
     pub fn new(buf: DevBuf, dtype: DType, rows: usize, cols: usize, name: &str) -> Result<Mat> {
-        let suffix = kernels::suffix(dtype).ok_or_else(|| {
-            GpuError::Unsupported(format!("{name}: no CUDA kernel for {dtype:?} matrices"))
-        })?;
+        let missing =
+            || GpuError::Unsupported(format!("{name}: no CUDA kernel for {dtype:?} matrices"));
+        let few = kernels::matmul_kernel(dtype, false).ok_or_else(missing)?;
+        let many = kernels::matmul_kernel(dtype, true).ok_or_else(missing)?;
+        let gather = kernels::get_rows_kernel(dtype).ok_or_else(missing)?;
         let want = rows * cols / dtype.block_len() * dtype.block_bytes();
         if buf.len() != want || !cols.is_multiple_of(32) {
             return Err(GpuError::Unsupported(format!(
@@ -38,7 +44,9 @@ impl Mat {
             dtype,
             rows,
             cols,
-            suffix,
+            few,
+            many,
+            gather,
         })
     }
 
@@ -58,16 +66,15 @@ impl Mat {
     ) -> Result<()> {
         let (rows, nt) = (self.rows as u32, n as u32);
         if !kernels::is_quantized(self.dtype) {
-            let name = format!("mv_{}", self.suffix);
-            return d.launch(&name, kernels::mv(rows, nt), self.args(x, y, n));
+            return d.launch(&self.few, kernels::mv(rows, nt), self.args(x, y, n));
         }
         mm.prepare(d, x, self.cols, n)?;
         let (name, l) = if n <= MMVQ_MAX_ROWS {
-            (format!("mmvq_{}", self.suffix), kernels::mmvq(rows, nt))
+            (&self.few, kernels::mmvq(rows, nt))
         } else {
-            (format!("mmq_{}", self.suffix), kernels::mmq(rows, nt))
+            (&self.many, kernels::mmq(rows, nt))
         };
-        d.launch(&name, l, self.args(&mm.acts, y, n))
+        d.launch(name, l, self.args(&mm.acts, y, n))
     }
 
     fn args(&self, x: &DevBuf, y: &DevBuf, n: usize) -> Args {
@@ -82,9 +89,8 @@ impl Mat {
 
     /// Embedding rows: `out[i] = W[ids[i]]` dequantized to f32.
     pub fn get_rows(&self, d: &Device, ids: &DevBuf, out: &DevBuf, n: usize) -> Result<()> {
-        let name = format!("get_rows_{}", self.suffix);
         d.launch(
-            &name,
+            &self.gather,
             kernels::get_rows(self.cols as u32, n as u32),
             Args::new()
                 .buf(&self.buf)

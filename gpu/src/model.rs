@@ -4,7 +4,7 @@
 
 use std::ops::Range;
 
-use cascade_weights::{DType, Layout, ModelConfig, RopeStyle, TensorView};
+use cascade_weights::{Layout, ModelConfig, RopeStyle, TensorView};
 
 use crate::device::{Args, DevBuf, Device};
 use crate::error::{GpuError, Result};
@@ -141,10 +141,6 @@ impl Workspace {
     }
 }
 
-fn upload_f32(dev: &Device, v: &[f32]) -> Result<DevBuf> {
-    dev.upload(v)
-}
-
 /// Uploads a matrix in its stored type, rows in file order (an interleaved copy made for the
 /// CPU kernels is put back in row order, one matrix at a time).
 fn upload_mat(dev: &Device, t: &TensorView) -> Result<Mat> {
@@ -180,12 +176,12 @@ impl GpuModel {
             )));
         }
         let mat = |t: &TensorView| upload_mat(dev, t);
-        let opt = |b: Option<&[f32]>| b.map(|b| upload_f32(dev, b)).transpose();
+        let opt = |b: Option<&[f32]>| b.map(|b| dev.upload(b)).transpose();
         let mut layers = Vec::with_capacity(src.layers.len());
         for l in &src.layers {
             layers.push(GpuLayer {
-                attn_norm: upload_f32(dev, l.attn_norm)?,
-                ffn_norm: upload_f32(dev, l.ffn_norm)?,
+                attn_norm: dev.upload(l.attn_norm)?,
+                ffn_norm: dev.upload(l.ffn_norm)?,
                 wq: mat(l.wq)?,
                 wk: mat(l.wk)?,
                 wv: mat(l.wv)?,
@@ -203,7 +199,7 @@ impl GpuModel {
             config: src.config.clone(),
             embd: mat(src.embd)?,
             output: mat(src.output)?,
-            output_norm: upload_f32(dev, src.output_norm)?,
+            output_norm: dev.upload(src.output_norm)?,
             layers,
             weight_bytes: 0,
         };
@@ -227,10 +223,6 @@ impl GpuModel {
         n
     }
 
-    pub fn device(&self) -> &Device {
-        &self.dev
-    }
-
     /// A KV pool of `n_blocks` blocks of `block` positions for every layer.
     pub fn new_kv(&self, n_blocks: usize, block: usize) -> Result<GpuKv> {
         let bytes = n_blocks * block * self.config.kv_dim() * 4;
@@ -246,11 +238,6 @@ impl GpuModel {
             n_blocks,
             block,
         })
-    }
-
-    /// KV bytes per position (both keys and values, every layer).
-    pub fn kv_bytes_per_position(c: &ModelConfig) -> usize {
-        2 * c.n_layers * c.kv_dim() * 4
     }
 }
 
@@ -629,9 +616,4 @@ impl GpuModel {
         layer.w_down.apply(d, &mut p.mm, &p.gate, &p.proj, n)?;
         self.add_inplace(&p.x, &p.proj, n * c.hidden_size)
     }
-}
-
-/// Whether every matrix type of a model has a device kernel.
-pub fn supported(dtype: DType) -> bool {
-    k::suffix(dtype).is_some()
 }
