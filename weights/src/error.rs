@@ -69,6 +69,12 @@ pub enum WeightsError {
     Config { path: PathBuf, reason: String },
     #[error("invalid safetensors file {path}: {reason}")]
     Safetensors { path: PathBuf, reason: String },
+    #[error("{what} is {value}, past the limit of {limit}")]
+    Limit {
+        what: &'static str,
+        value: u64,
+        limit: u64,
+    },
     #[error("tokenizer: {reason}")]
     Tokenizer { reason: String },
 }

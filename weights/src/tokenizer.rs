@@ -144,6 +144,99 @@ fn split(pattern: &str) -> Result<PreTokenizerWrapper> {
     .map_err(|e| tok_err(format!("bad split regex: {e}")))
 }
 
+/// Largest `tokenizer.json` (or `tokenizer_config.json`) read: real ones are a few MiB (Qwen2.5's
+/// is 7 MiB); past this a file is refused before it is read.
+pub const MAX_TOKENIZER_JSON_BYTES: u64 = 64 << 20;
+
+/// Most tokens a vocabulary may have (the largest real ones hold about 260k).
+pub const MAX_VOCAB: usize = 1 << 22;
+
+/// Reads `path` whole unless it is longer than `limit` bytes.
+fn read_limited(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>> {
+    let io = |source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > limit {
+        return Err(WeightsError::Limit {
+            what,
+            value: len,
+            limit,
+        });
+    }
+    std::fs::read(path).map_err(io)
+}
+
+/// `tokenizers`' own parse of a `tokenizer.json`. tokenizers 0.22 panics on some malformed JSON
+/// (an `expect` in its decoder's deserializer, found by the `tokenizer_json` fuzzer), so the
+/// syntax is checked first, and any other panic of the library is turned into an error.
+fn parse_tokenizer_json(json: &[u8], source: &str) -> Result<tokenizers::Tokenizer> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(json)
+        .map_err(|e| tok_err(format!("{source}: not JSON: {e}")))?;
+    let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(json))
+        .map_err(|_| tok_err(format!("{source}: the tokenizers library panicked on it")))?;
+    parsed.map_err(|e| tok_err(format!("{source}: {e}")))
+}
+
+/// Each token's raw bytes and kind, indexed by id.
+fn json_token_table(
+    inner: &tokenizers::Tokenizer,
+    source: &str,
+) -> Result<(Vec<Vec<u8>>, Vec<TokenKind>)> {
+    let n = inner.get_vocab_size(true);
+    if n > MAX_VOCAB {
+        return Err(tok_err(format!(
+            "{source}: {n} tokens, more than the {MAX_VOCAB} supported"
+        )));
+    }
+    let added = inner.get_added_tokens_decoder();
+    let map = char_to_byte();
+    let mut token_bytes = vec![Vec::new(); n];
+    let mut kinds = vec![TokenKind::Unused; n];
+    for (tok, id) in inner.get_vocab(true) {
+        let (Some(slot), Some(kind)) =
+            (token_bytes.get_mut(id as usize), kinds.get_mut(id as usize))
+        else {
+            continue;
+        };
+        match added.get(&id) {
+            Some(a) => {
+                *slot = a.content.as_bytes().to_vec();
+                *kind = if a.special {
+                    TokenKind::Control
+                } else {
+                    TokenKind::UserDefined
+                };
+            }
+            None => {
+                *slot = byte_level_bytes(&tok, &map);
+                *kind = TokenKind::Normal;
+            }
+        }
+    }
+    Ok((token_bytes, kinds))
+}
+
+/// `model.merges` of a `tokenizer.json`, each as "a b" (either spelling the format allows).
+fn json_merges(json: &serde_json::Value) -> Vec<String> {
+    let Some(list) = json.pointer("/model/merges").and_then(|m| m.as_array()) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|m| match m {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Array(p) => Some(
+                p.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 impl Tokenizer {
     /// Builds the tokenizer described by GGUF metadata (`tokenizer.ggml.*`).
     pub fn from_gguf(m: &BTreeMap<String, Value>) -> Result<Tokenizer> {
@@ -301,69 +394,55 @@ impl Tokenizer {
                 path: path.to_path_buf(),
             });
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
-            .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
-        if !matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) {
-            return Err(tok_err(format!(
-                "{}: only byte-level BPE tokenizers are supported",
-                path.display()
-            )));
-        }
-        let n = inner.get_vocab_size(true);
-        let added = inner.get_added_tokens_decoder();
-        let map = char_to_byte();
-        let mut token_bytes = vec![Vec::new(); n];
-        let mut kinds = vec![TokenKind::Unused; n];
-        for (tok, id) in inner.get_vocab(true) {
-            let Some(slot) = token_bytes.get_mut(id as usize) else {
-                continue;
-            };
-            match added.get(&id) {
-                Some(a) => {
-                    *slot = a.content.as_bytes().to_vec();
-                    kinds[id as usize] = if a.special {
-                        TokenKind::Control
-                    } else {
-                        TokenKind::UserDefined
-                    };
-                }
-                None => {
-                    *slot = byte_level_bytes(&tok, &map);
-                    kinds[id as usize] = TokenKind::Normal;
+        let json = read_limited(
+            path,
+            MAX_TOKENIZER_JSON_BYTES,
+            "the size of tokenizer.json in bytes",
+        )?;
+        let config = match (base, path.parent()) {
+            (None, Some(dir)) => {
+                let p = dir.join("tokenizer_config.json");
+                match p.exists() {
+                    true => Some(read_limited(
+                        &p,
+                        MAX_TOKENIZER_JSON_BYTES,
+                        "the size of tokenizer_config.json in bytes",
+                    )?),
+                    false => None,
                 }
             }
+            _ => None,
+        };
+        Self::from_json_bytes(&json, config.as_deref(), base, &path.display().to_string())
+    }
+
+    /// Builds a tokenizer from the bytes of a `tokenizer.json` (and of its `tokenizer_config.json`,
+    /// which gives the special ids and the chat template unless `base` does). `source` names it in
+    /// errors.
+    pub fn from_json_bytes(
+        json: &[u8],
+        config: Option<&[u8]>,
+        base: Option<&Tokenizer>,
+        source: &str,
+    ) -> Result<Tokenizer> {
+        let inner = parse_tokenizer_json(json, source)?;
+        if !matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) {
+            return Err(tok_err(format!(
+                "{source}: only byte-level BPE tokenizers are supported"
+            )));
         }
-        let json: serde_json::Value = std::fs::read(path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let merges = json
-            .pointer("/model/merges")
-            .and_then(|m| m.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|m| match m {
-                        serde_json::Value::String(s) => Some(s.clone()),
-                        serde_json::Value::Array(p) => Some(
-                            p.iter()
-                                .filter_map(|x| x.as_str())
-                                .collect::<Vec<_>>()
-                                .join(" "),
-                        ),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let source = path.display().to_string();
+        let (token_bytes, kinds) = json_token_table(&inner, source)?;
+        let parsed: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
+        let vocab = std::sync::Arc::new(Vocab {
+            token_bytes,
+            kinds,
+            merges: json_merges(&parsed),
+            inner,
+        });
+        let source = source.to_string();
         if let Some(b) = base {
             return Ok(Tokenizer {
-                vocab: std::sync::Arc::new(Vocab {
-                    inner,
-                    token_bytes,
-                    kinds,
-                    merges,
-                }),
+                vocab,
                 bos: b.bos,
                 eos: b.eos,
                 add_bos: b.add_bos,
@@ -372,12 +451,10 @@ impl Tokenizer {
                 source,
             });
         }
-        let cfg: serde_json::Value = path
-            .parent()
-            .map(|d| d.join("tokenizer_config.json"))
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
+        let cfg: serde_json::Value = config
+            .and_then(|b| serde_json::from_slice(b).ok())
             .unwrap_or_default();
+        let inner = &vocab.inner;
         let named = |key: &str| {
             let v = cfg.get(key)?;
             let s = v
@@ -388,20 +465,14 @@ impl Tokenizer {
         let bos = named("bos_token");
         let eos = named("eos_token");
         let mut eog: Vec<u32> = eos.into_iter().collect();
-        for (id, a) in &added {
+        for (id, a) in inner.get_added_tokens_decoder() {
             if EOG_NAMES.contains(&a.content.as_str()) {
-                eog.push(*id);
+                eog.push(id);
             }
         }
         eog.sort_unstable();
         eog.dedup();
         Ok(Tokenizer {
-            vocab: std::sync::Arc::new(Vocab {
-                inner,
-                token_bytes,
-                kinds,
-                merges,
-            }),
             bos,
             eos,
             add_bos: cfg
@@ -413,6 +484,7 @@ impl Tokenizer {
                 .get("chat_template")
                 .and_then(|v| v.as_str())
                 .map(str::to_string),
+            vocab,
             source,
         })
     }
