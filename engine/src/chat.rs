@@ -38,33 +38,100 @@ fn raise_exception(msg: String) -> std::result::Result<String, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
 }
 
+/// Instructions one render may run (minijinja's fuel). Real templates spend tens per message;
+/// a template that loops without end stops here instead of hanging the request.
+pub const TEMPLATE_FUEL: u64 = 2_000_000;
+/// Nesting a render may reach (macros calling macros, nested loops); minijinja's own cap is 500.
+pub const TEMPLATE_RECURSION: usize = 100;
+/// Bytes a render may write on top of four times the messages' own bytes.
+pub const TEMPLATE_OUTPUT_SLACK: usize = 64 << 10;
+
 /// Renders `messages` with a Hugging Face style Jinja chat template, ending with the prompt for
-/// the assistant's turn.
+/// the assistant's turn. Templates come from model files, so a render is bounded: in
+/// instructions ([`TEMPLATE_FUEL`]), in nesting ([`TEMPLATE_RECURSION`]) and in output
+/// ([`output_limit`]); each refusal is an error naming the limit.
 pub fn render(template: &str, messages: &[Message], bos: &str, eos: &str) -> Result<String> {
     let mut env = Environment::new();
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    env.set_recursion_limit(TEMPLATE_RECURSION);
     env.add_function("raise_exception", raise_exception);
     env.add_template("chat", template)
         .map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
     let tmpl = env
         .get_template("chat")
         .map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
-    tmpl.render(context! {
+    let limit = output_limit(messages);
+    let mut out = Capped {
+        buf: Vec::new(),
+        limit,
+    };
+    let ctx = context! {
         messages => messages,
         add_generation_prompt => true,
         bos_token => bos,
         eos_token => eos,
-    })
-    .map_err(|e| EngineError::ChatTemplate(e.to_string()))
+    };
+    match tmpl.render_captured_to(ctx, &mut out) {
+        Ok(_) => {}
+        Err(_) if out.buf.len() >= limit => {
+            return Err(EngineError::Limit {
+                what: "the chat template's output in bytes",
+                limit: limit as u64,
+            })
+        }
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+            return Err(EngineError::Limit {
+                what: "the chat template's instructions (minijinja fuel)",
+                limit: TEMPLATE_FUEL,
+            })
+        }
+        Err(e) => return Err(EngineError::ChatTemplate(e.to_string())),
+    }
+    String::from_utf8(out.buf).map_err(|e| EngineError::ChatTemplate(e.to_string()))
+}
+
+/// The most bytes a render of `messages` may write.
+pub fn output_limit(messages: &[Message]) -> usize {
+    let input: usize = messages
+        .iter()
+        .map(|m| m.role.len() + m.content.len())
+        .sum();
+    input
+        .saturating_mul(4)
+        .saturating_add(TEMPLATE_OUTPUT_SLACK)
+}
+
+/// A writer that refuses to grow past `limit` bytes.
+struct Capped {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.limit {
+            self.buf
+                .extend_from_slice(&b[..self.limit - self.buf.len()]);
+            return Err(std::io::Error::other("output limit"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
     #[test]
     fn renders_a_chatml_template() {
-        let t = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
-        let s = render(t, &[Message::user("hi")], "", "").unwrap();
+        let s = render(CHATML, &[Message::user("hi")], "", "").unwrap();
         assert_eq!(s, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     }
 
@@ -72,5 +139,38 @@ mod tests {
     fn template_errors_are_reported() {
         assert!(render("{% for %}", &[], "", "").is_err());
         assert!(render("{{ raise_exception('no') }}", &[], "", "").is_err());
+    }
+
+    #[test]
+    fn a_template_that_never_ends_runs_out_of_fuel() {
+        let t = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let e = render(t, &[Message::user("hi")], "", "").unwrap_err();
+        assert!(
+            matches!(e, EngineError::Limit { limit, .. } if limit == TEMPLATE_FUEL),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_template_that_writes_without_bound_is_cut_at_its_limit() {
+        let t = "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}";
+        let m = [Message::user("hi")];
+        let e = render(t, &m, "", "").unwrap_err();
+        let want = output_limit(&m) as u64;
+        assert!(
+            matches!(e, EngineError::Limit { limit, .. } if limit == want),
+            "{e}"
+        );
+        // The messages' own size raises the limit: a long conversation is not refused.
+        let long = [Message::user("y".repeat(200_000))];
+        let s = render(CHATML, &long, "", "").unwrap();
+        assert!(s.len() > 200_000);
+    }
+
+    #[test]
+    fn recursion_is_bounded() {
+        let t = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        let e = render(t, &[], "", "").unwrap_err();
+        assert!(e.to_string().contains("recursion"), "{e}");
     }
 }

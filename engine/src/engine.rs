@@ -330,6 +330,13 @@ impl Engine {
     }
 }
 
+/// The longest prompt text a model with `context` positions is given to tokenize: 32 bytes a
+/// position (real text averages about 4), and at least 1 MiB. Longer text could not fit the
+/// context, and tokenizing it would only spend time.
+pub fn prompt_byte_limit(context: usize) -> usize {
+    context.saturating_mul(32).max(1 << 20)
+}
+
 impl Shared {
     /// Runs `f` on the engine's thread pool (inline when already on it).
     pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
@@ -347,6 +354,18 @@ impl Shared {
     pub(crate) fn encode(&self, role: Role, prompt: &Prompt) -> Result<Vec<u32>> {
         let model = self.model(role)?;
         let tok = &model.tokenizer;
+        let limit = prompt_byte_limit(model.config.context_length);
+        let bytes = match prompt {
+            Prompt::Tokens(_) => 0,
+            Prompt::Text(text) => text.len(),
+            Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+        };
+        if bytes > limit {
+            return Err(EngineError::Limit {
+                what: "the prompt's text in bytes",
+                limit: limit as u64,
+            });
+        }
         let ids = match prompt {
             Prompt::Tokens(ids) => ids.clone(),
             Prompt::Text(text) => tok.encode(text, true)?,

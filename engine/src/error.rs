@@ -24,6 +24,8 @@ pub enum EngineError {
     BadRollback { to: usize, len: usize },
     #[error("the model has no chat template")]
     NoChatTemplate,
+    #[error("{what} passed the limit of {limit}")]
+    Limit { what: &'static str, limit: u64 },
     #[error("chat template: {0}")]
     ChatTemplate(String),
     #[error("invalid {name}: {reason}")]
