@@ -5,6 +5,8 @@ pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod fastcopy;
+/// Tiny random-weight models for tests; not part of the API users build on.
+#[cfg(any(test, feature = "fixture"))]
 pub mod fixture;
 pub mod generate;
 pub mod kv_cache;
