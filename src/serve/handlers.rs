@@ -13,8 +13,9 @@ use serde_json::json;
 use cascade_engine::{Prompt, Request};
 
 use super::error::ApiError;
-use super::openai::{parse_body, read, ChatRequest, Common, CompletionRequest};
-use super::params::{chat_prompt, completion_prompt, settings};
+use super::openai::Common;
+use super::params::settings;
+use super::request::parse_request;
 use super::response::{self, Chunks, Kind, Meta};
 use super::run::{Piece, Run};
 use super::{sse, AppState, Phase};
@@ -57,20 +58,14 @@ pub async fn chat(
     State(st): Shared,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    handle(st, body, Kind::Chat, |v| {
-        chat_prompt(&read::<ChatRequest>(v)?)
-    })
-    .await
+    handle(st, body, Kind::Chat).await
 }
 
 pub async fn completions(
     State(st): Shared,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    handle(st, body, Kind::Completion, |v| {
-        completion_prompt(&read::<CompletionRequest>(v)?)
-    })
-    .await
+    handle(st, body, Kind::Completion).await
 }
 
 /// Parses a body (the fields both endpoints share, then the endpoint's own prompt) and runs it.
@@ -78,12 +73,9 @@ async fn handle(
     st: Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
     kind: Kind,
-    prompt: impl FnOnce(&serde_json::Value) -> Result<Prompt, ApiError>,
 ) -> Result<Response, ApiError> {
-    let v = parse_body(&body_bytes(&st, body)?)?;
-    let common: Common = read(&v)?;
+    let (common, prompt) = parse_request(kind, &body_bytes(&st, body)?)?;
     check_model(&st, &common)?;
-    let prompt = prompt(&v)?;
     generate(st, kind, prompt, &common).await
 }
 

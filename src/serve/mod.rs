@@ -11,6 +11,7 @@ mod handlers;
 mod metrics;
 mod openai;
 mod params;
+mod request;
 mod response;
 mod run;
 mod sse;
@@ -35,7 +36,9 @@ use cascade_engine::{CancelToken, Engine, EngineConfig, EngineError};
 
 pub use error::ApiError;
 pub use openai::{ModeName, RuleName};
-pub use params::{resolve_mode, ModeDefaults};
+pub use params::{resolve_mode, Limits, ModeDefaults, Settings};
+pub use request::{parse_request, read_request};
+pub use response::Kind;
 
 /// The longest a shutdown may take before the process exits anyway.
 pub const HARD_EXIT: Duration = Duration::from_secs(10);
