@@ -20,6 +20,9 @@ pub struct Floors {
 }
 
 /// Sums `c` as 64-bit words with four independent 256-bit accumulators: a read-bound loop.
+///
+/// # Safety
+/// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn sum_avx2(c: &[u64]) -> u64 {

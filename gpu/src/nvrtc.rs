@@ -281,15 +281,18 @@ unsafe fn compile_program(
     if let Err(e) = compiled {
         return Err(err(format!("{e}\n{log}")));
     }
+    // SAFETY: `prog` is alive (the caller's contract) and was compiled above.
     let ptx = unsafe { nvrtc::get_ptx(prog) }
         .map(|p| c_chars_to_string(&p))
         .map_err(|e| err(format!("nvrtcGetPTX: {e}")))?;
     let mut size = 0usize;
+    // SAFETY: `prog` is alive; `size` is a valid out-pointer.
     unsafe { sys::nvrtcGetCUBINSize(prog, &mut size) }
         .result()
         .map_err(|e| err(format!("nvrtcGetCUBINSize: {e}")))?;
     let mut cubin = vec![0u8; size];
     if size > 0 {
+        // SAFETY: `cubin` holds the `size` bytes NVRTC said the CUBIN takes.
         unsafe { sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr() as *mut c_char) }
             .result()
             .map_err(|e| err(format!("nvrtcGetCUBIN: {e}")))?;

@@ -2,6 +2,7 @@
 //! mapping (in f32, or with activations quantized to 8 bits and integer dot products), and the
 //! per-row kernels of a transformer layer. Each is batch-invariant: a row's result never depends
 //! on the other rows of its call or on the thread count.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod error;
 pub mod interleave;

@@ -192,40 +192,48 @@ pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 /// [`dot_portable`] with lanes 0..8 and 8..16 in two registers (LLVM vectorized the 16 lanes as
 /// pairs of scalars, which made attention 8% of a forward). Multiply then add, as the portable
 /// version, so the results are bitwise the same.
+///
+/// # Safety
+/// The target must have AVX2 (these are compiled only when it does). Reads `a[..len]` and
+/// `b[..len]` with `len = min(a.len(), b.len())`, so any two slices are sound.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
     use std::arch::x86_64::*;
-    let len = a.len().min(b.len());
-    let full = len / 16 * 16;
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut lo = _mm256_setzero_ps();
-    let mut hi = _mm256_setzero_ps();
-    let mut i = 0;
-    while i < full {
-        let x0 = _mm256_mul_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
-        let x1 = _mm256_mul_ps(
-            _mm256_loadu_ps(pa.add(i + 8)),
-            _mm256_loadu_ps(pb.add(i + 8)),
+    // SAFETY: every load is at `i + 8 <= full <= len` floats into both slices, and the stores are
+    // into local arrays of 16 and 4; AVX2 is a compile-time target feature.
+    unsafe {
+        let len = a.len().min(b.len());
+        let full = len / 16 * 16;
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut lo = _mm256_setzero_ps();
+        let mut hi = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < full {
+            let x0 = _mm256_mul_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)));
+            let x1 = _mm256_mul_ps(
+                _mm256_loadu_ps(pa.add(i + 8)),
+                _mm256_loadu_ps(pb.add(i + 8)),
+            );
+            lo = _mm256_add_ps(lo, x0);
+            hi = _mm256_add_ps(hi, x1);
+            i += 16;
+        }
+        let mut acc = [0f32; 16];
+        _mm256_storeu_ps(acc.as_mut_ptr(), lo);
+        _mm256_storeu_ps(acc.as_mut_ptr().add(8), hi);
+        for (j, (x, y)) in a[full..len].iter().zip(&b[full..len]).enumerate() {
+            acc[j] += x * y;
+        }
+        let s8 = _mm256_add_ps(
+            _mm256_loadu_ps(acc.as_ptr()),
+            _mm256_loadu_ps(acc.as_ptr().add(8)),
         );
-        lo = _mm256_add_ps(lo, x0);
-        hi = _mm256_add_ps(hi, x1);
-        i += 16;
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+        let mut v = [0f32; 4];
+        _mm_storeu_ps(v.as_mut_ptr(), s4);
+        (v[0] + v[2]) + (v[1] + v[3])
     }
-    let mut acc = [0f32; 16];
-    _mm256_storeu_ps(acc.as_mut_ptr(), lo);
-    _mm256_storeu_ps(acc.as_mut_ptr().add(8), hi);
-    for (j, (x, y)) in a[full..len].iter().zip(&b[full..len]).enumerate() {
-        acc[j] += x * y;
-    }
-    let s8 = _mm256_add_ps(
-        _mm256_loadu_ps(acc.as_ptr()),
-        _mm256_loadu_ps(acc.as_ptr().add(8)),
-    );
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    let mut v = [0f32; 4];
-    _mm_storeu_ps(v.as_mut_ptr(), s4);
-    (v[0] + v[2]) + (v[1] + v[3])
 }
 
 /// `[dot(a, b_0), .., dot(a, b_7)]` for eight rows `b_m = b[m * stride..][..a.len()]`: bitwise
@@ -251,38 +259,48 @@ pub fn dot8(a: &[f32], b: &[f32], stride: usize) -> [f32; 8] {
 /// [`dot8`] for lengths that are a multiple of 16: per row the two 8-lane accumulators of
 /// [`dot_avx2`], then its reduction tree (`lo + hi`, halves, then `(v0 + v2) + (v1 + v3)`) on
 /// the eight rows at once after an 8x8 transpose.
+///
+/// # Safety
+/// The target must have AVX2, `a.len()` must be a multiple of 16 and `b` must hold `7 * stride +
+/// a.len()` floats (eight rows of `a.len()` at `stride`).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
 unsafe fn dot8_avx2(a: &[f32], b: &[f32], stride: usize) -> [f32; 8] {
     use std::arch::x86_64::*;
-    let len = a.len();
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut lo = [_mm256_setzero_ps(); 8];
-    let mut hi = [_mm256_setzero_ps(); 8];
-    let mut i = 0;
-    while i < len {
-        let (a0, a1) = (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pa.add(i + 8)));
-        for m in 0..8 {
-            let r = pb.add(m * stride + i);
-            lo[m] = _mm256_add_ps(lo[m], _mm256_mul_ps(a0, _mm256_loadu_ps(r)));
-            hi[m] = _mm256_add_ps(hi[m], _mm256_mul_ps(a1, _mm256_loadu_ps(r.add(8))));
+    // SAFETY: loads of `a` stay below `a.len()`; row `m < 8` is read at `m * stride + i + 16 <= 7 *
+    // stride + a.len() <= b.len()` (the caller's bound); stores go to a local array of 8; AVX2 is a
+    // compile-time target feature.
+    unsafe {
+        let len = a.len();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut lo = [_mm256_setzero_ps(); 8];
+        let mut hi = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < len {
+            let (a0, a1) = (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pa.add(i + 8)));
+            for m in 0..8 {
+                let r = pb.add(m * stride + i);
+                lo[m] = _mm256_add_ps(lo[m], _mm256_mul_ps(a0, _mm256_loadu_ps(r)));
+                hi[m] = _mm256_add_ps(hi[m], _mm256_mul_ps(a1, _mm256_loadu_ps(r.add(8))));
+            }
+            i += 16;
         }
-        i += 16;
+        // s8 per row, then lane i of every row in one vector (8x8 transpose: T_i).
+        let s: [__m256i; 8] =
+            std::array::from_fn(|m| _mm256_castps_si256(_mm256_add_ps(lo[m], hi[m])));
+        let t = crate::qdot::x86::transpose8(s).map(|v| _mm256_castsi256_ps(v));
+        // The halves' sum s4[i] = s8[i] + s8[i + 4], then (s4[0] + s4[2]) + (s4[1] + s4[3]).
+        let (v0, v1, v2, v3) = (
+            _mm256_add_ps(t[0], t[4]),
+            _mm256_add_ps(t[1], t[5]),
+            _mm256_add_ps(t[2], t[6]),
+            _mm256_add_ps(t[3], t[7]),
+        );
+        let r = _mm256_add_ps(_mm256_add_ps(v0, v2), _mm256_add_ps(v1, v3));
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), r);
+        out
     }
-    // s8 per row, then lane i of every row in one vector (8x8 transpose: T_i).
-    let s: [__m256i; 8] = std::array::from_fn(|m| _mm256_castps_si256(_mm256_add_ps(lo[m], hi[m])));
-    let t = crate::qdot::x86::transpose8(s).map(|v| _mm256_castsi256_ps(v));
-    // The halves' sum s4[i] = s8[i] + s8[i + 4], then (s4[0] + s4[2]) + (s4[1] + s4[3]).
-    let (v0, v1, v2, v3) = (
-        _mm256_add_ps(t[0], t[4]),
-        _mm256_add_ps(t[1], t[5]),
-        _mm256_add_ps(t[2], t[6]),
-        _mm256_add_ps(t[3], t[7]),
-    );
-    let r = _mm256_add_ps(_mm256_add_ps(v0, v2), _mm256_add_ps(v1, v3));
-    let mut out = [0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), r);
-    out
 }
 
 /// `out[t * w.rows + r] = dot(x[t * w.cols ..], W[r])` for `t < n_tokens`.
@@ -331,7 +349,8 @@ pub fn matmul(w: &QMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Resul
                     c0 += n;
                 }
                 for (t, a) in acc[..nt].iter().enumerate() {
-                    // SAFETY: (t0 + t, r) is in bounds (checked above) and written by this task only.
+                    // SAFETY: (t0 + t, r) is in bounds (checked above) and written by this task
+                    // only.
                     unsafe { *out_ptr.get().add((t0 + t) * rows + r) = *a };
                 }
             }

@@ -1,5 +1,6 @@
 //! cascade-weights: one memory-mapped weight store for GGUF files and Hugging Face folders,
 //! typed model configurations and tokenizers. No arithmetic lives here.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod config;
 pub mod dtype;

@@ -257,14 +257,19 @@ pub fn matmul_q8_with(isa: Isa, w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> 
                 let mut gathered = Vec::new();
                 let local = w.rows_major(r0, r1, &mut gathered);
                 let lb = WeightBlocks { kind, m: &local };
+                // SAFETY: see above; `local` holds exactly rows r0..r1.
                 unsafe { portable::rows(&lb, acts, 0, r1 - r0, o) }
             }
+            // SAFETY: see above.
             Isa::Portable => unsafe { portable::rows(&wb, acts, r0, r1, o) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: see above; `isa <= Isa::detected()` so the CPU has AVX2, FMA and F16C.
             Isa::Avx2 => unsafe { x86::rows_avx2(&wb, acts, r0, r1, o) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: see above; the CPU has every feature of the VNNI path.
             Isa::Vnni => unsafe { x86::rows_vnni(&wb, acts, r0, r1, o) },
             #[cfg(not(target_arch = "x86_64"))]
+            // SAFETY: see above.
             _ => unsafe { portable::rows(&wb, acts, r0, r1, o) },
         }
     });
