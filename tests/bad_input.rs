@@ -41,7 +41,33 @@ fn a_fixture_generates() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["tokens"].as_array().unwrap().len(), 4);
+    // The tokens are the model's own greedy choices: a plain argmax loop over `Model::forward`
+    // in this process (no scheduler, no sampler) must pick the same ones.
+    let model = cascade::engine::Model::load(
+        &cascade::weights::WeightStore::new(),
+        &m,
+        &Default::default(),
+    )
+    .unwrap();
+    let mut seq = model.tokenizer.encode("the cat", true).unwrap();
+    let mut cache = model.new_cache(seq.len() + 4);
+    let mut want = Vec::new();
+    let mut logits = model
+        .forward(&seq, &mut cache, cascade::engine::Logits::Last)
+        .unwrap();
+    while want.len() < 4 {
+        let t = common::argmax(&logits, model.valid_mask());
+        want.push(t);
+        if model.tokenizer.is_eog(t) {
+            break;
+        }
+        seq.push(t);
+        logits = model
+            .forward(&[t], &mut cache, cascade::engine::Logits::Last)
+            .unwrap();
+    }
+    assert_eq!(common::ids(&v["tokens"]), want);
+    assert_eq!(v["text"].as_str().unwrap(), model.tokenizer.decode(&want));
     for key in ["load_s", "prefill_s", "decode_s", "decode_tokens_per_s"] {
         assert!(v["stats"][key].is_number(), "stats.{key}");
     }
@@ -272,4 +298,34 @@ fn a_gpu_that_is_not_there_is_a_clear_error_and_auto_falls_back() {
     }
     let bad = run_gen(&m, &["--prompt", "x", "--device", "tpu"]);
     assert_eq!(bad.status.code(), Some(2), "clap's usage error");
+}
+
+#[test]
+fn a_prompt_longer_than_its_limit_is_refused_by_name() {
+    use cascade::engine::{Engine, EngineConfig, EngineError, Mode, Prompt, Request};
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::load(&EngineConfig {
+        target: fixture(dir.path()),
+        ..Default::default()
+    })
+    .unwrap();
+    let limit = cascade::engine::engine::prompt_byte_limit(engine.target().config.context_length);
+    let req = |text: String| Request {
+        prompt: Prompt::Text(text),
+        mode: Mode::Target,
+        config: Default::default(),
+    };
+    let e = engine
+        .generate(&req("a".repeat(limit + 1)), |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(e, EngineError::Limit { limit: l, .. } if l == limit as u64),
+        "{e}"
+    );
+    assert!(e.to_string().contains("prompt's text"), "{e}");
+    // At the limit it is tokenized and then refused for the context, as any long prompt.
+    let e = engine
+        .generate(&req("a ".repeat(limit / 2)), |_| {})
+        .unwrap_err();
+    assert!(matches!(e, EngineError::PromptTooLong { .. }), "{e}");
 }

@@ -229,14 +229,29 @@ fn llama_architecture_and_tied_embeddings_load_and_run() {
     let path = common::write_fixture(dir.path(), "m.gguf", &spec);
     let model = load(&path);
     assert!(model.config.tied_embeddings && !model.config.qkv_bias);
-    let g = generate(
-        &model,
-        &prompt_ids(&model),
-        &GenerateConfig::default(),
-        |_| true,
-    )
-    .unwrap();
-    assert!(!g.tokens.is_empty());
+    assert_eq!(
+        model.config.rope_style,
+        cascade::weights::RopeStyle::Interleaved
+    );
+    assert!(model.files.get("output.weight").is_none());
+    let cfg = GenerateConfig {
+        max_tokens: 12,
+        stop_at_eog: false,
+        ..Default::default()
+    };
+    let g = generate(&model, &prompt_ids(&model), &cfg, |_| true).unwrap();
+    // The greedy tokens are a plain argmax loop's over the forward pass.
+    let mut cache = model.new_cache(64);
+    let mut logits = model
+        .forward(&prompt_ids(&model), &mut cache, Logits::Last)
+        .unwrap();
+    let mut want = Vec::new();
+    while want.len() < 12 {
+        let t = common::argmax(&logits, model.valid_mask());
+        want.push(t);
+        logits = model.forward(&[t], &mut cache, Logits::Last).unwrap();
+    }
+    assert_eq!(g.tokens, want);
 }
 
 #[test]

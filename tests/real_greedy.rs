@@ -50,9 +50,11 @@ fn check_numpy(key: &str, reference: &str, runs: usize) {
     let r: serde_json::Value = serde_json::from_str(reference).unwrap();
     let model = load(key, Precision::F32);
     let pool = pool();
+    let mut compared = 0;
     for run in first_runs(&r["runs"], runs) {
         let prompt = ids(&run["prompt_ids"]);
         let want = ids(&run["generated_ids"]);
+        compared += want.len();
         let cfg = GenerateConfig {
             max_tokens: want.len(),
             ..Default::default()
@@ -66,6 +68,10 @@ fn check_numpy(key: &str, reference: &str, runs: usize) {
             run["prompt"]
         );
     }
+    assert!(
+        compared >= runs * MIN_TOKENS_PER_RUN,
+        "{key}: only {compared} tokens compared over {runs} runs"
+    );
     let int8 = load(key, Precision::Int8);
     let (agree, _, total) = teacher_forced(
         &int8,
@@ -90,11 +96,28 @@ fn check_llama_cpp(key: &str, runs: usize) -> (usize, usize, usize) {
     )
 }
 
-/// The first `n` runs of a reference file's run list.
+/// The first `n` runs of a reference file's run list: the reference must have them, each with a
+/// continuation to compare (a short or empty reference would make the checks vacuous).
 fn first_runs(runs: &serde_json::Value, n: usize) -> &[serde_json::Value] {
     let all = runs.as_array().unwrap();
-    &all[..n.min(all.len())]
+    assert!(
+        all.len() >= n,
+        "the reference has {} runs; the test compares {n}",
+        all.len()
+    );
+    for run in &all[..n] {
+        assert!(
+            !ids(&run["generated_ids"]).is_empty(),
+            "empty reference continuation for {:?}",
+            run["prompt"]
+        );
+    }
+    &all[..n]
 }
+
+/// At least this many tokens a run on average, so that the comparisons mean something (a few
+/// references stop early at an end-of-generation token).
+const MIN_TOKENS_PER_RUN: usize = 8;
 
 /// Feeds each run's continuation through `model` and compares our argmax with the run's token
 /// at every position; a disagreement must be a near-tie. Returns (agreeing, near-ties, total).
@@ -135,6 +158,11 @@ fn teacher_forced(model: &Model, runs: &[serde_json::Value], label: &str) -> (us
         }
     }
     eprintln!("{label}: {agree}/{total} positions agree, {ties} near-ties (< {TIE} logits)");
+    assert!(
+        total >= runs.len() * MIN_TOKENS_PER_RUN,
+        "{label}: only {total} positions over {} runs",
+        runs.len()
+    );
     (agree, ties, total)
 }
 

@@ -169,3 +169,15 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// The greedy choice written out here, apart from the engine's sampler: the highest logit among
+/// valid tokens, the lowest id on ties.
+pub fn argmax(logits: &[f32], valid: &[bool]) -> u32 {
+    let mut best = usize::MAX;
+    for i in 0..logits.len() {
+        if valid[i] && (best == usize::MAX || logits[i] > logits[best]) {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -756,7 +756,8 @@ mod tests {
     #[test]
     fn every_truncation_is_an_error_not_a_panic() {
         let bytes = sample().to_bytes();
-        for len in 0..bytes.len() {
+        // Under Miri (slow) every 7th length.
+        for len in (0..bytes.len()).step_by(if cfg!(miri) { 7 } else { 1 }) {
             let r = GgufHeader::parse(Path::new("mem"), &bytes[..len]);
             assert!(r.is_err(), "truncated to {len} bytes parsed");
         }
@@ -769,7 +770,7 @@ mod tests {
             .unwrap()
             .data_offset as usize;
         // Flip each header byte in turn to a few values; parsing must return, Ok or Err.
-        for i in 0..data_start {
+        for i in (0..data_start).step_by(if cfg!(miri) { 7 } else { 1 }) {
             for v in [0x00, 0xff, 0x7f, 0x80] {
                 let mut b = bytes.clone();
                 b[i] = v;
