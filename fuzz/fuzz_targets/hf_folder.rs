@@ -1,0 +1,39 @@
+//! A Hugging Face folder: the input is its files separated by `SECTION` lines: `config.json`,
+//! the safetensors file, `tokenizer.json`, and optionally `model.safetensors.index.json` (then
+//! the safetensors file is written as the shard `model-00001-of-00001.safetensors`).
+#![no_main]
+
+use cascade_engine::{Logits, Model};
+use cascade_fuzz::{scratch, sections, work_tokenizer};
+use cascade_weights::{OpenOptions, WeightStore};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let parts = sections(data);
+    let dir = scratch().join("hf");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    let file = |name: &str, i: usize| {
+        if let Some(bytes) = parts.get(i) {
+            std::fs::write(dir.join(name), bytes).expect("scratch write");
+        }
+    };
+    file("config.json", 0);
+    file("tokenizer.json", 2);
+    if parts.len() > 3 {
+        file("model.safetensors.index.json", 3);
+        file("model-00001-of-00001.safetensors", 1);
+    } else {
+        file("model.safetensors", 1);
+    }
+    let store = WeightStore::new();
+    let Ok(model) = Model::load(&store, &dir, &OpenOptions::default()) else {
+        return;
+    };
+    work_tokenizer(&model.tokenizer);
+    let ids = [0u32, 1, 2];
+    if ids.iter().all(|&i| (i as usize) < model.vocab_size()) {
+        let mut cache = model.new_cache(4);
+        let _ = model.forward(&ids, &mut cache, Logits::All);
+    }
+});

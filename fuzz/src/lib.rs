@@ -1,0 +1,63 @@
+//! What the fuzz targets share: a scratch folder for inputs that must be files (the loaders map
+//! files), the split of one input into several files, and a workout for a loaded tokenizer.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use cascade_weights::{StreamDecoder, Tokenizer};
+
+/// The line that separates the files of a multi-file input (a Hugging Face folder).
+pub const SECTION: &[u8] = b"\n--cascade-fuzz-file--\n";
+
+/// This process's scratch folder (on tmpfs where there is one), made once.
+pub fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = Path::new("/dev/shm");
+        let base = if base.is_dir() {
+            base.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let dir = base.join(format!("cascade-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch folder");
+        dir
+    })
+}
+
+/// `data` split at each [`SECTION`] line.
+pub fn sections(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while let Some(i) = rest.windows(SECTION.len()).position(|w| w == SECTION) {
+        out.push(&rest[..i]);
+        rest = &rest[i + SECTION.len()..];
+    }
+    out.push(rest);
+    out
+}
+
+/// Text that reaches the pre-tokenizer's every class: letters, digits, punctuation, spaces and
+/// newlines, non-Latin scripts, an emoji, and special tokens written out.
+pub const SAMPLE: &str =
+    "Hello, world! <|im_start|>user\n  def f(x):\n\treturn x ** 2  # 12345 é漢字 🙂<|im_end|>\r\n";
+
+/// Encodes, decodes and streams [`SAMPLE`]: what a request does with a tokenizer.
+pub fn work_tokenizer(tok: &Tokenizer) {
+    let Ok(ids) = tok.encode(SAMPLE, true) else {
+        return;
+    };
+    let _ = tok.decode(&ids);
+    let mut stream = StreamDecoder::new();
+    for &id in &ids {
+        let _ = stream.push(tok, id);
+        let _ = tok.kind(id);
+        let _ = tok.is_eog(id);
+    }
+    let _ = stream.finish();
+    // Ids a client may send that the vocabulary does not have.
+    for id in [u32::MAX, tok.n_vocab() as u32, 0] {
+        let _ = tok.is_valid(id);
+        let _ = tok.token_str(id);
+    }
+}
