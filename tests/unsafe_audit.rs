@@ -27,7 +27,7 @@ fn code(line: &str) -> &str {
 
 /// Whether byte `i` of `c` is outside string literals (an even number of quotes before it).
 fn in_code(c: &str, i: usize) -> bool {
-    c[..i].matches('"').count() % 2 == 0
+    c[..i].matches('"').count().is_multiple_of(2)
 }
 
 fn is_unsafe_fn(c: &str) -> bool {
