@@ -11,6 +11,7 @@ use safetensors::SafeTensors;
 use crate::config::ModelConfig;
 use crate::dtype::DType;
 use crate::error::{Result, WeightsError};
+use crate::store::read_limited;
 use crate::store::{TensorView, WeightStore};
 use crate::tokenizer::Tokenizer;
 
@@ -53,6 +54,11 @@ fn st_err(path: &Path, reason: impl Into<String>) -> WeightsError {
     }
 }
 
+/// Largest `config.json` or shard index read (real ones are a few KiB to a few MiB).
+const MAX_JSON_BYTES: u64 = 16 << 20;
+/// Most shard files an index may name (the largest published models have a few hundred).
+const MAX_SHARDS: usize = 4096;
+
 fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
@@ -62,17 +68,18 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if !index.exists() {
         return Err(WeightsError::NotFound { path: single });
     }
-    let bytes = std::fs::read(&index).map_err(|source| WeightsError::Io {
-        path: index.clone(),
-        source,
-    })?;
+    let bytes = read_limited(
+        &index,
+        MAX_JSON_BYTES,
+        "the size of model.safetensors.index.json in bytes",
+    )?;
     let json: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| st_err(&index, format!("not JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| st_err(&index, "no weight_map"))?;
-    let mut files: Vec<PathBuf> = Vec::new();
+    let mut files = std::collections::BTreeSet::new();
     for v in map.values() {
         let f = v
             .as_str()
@@ -83,26 +90,25 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 format!("shard name '{f}' leaves the folder"),
             ));
         }
-        let p = dir.join(f);
-        if !files.contains(&p) {
-            files.push(p);
+        files.insert(dir.join(f));
+        if files.len() > MAX_SHARDS {
+            return Err(WeightsError::Limit {
+                what: "the number of safetensors shards",
+                value: files.len() as u64,
+                limit: MAX_SHARDS as u64,
+            });
         }
     }
-    files.sort();
-    Ok(files)
+    Ok(files.into_iter().collect())
 }
 
 pub(crate) fn open_folder(store: &WeightStore, dir: &Path) -> Result<crate::store::ModelFiles> {
     let cfg_path = dir.join("config.json");
-    let cfg_bytes = std::fs::read(&cfg_path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => WeightsError::NotFound {
-            path: cfg_path.clone(),
-        },
-        _ => WeightsError::Io {
-            path: cfg_path.clone(),
-            source,
-        },
-    })?;
+    let cfg_bytes = read_limited(
+        &cfg_path,
+        MAX_JSON_BYTES,
+        "the size of config.json in bytes",
+    )?;
     let cfg_json: serde_json::Value =
         serde_json::from_slice(&cfg_bytes).map_err(|e| WeightsError::Config {
             path: cfg_path.clone(),
@@ -176,5 +182,31 @@ mod tests {
         assert_eq!(canonical_name("lm_head.weight").unwrap(), "output.weight");
         assert_eq!(canonical_name("model.layers.x.mlp.down_proj.weight"), None);
         assert_eq!(canonical_name("model.rotary_emb.inv_freq"), None);
+    }
+
+    #[test]
+    fn an_index_naming_too_many_shards_is_refused_quickly() {
+        let dir = tempfile::tempdir().unwrap();
+        let map: serde_json::Map<String, serde_json::Value> = (0..200_000)
+            .map(|i| {
+                (
+                    format!("t{i}"),
+                    serde_json::json!(format!("s{i}.safetensors")),
+                )
+            })
+            .collect();
+        let index = serde_json::json!({ "weight_map": map });
+        std::fs::write(
+            dir.path().join("model.safetensors.index.json"),
+            index.to_string(),
+        )
+        .unwrap();
+        // Refused at the limit, before the shards are looked for (a set, not the quadratic
+        // Vec::contains per entry that was here before).
+        let e = shard_files(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, WeightsError::Limit { limit, .. } if limit == MAX_SHARDS as u64),
+            "{e}"
+        );
     }
 }

@@ -149,6 +149,28 @@ impl ModelFiles {
     }
 }
 
+/// Reads `path` whole unless it is longer than `limit` bytes (a refusal names `what`).
+pub(crate) fn read_limited(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>> {
+    let io = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::NotFound => WeightsError::NotFound {
+            path: path.to_path_buf(),
+        },
+        _ => WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > limit {
+        return Err(WeightsError::Limit {
+            what,
+            value: len,
+            limit,
+        });
+    }
+    std::fs::read(path).map_err(io)
+}
+
 /// Options for opening a model.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {

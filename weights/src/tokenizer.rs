@@ -16,6 +16,7 @@ use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiter
 
 use crate::error::{Result, WeightsError};
 use crate::gguf::Value;
+use crate::store::read_limited;
 
 /// GGUF token types (`tokenizer.ggml.token_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,23 +151,6 @@ pub const MAX_TOKENIZER_JSON_BYTES: u64 = 64 << 20;
 
 /// Most tokens a vocabulary may have (the largest real ones hold about 260k).
 pub const MAX_VOCAB: usize = 1 << 22;
-
-/// Reads `path` whole unless it is longer than `limit` bytes.
-fn read_limited(path: &Path, limit: u64, what: &'static str) -> Result<Vec<u8>> {
-    let io = |source| WeightsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let len = std::fs::metadata(path).map_err(io)?.len();
-    if len > limit {
-        return Err(WeightsError::Limit {
-            what,
-            value: len,
-            limit,
-        });
-    }
-    std::fs::read(path).map_err(io)
-}
 
 /// `tokenizers`' own parse of a `tokenizer.json`. tokenizers 0.22 panics on some malformed JSON
 /// (an `expect` in its decoder's deserializer, found by the `tokenizer_json` fuzzer), so the
