@@ -18,7 +18,10 @@ use cascade::weights::{
 };
 use serde_json::json;
 
-const SECTION: &[u8] = b"\n--cascade-fuzz-file--\n";
+#[path = "../fuzz/src/format.rs"]
+mod format;
+
+use format::{sections, write_folder, SECTION};
 /// Tokens kept of a real vocabulary (the byte tokens and the first merges).
 const KEEP: usize = 600;
 
@@ -35,17 +38,6 @@ fn list(target: &str) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-fn sections(data: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut rest = data;
-    while let Some(i) = rest.windows(SECTION.len()).position(|w| w == SECTION) {
-        out.push(&rest[..i]);
-        rest = &rest[i + SECTION.len()..];
-    }
-    out.push(rest);
-    out
 }
 
 fn write_seed(target: &str, name: &str, bytes: &[u8]) {
@@ -350,7 +342,7 @@ fn hf_seeds_load_and_run() {
         let data = std::fs::read(&p).unwrap();
         let parts = sections(&data);
         let dir = tempfile::tempdir().unwrap();
-        write_folder(&parts, dir.path());
+        write_folder(&parts, dir.path()).unwrap();
         load_and_run(dir.path());
     }
 }
@@ -438,23 +430,6 @@ fn regressions(target: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Writes a multi-file input as the `hf_folder` target does.
-fn write_folder(parts: &[&[u8]], dir: &Path) {
-    let write = |n: &str, i: usize| {
-        if let Some(b) = parts.get(i) {
-            std::fs::write(dir.join(n), b).unwrap()
-        }
-    };
-    write("config.json", 0);
-    write("tokenizer.json", 2);
-    if parts.len() > 3 {
-        write("model.safetensors.index.json", 3);
-        write("model-00001-of-00001.safetensors", 1);
-    } else {
-        write("model.safetensors", 1);
-    }
-}
-
 #[test]
 fn crashes_the_fuzzers_found_are_refused_with_errors() {
     let tj = regressions("tokenizer_json");
@@ -473,7 +448,7 @@ fn crashes_the_fuzzers_found_are_refused_with_errors() {
     for p in hf {
         let data = std::fs::read(&p).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        write_folder(&sections(&data), dir.path());
+        write_folder(&sections(&data), dir.path()).unwrap();
         let r = Model::load(&WeightStore::new(), dir.path(), &OpenOptions::default());
         assert!(r.is_err(), "{} was accepted", p.display());
     }

@@ -4,7 +4,7 @@
 #![no_main]
 
 use cascade_engine::{Logits, Model};
-use cascade_fuzz::{scratch, sections, work_tokenizer};
+use cascade_fuzz::{scratch, sections, work_tokenizer, write_folder};
 use cascade_weights::{OpenOptions, WeightStore};
 use libfuzzer_sys::fuzz_target;
 
@@ -13,19 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let dir = scratch().join("hf");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch folder");
-    let file = |name: &str, i: usize| {
-        if let Some(bytes) = parts.get(i) {
-            std::fs::write(dir.join(name), bytes).expect("scratch write");
-        }
-    };
-    file("config.json", 0);
-    file("tokenizer.json", 2);
-    if parts.len() > 3 {
-        file("model.safetensors.index.json", 3);
-        file("model-00001-of-00001.safetensors", 1);
-    } else {
-        file("model.safetensors", 1);
-    }
+    write_folder(&parts, &dir).expect("scratch write");
     let store = WeightStore::new();
     let Ok(model) = Model::load(&store, &dir, &OpenOptions::default()) else {
         return;

@@ -6,8 +6,8 @@ use std::sync::OnceLock;
 
 use cascade_weights::{StreamDecoder, Tokenizer};
 
-/// The line that separates the files of a multi-file input (a Hugging Face folder).
-pub const SECTION: &[u8] = b"\n--cascade-fuzz-file--\n";
+mod format;
+pub use format::{sections, write_folder, SECTION};
 
 /// This process's scratch folder (on tmpfs where there is one), made once.
 pub fn scratch() -> &'static Path {
@@ -23,18 +23,6 @@ pub fn scratch() -> &'static Path {
         std::fs::create_dir_all(&dir).expect("scratch folder");
         dir
     })
-}
-
-/// `data` split at each [`SECTION`] line.
-pub fn sections(data: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
-    let mut rest = data;
-    while let Some(i) = rest.windows(SECTION.len()).position(|w| w == SECTION) {
-        out.push(&rest[..i]);
-        rest = &rest[i + SECTION.len()..];
-    }
-    out.push(rest);
-    out
 }
 
 /// Text that reaches the pre-tokenizer's every class: letters, digits, punctuation, spaces and
