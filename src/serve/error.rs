@@ -164,6 +164,7 @@ impl From<EngineError> for ApiError {
             | EngineError::EmptyPrompt
             | EngineError::InvalidToken { .. }
             | EngineError::ChatTemplate(_)
+            | EngineError::Limit { .. }
             | EngineError::NoChatTemplate => ApiError::field("prompt", msg),
             EngineError::KvBudget { .. } => ApiError::field("max_tokens", msg),
             EngineError::InvalidParam { name, reason } => ApiError::field(field_of(name), reason),
@@ -195,6 +196,13 @@ mod tests {
         assert!(e.message.starts_with("top_p: "));
         let e = ApiError::from(EngineError::SchedulerGone);
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        // A prompt or template past its limit is the client's request: 400 naming the limit.
+        let e = ApiError::from(EngineError::Limit {
+            what: "the prompt's text in bytes",
+            limit: 1 << 20,
+        });
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("limit of 1048576"), "{}", e.message);
     }
 
     #[test]
