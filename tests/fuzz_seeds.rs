@@ -443,6 +443,13 @@ fn crashes_the_fuzzers_found_are_refused_with_errors() {
             .unwrap_or_else(|| panic!("{} was accepted", p.display()));
         assert!(e.to_string().contains("not JSON"), "{}: {e}", p.display());
     }
+    let templates = regressions("chat_template");
+    assert!(!templates.is_empty());
+    for p in templates {
+        let t = std::fs::read_to_string(&p).unwrap();
+        let r = render(&t, &[Message::user("hi"), Message::assistant("yo")], "", "");
+        assert!(r.is_err(), "{} rendered", p.display());
+    }
     let hf = regressions("hf_folder");
     assert!(!hf.is_empty());
     for p in hf {

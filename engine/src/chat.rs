@@ -1,6 +1,7 @@
 //! Chat templates from the model's metadata, rendered with minijinja.
 
-use minijinja::{context, Environment, Error, ErrorKind};
+use minijinja::value::ValueKind;
+use minijinja::{context, Environment, Error, ErrorKind, Output, State, Value};
 use serde::Serialize;
 
 use crate::error::{EngineError, Result};
@@ -45,6 +46,10 @@ pub const TEMPLATE_FUEL: u64 = 2_000_000;
 pub const TEMPLATE_RECURSION: usize = 100;
 /// Bytes a render may write on top of four times the messages' own bytes.
 pub const TEMPLATE_OUTPUT_SLACK: usize = 64 << 10;
+/// Items (of sequences and maps, nested) one `{{ value }}` may print. minijinja repeats a
+/// sequence lazily (`messages * 10**10`) in one instruction, past the reach of fuel, and prints it
+/// whole before the output cap can see it: the `chat_template` fuzzer found that hang.
+pub const TEMPLATE_PRINT_ITEMS: usize = 100_000;
 
 /// Renders `messages` with a Hugging Face style Jinja chat template, ending with the prompt for
 /// the assistant's turn. Templates come from model files, so a render is bounded: in
@@ -55,6 +60,7 @@ pub fn render(template: &str, messages: &[Message], bos: &str, eos: &str) -> Res
     env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_recursion_limit(TEMPLATE_RECURSION);
     env.add_function("raise_exception", raise_exception);
+    env.set_formatter(bounded_formatter);
     env.add_template("chat", template)
         .map_err(|e| EngineError::ChatTemplate(e.to_string()))?;
     let tmpl = env
@@ -88,6 +94,57 @@ pub fn render(template: &str, messages: &[Message], bos: &str, eos: &str) -> Res
         Err(e) => return Err(EngineError::ChatTemplate(e.to_string())),
     }
     String::from_utf8(out.buf).map_err(|e| EngineError::ChatTemplate(e.to_string()))
+}
+
+/// minijinja's own formatter, after checking that the value holds at most
+/// [`TEMPLATE_PRINT_ITEMS`] items.
+fn bounded_formatter(
+    out: &mut Output,
+    state: &State,
+    value: &Value,
+) -> std::result::Result<(), Error> {
+    let mut budget = TEMPLATE_PRINT_ITEMS;
+    if !fits(value, &mut budget) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("a printed value holds more than {TEMPLATE_PRINT_ITEMS} items"),
+        ));
+    }
+    minijinja::escape_formatter(out, state, value)
+}
+
+/// Whether `v` and everything inside it holds at most `budget` items (spent as it walks; a
+/// sequence's length is known before it is walked, so a huge one costs nothing to refuse).
+fn fits(v: &Value, budget: &mut usize) -> bool {
+    if !matches!(
+        v.kind(),
+        ValueKind::Seq | ValueKind::Map | ValueKind::Iterable | ValueKind::Plain
+    ) {
+        return true;
+    }
+    match v.len() {
+        Some(n) if n > *budget => return false,
+        Some(n) => *budget -= n,
+        None => {}
+    }
+    let Ok(items) = v.try_iter() else {
+        return true;
+    };
+    for item in items {
+        if *budget == 0 {
+            return false;
+        }
+        *budget -= 1;
+        let inner = if v.kind() == ValueKind::Map {
+            v.get_item(&item).unwrap_or_default()
+        } else {
+            item
+        };
+        if !fits(&inner, budget) {
+            return false;
+        }
+    }
+    true
 }
 
 /// The most bytes a render of `messages` may write.
@@ -165,6 +222,21 @@ mod tests {
         let long = [Message::user("y".repeat(200_000))];
         let s = render(CHATML, &long, "", "").unwrap();
         assert!(s.len() > 200_000);
+    }
+
+    #[test]
+    fn printing_a_repeated_sequence_is_refused_not_hung() {
+        // The chat_template fuzzer's hang: a sequence repeated 5 * 10^11 times, printed.
+        let t = "{rl({{messages*24*22222222257}} i";
+        let m = [Message::user("hi"), Message::assistant("yo")];
+        let e = render(t, &m, "", "").unwrap_err();
+        assert!(e.to_string().contains("more than 100000 items"), "{e}");
+        // Nested, and a map: the walk counts every item.
+        let t = "{{ [messages * 30000, messages * 30000] }}";
+        assert!(render(t, &m, "", "").is_err());
+        // Real values print as before.
+        let s = render("{{ messages }}", &m, "", "").unwrap();
+        assert!(s.contains("hi") && s.contains("yo"), "{s}");
     }
 
     #[test]
