@@ -152,15 +152,20 @@ pub const MAX_TOKENIZER_JSON_BYTES: u64 = 64 << 20;
 /// Most tokens a vocabulary may have (the largest real ones hold about 260k).
 pub const MAX_VOCAB: usize = 1 << 22;
 
-/// `tokenizers`' own parse of a `tokenizer.json`. tokenizers 0.22 panics on some malformed JSON
-/// (an `expect` in its decoder's deserializer, found by the `tokenizer_json` fuzzer), so the
-/// syntax is checked first, and any other panic of the library is turned into an error.
-fn parse_tokenizer_json(json: &[u8], source: &str) -> Result<tokenizers::Tokenizer> {
-    serde_json::from_slice::<serde::de::IgnoredAny>(json)
-        .map_err(|e| tok_err(format!("{source}: not JSON: {e}")))?;
+/// `tokenizers`' own parse of a `tokenizer.json`, and the JSON itself. tokenizers 0.22 panics on
+/// some malformed JSON (an `expect` in its decoder's deserializer, found by the `tokenizer_json`
+/// fuzzer: a syntax error, or an escape that is no Unicode scalar), so the JSON is parsed whole
+/// first, and any other panic of the library is turned into an error.
+fn parse_tokenizer_json(
+    json: &[u8],
+    source: &str,
+) -> Result<(tokenizers::Tokenizer, serde_json::Value)> {
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| tok_err(format!("{source}: not JSON: {e}")))?;
     let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(json))
         .map_err(|_| tok_err(format!("{source}: the tokenizers library panicked on it")))?;
-    parsed.map_err(|e| tok_err(format!("{source}: {e}")))
+    let inner = parsed.map_err(|e| tok_err(format!("{source}: {e}")))?;
+    Ok((inner, value))
 }
 
 /// Each token's raw bytes and kind, indexed by id.
@@ -409,14 +414,13 @@ impl Tokenizer {
         base: Option<&Tokenizer>,
         source: &str,
     ) -> Result<Tokenizer> {
-        let inner = parse_tokenizer_json(json, source)?;
+        let (inner, parsed) = parse_tokenizer_json(json, source)?;
         if !matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_))) {
             return Err(tok_err(format!(
                 "{source}: only byte-level BPE tokenizers are supported"
             )));
         }
         let (token_bytes, kinds) = json_token_table(&inner, source)?;
-        let parsed: serde_json::Value = serde_json::from_slice(json).unwrap_or_default();
         let vocab = std::sync::Arc::new(Vocab {
             token_bytes,
             kinds,
