@@ -117,6 +117,22 @@ impl KvStorage {
         }
     }
 
+    /// Whether the keys and values live on a device (the host mappings then hold nothing).
+    pub(crate) fn on_device(&self) -> bool {
+        self.device.is_some()
+    }
+
+    /// Copies the first `n` positions of block `from` into block `to`, every layer (a shared
+    /// prefix that ends inside a block, reused by a new sequence). Host storage only.
+    pub(crate) fn copy_positions(&mut self, from: u32, to: u32, n: usize) {
+        debug_assert!(!self.on_device() && n <= self.block);
+        let (kv, b) = (self.kv_dim, self.block);
+        let (src, dst) = (from as usize * b * kv, to as usize * b * kv);
+        for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
+            buf.copy_within(src..src + n * kv, dst);
+        }
+    }
+
     /// One layer of the sequence whose blocks are `table`, for attention.
     pub(crate) fn layer<'a>(&'a self, layer: usize, table: &'a [u32]) -> KvLayer<'a> {
         KvLayer {
