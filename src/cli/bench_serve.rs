@@ -366,7 +366,7 @@ fn print_tables(r: &Report, label: &str) {
         s.requests, s.max_tokens, s.temperature, s.prompts
     );
     println!(
-        "{:>5} {:>5} {:>5} {:>8} {:>7} {:>9} {:>9} {:>7} {:>7} {:>8}",
+        "{:>5} {:>5} {:>5} {:>8} {:>7} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8}",
         "conc",
         "ok",
         "fail",
@@ -374,14 +374,20 @@ fn print_tables(r: &Report, label: &str) {
         "req/s",
         "out_tok/s",
         "tot_tok/s",
+        "cached",
         "accept",
         "acc_len",
         "$/Mtok"
     );
     for l in &r.levels {
         let acc = l.acceptance;
+        // The share of prompt tokens the server's prefix cache served.
+        let cached = match (l.cached_input_tokens, l.input_tokens) {
+            (Some(c), Some(i)) if i > 0 => Some(c as f64 / i as f64),
+            _ => None,
+        };
         println!(
-            "{:>5} {:>5} {:>5} {:>8.2} {:>7.2} {:>9.1} {:>9} {:>7} {:>7} {:>8}",
+            "{:>5} {:>5} {:>5} {:>8.2} {:>7.2} {:>9.1} {:>9} {:>7} {:>7} {:>7} {:>8}",
             l.concurrency,
             l.completed,
             l.failed,
@@ -389,6 +395,7 @@ fn print_tables(r: &Report, label: &str) {
             l.request_throughput,
             l.output_throughput,
             opt(l.total_token_throughput, 1),
+            opt(cached, 3),
             opt(acc.map(|a| a.acceptance_rate), 3),
             opt(acc.map(|a| a.mean_accepted_length), 2),
             opt(l.usd_per_million_output_tokens, 3),

@@ -94,6 +94,9 @@ pub struct RequestRecord {
     pub usage_tokens: Option<usize>,
     /// `usage.prompt_tokens`, when the server sent it.
     pub prompt_tokens: Option<usize>,
+    /// `usage.prompt_tokens_details.cached_tokens` (prompt tokens the server's prefix cache
+    /// served), when the server sent it.
+    pub cached_tokens: Option<usize>,
     pub error: Option<Failure>,
 }
 
@@ -266,6 +269,10 @@ impl Collector {
             let count = |k: &str| u.get(k).and_then(Value::as_u64).map(|n| n as usize);
             self.rec.usage_tokens = count("completion_tokens").or(self.rec.usage_tokens);
             self.rec.prompt_tokens = count("prompt_tokens").or(self.rec.prompt_tokens);
+            let cached = u
+                .pointer("/prompt_tokens_details/cached_tokens")
+                .and_then(Value::as_u64);
+            self.rec.cached_tokens = cached.map(|n| n as usize).or(self.rec.cached_tokens);
         }
         Ok(false)
     }
@@ -363,7 +370,7 @@ mod tests {
             r#"{"choices":[{"delta":{"reasoning_content":"hmm"}}]}"#,
             r#"{"choices":[{"text":"lo","finish_reason":null}]}"#,
             r#"{"choices":[{"delta":{},"finish_reason":"length"}]}"#,
-            r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":4}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":5}}}"#,
         ];
         for (i, d) in chunks.iter().enumerate() {
             assert!(!c.on_event(&ev(d), ms(10 * (i as u64 + 1))).unwrap());
@@ -373,6 +380,7 @@ mod tests {
         assert_eq!(r.chunks, vec![ms(20), ms(30), ms(40)]);
         assert_eq!(r.e2el, ms(60));
         assert_eq!((r.usage_tokens, r.prompt_tokens), (Some(4), Some(7)));
+        assert_eq!(r.cached_tokens, Some(5));
         assert_eq!(r.output_tokens(), 4);
         assert!(c.finished);
     }

@@ -57,6 +57,8 @@ pub struct Level {
     pub duration_s: f64,
     /// Prompt tokens of the completed requests, when the server reported them all.
     pub input_tokens: Option<usize>,
+    /// Of those, the ones served from the server's prefix cache, when it reported them all.
+    pub cached_input_tokens: Option<usize>,
     pub output_tokens: usize,
     /// Completed requests whose output tokens are their content chunks (no usage sent).
     pub tokens_from_chunks: usize,
@@ -116,6 +118,11 @@ pub fn level(concurrency: usize, records: &[RequestRecord], duration: Duration) 
         .map(|r| r.prompt_tokens)
         .sum::<Option<usize>>()
         .filter(|_| !ok.is_empty());
+    let cached_input_tokens = ok
+        .iter()
+        .map(|r| r.cached_tokens)
+        .sum::<Option<usize>>()
+        .filter(|_| !ok.is_empty());
     let [ttft_ms, tpot_ms, itl_ms, e2el_ms] = latencies(&ok);
     Level {
         concurrency,
@@ -125,6 +132,7 @@ pub fn level(concurrency: usize, records: &[RequestRecord], duration: Duration) 
         errors,
         duration_s: duration.as_secs_f64(),
         input_tokens,
+        cached_input_tokens,
         output_tokens,
         tokens_from_chunks: ok.iter().filter(|r| r.usage_tokens.is_none()).count(),
         request_throughput: ok.len() as f64 / secs,
@@ -164,6 +172,7 @@ mod tests {
             e2el: d(e2el),
             usage_tokens: usage,
             prompt_tokens: prompt,
+            cached_tokens: prompt.map(|p| p / 2),
             error: None,
         }
     }
@@ -215,6 +224,8 @@ mod tests {
         assert_eq!(l.errors, vec!["http 429: busy", "timeout"]);
         assert_eq!((l.output_tokens, l.tokens_from_chunks), (7, 1));
         assert_eq!(l.input_tokens, Some(21));
+        // Half of each prompt cached (by `rec`): 5 + 3 + 2.
+        assert_eq!(l.cached_input_tokens, Some(10));
         assert!(close(l.request_throughput, 1.5));
         assert!(close(l.output_throughput, 3.5));
         assert!(close(l.total_token_throughput.unwrap(), 14.0));
@@ -235,6 +246,7 @@ mod tests {
     fn unknown_input_tokens_and_an_empty_level() {
         let l = level(1, &[rec(&[10], 10, Some(1), None)], d(1000));
         assert_eq!((l.input_tokens, l.total_token_throughput), (None, None));
+        assert_eq!(l.cached_input_tokens, None);
         let l = level(1, &[RequestRecord::failed(Failure::Timeout, d(1))], d(1000));
         assert_eq!((l.completed, l.output_tokens, l.ttft_ms), (0, 0, None));
         assert_eq!(l.input_tokens, None);
