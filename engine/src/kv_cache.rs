@@ -117,20 +117,24 @@ impl KvStorage {
         }
     }
 
-    /// Whether the keys and values live on a device (the host mappings then hold nothing).
-    pub(crate) fn on_device(&self) -> bool {
-        self.device.is_some()
-    }
-
     /// Copies the first `n` positions of block `from` into block `to`, every layer (a shared
-    /// prefix that ends inside a block, reused by a new sequence). Host storage only.
-    pub(crate) fn copy_positions(&mut self, from: u32, to: u32, n: usize) {
-        debug_assert!(!self.on_device() && n <= self.block);
+    /// prefix that ends inside a block, reused by a new sequence), on the device when the
+    /// storage lives there.
+    pub(crate) fn copy_positions(&mut self, from: u32, to: u32, n: usize) -> Result<()> {
+        assert!(
+            n <= self.block,
+            "copy of {n} positions, blocks of {}",
+            self.block
+        );
+        if let Some(d) = &self.device {
+            return d.copy_positions(from, to, n);
+        }
         let (kv, b) = (self.kv_dim, self.block);
         let (src, dst) = (from as usize * b * kv, to as usize * b * kv);
         for buf in self.k.iter_mut().chain(self.v.iter_mut()) {
             buf.copy_within(src..src + n * kv, dst);
         }
+        Ok(())
     }
 
     /// One layer of the sequence whose blocks are `table`, for attention.

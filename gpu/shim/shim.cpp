@@ -104,7 +104,7 @@ const std::vector<Entry>& table() {
         KERNEL(mmq_q4_0), KERNEL(mmq_q4_1), KERNEL(mmq_q5_0),
         KERNEL(mmq_q8_0), KERNEL(mmq_q4_k), KERNEL(mmq_q6_k),
         KERNEL(mv_f32), KERNEL(mv_f16), KERNEL(mv_bf16),
-        KERNEL(rms_norm), KERNEL(add_bias), KERNEL(add_inplace), KERNEL(silu_mul), KERNEL(rope),
+        KERNEL(rms_norm), KERNEL(add_bias), KERNEL(add_inplace), KERNEL(copy_f32), KERNEL(silu_mul), KERNEL(rope),
         KERNEL(get_rows_f32), KERNEL(get_rows_f16), KERNEL(get_rows_bf16),
         KERNEL(get_rows_q4_0), KERNEL(get_rows_q4_1), KERNEL(get_rows_q5_0),
         KERNEL(get_rows_q8_0), KERNEL(get_rows_q4_k), KERNEL(get_rows_q6_k),

@@ -57,6 +57,7 @@ pub const KERNELS: &[&str] = &[
     "rms_norm",
     "add_bias",
     "add_inplace",
+    "copy_f32",
     "silu_mul",
     "rope",
     "get_rows_f32",
@@ -181,7 +182,7 @@ pub fn add_bias(cols: u32, n: u32) -> Launch {
     Launch::new([cols.div_ceil(256), n, 1], 256)
 }
 
-/// `add_inplace` and `silu_mul` over `len` values.
+/// `add_inplace`, `copy_f32` and `silu_mul` over `len` values.
 pub fn elementwise(len: u32) -> Launch {
     Launch::new([len.div_ceil(256), 1, 1], 256)
 }

@@ -70,9 +70,32 @@ pub struct GpuKv {
     v: Vec<DevBuf>,
     n_blocks: usize,
     block: usize,
+    kv_dim: usize,
+    dev: Device,
 }
 
 impl GpuKv {
+    /// Copies the first `n` positions of block `from` into block `to`, every layer (a shared
+    /// prefix that ends inside a block, reused by a new sequence).
+    pub fn copy_positions(&self, from: u32, to: u32, n: usize) -> Result<()> {
+        let (b, kv) = (self.block, self.kv_dim);
+        assert!(
+            n <= b && (from as usize) < self.n_blocks && (to as usize) < self.n_blocks,
+            "copy of {n} positions from block {from} to {to} of {} blocks of {b}",
+            self.n_blocks
+        );
+        let (src, dst) = (from as usize * b * kv * 4, to as usize * b * kv * 4);
+        let len = n * kv;
+        for buf in self.k.iter().chain(&self.v) {
+            self.dev.launch(
+                "copy_f32",
+                k::elementwise(len as u32),
+                Args::new().buf_at(buf, dst).buf_at(buf, src).int(len),
+            )?;
+        }
+        Ok(())
+    }
+
     pub fn bytes(&self) -> usize {
         self.k.iter().chain(&self.v).map(|b| b.len()).sum()
     }
@@ -237,6 +260,8 @@ impl GpuModel {
             v,
             n_blocks,
             block,
+            kv_dim: self.config.kv_dim(),
+            dev: self.dev.clone(),
         })
     }
 }

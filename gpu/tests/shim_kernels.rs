@@ -618,6 +618,19 @@ fn element_wise_kernels_match_ops() {
     ops::add_assign(&mut want, &y);
     assert_eq!(got, want, "add_inplace");
 
+    let mut got = x0.clone();
+    run(
+        "copy_f32",
+        kernels::elementwise((len - 5) as u32),
+        &[pm(&mut got[3..]), p(&y), i(len - 5)],
+    );
+    let mut want = x0.clone();
+    want[3..len - 2].copy_from_slice(&y[..len - 5]);
+    assert_eq!(
+        got, want,
+        "copy_f32: len - 5 values at 3, the rest untouched"
+    );
+
     let mut gate = x0.clone();
     gate[0] = -100.0;
     gate[1] = 90.0;

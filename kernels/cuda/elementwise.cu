@@ -55,6 +55,16 @@ extern "C" __global__ void __launch_bounds__(ELEM_BLOCK)
     }
 }
 
+// dst[i] = src[i] (positions of a KV block copied into another: a shared prefix reused).
+// Launch: block (256, 1, 1); grid (ceil(len / 256), 1, 1).
+extern "C" __global__ void __launch_bounds__(ELEM_BLOCK)
+    copy_f32(float* dst, const float* src, int len) {
+    const i64 i = (i64)blockIdx.x * ELEM_BLOCK + threadIdx.x;
+    if (i < len) {
+        dst[i] = src[i];
+    }
+}
+
 // gate[i] = gate[i] / (1 + e^-gate[i]) * up[i] (ops.rs silu_mul), with the exponent clamped to
 // [-87.3, 88.3] as ops.rs' exp does (so a very negative gate gives a tiny value, not -0).
 // Launch: block (256, 1, 1); grid (ceil(len / 256), 1, 1).

@@ -22,6 +22,12 @@ mod on {
     /// A storage's keys and values on the device.
     pub(crate) struct DeviceKv(pub(crate) GpuKv);
 
+    impl DeviceKv {
+        pub(crate) fn copy_positions(&self, from: u32, to: u32, n: usize) -> Result<()> {
+            Ok(self.0.copy_positions(from, to, n)?)
+        }
+    }
+
     impl std::fmt::Debug for DeviceKv {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
             write!(f, "DeviceKv({} blocks)", self.0.n_blocks())
@@ -117,6 +123,12 @@ mod on {
 
     #[derive(Debug)]
     pub(crate) enum DeviceKv {}
+
+    impl DeviceKv {
+        pub(crate) fn copy_positions(&self, _from: u32, _to: u32, _n: usize) -> Result<()> {
+            match *self {}
+        }
+    }
 
     impl Model {
         pub(crate) fn attach_device_kv(&self, _kv: &mut KvStorage) -> Result<()> {
@@ -218,5 +230,33 @@ mod tests {
         assert_eq!(lc.len(), 6 * cpu.vocab_size());
         let d = rel_diff(&lc, &ld);
         assert!(d < 0.02, "ragged batch logits differ by {d}");
+
+        // A prefix reused to the token: a's first block shared, positions 4 and 5 copied from
+        // its second block (2) into block 6; then a[6] from there gives a's logits at 6.
+        let v = cpu.vocab_size();
+        let a_at_6 = lc[3 * v..4 * v].to_vec();
+        let c = |table: &'static [u32]| {
+            [SeqInput {
+                tokens: &a[6..7],
+                table,
+                past: 6,
+                want: Logits::Last,
+                extra: &[],
+            }]
+        };
+        let unfilled = c(&[7, 1]);
+        cpu.forward_batch(&mut kv_c, &unfilled, &mut sc, &mut lc)
+            .unwrap();
+        assert_ne!(lc, a_at_6, "block 1 holds nothing: the copy must matter");
+        kv_c.copy_positions(2, 6, 2).unwrap();
+        kv_d.copy_positions(2, 6, 2).unwrap();
+        let copied = c(&[7, 6]);
+        cpu.forward_batch(&mut kv_c, &copied, &mut sc, &mut lc)
+            .unwrap();
+        dev.forward_batch(&mut kv_d, &copied, &mut sd, &mut ld)
+            .unwrap();
+        assert_eq!(lc, a_at_6, "copied positions are bitwise the computed ones");
+        let d = rel_diff(&lc, &ld);
+        assert!(d < 0.02, "logits after the device copy differ by {d}");
     }
 }

@@ -131,10 +131,10 @@ impl BlockPool {
     }
 
     /// Where a cached block after `parent` starts with some of `rest` (less than a block), copies
-    /// those positions into a new block at the end of `out`. Device pools are left to compute
-    /// them (no device copy yet).
+    /// those positions into a new block at the end of `out` (a copy that fails, on a device, is
+    /// logged and the positions are left to compute).
     fn copy_partial(&mut self, out: &mut SeqBlocks, parent: u64, rest: &[u32]) {
-        if rest.is_empty() || self.storage.on_device() || self.available() == 0 {
+        if rest.is_empty() || self.available() == 0 {
             return;
         }
         let shared = |c: &Option<Cached>| match c {
@@ -158,9 +158,16 @@ impl BlockPool {
         self.take_ref(src);
         if self.available() > 0 {
             let dst = self.take_block();
-            self.storage.copy_positions(src, dst, n);
-            out.table.push(dst);
-            out.len += n;
+            match self.storage.copy_positions(src, dst, n) {
+                Ok(()) => {
+                    out.table.push(dst);
+                    out.len += n;
+                }
+                Err(e) => {
+                    tracing::warn!("prefix cache: copying {n} cached positions failed: {e}");
+                    self.drop_ref(dst);
+                }
+            }
         }
         self.drop_ref(src);
     }
