@@ -54,8 +54,19 @@ pub const TEMPLATE_PRINT_ITEMS: usize = 100_000;
 /// Renders `messages` with a Hugging Face style Jinja chat template, ending with the prompt for
 /// the assistant's turn. Templates come from model files, so a render is bounded: in
 /// instructions ([`TEMPLATE_FUEL`]), in nesting ([`TEMPLATE_RECURSION`]) and in output
-/// ([`output_limit`]); each refusal is an error naming the limit.
+/// ([`output_limit`]); each refusal is an error naming the limit. A panic inside the template
+/// engine is an error too: the `chat_template` fuzzer found minijinja 2.24 indexing past an
+/// empty string on a backwards slice (`{{ ''[-18::-21] }}`).
 pub fn render(template: &str, messages: &[Message], bos: &str, eos: &str) -> Result<String> {
+    let run = std::panic::AssertUnwindSafe(|| render_bounded(template, messages, bos, eos));
+    std::panic::catch_unwind(run).unwrap_or_else(|_| {
+        Err(EngineError::ChatTemplate(
+            "the template engine failed on this template (a panic in minijinja, caught)".into(),
+        ))
+    })
+}
+
+fn render_bounded(template: &str, messages: &[Message], bos: &str, eos: &str) -> Result<String> {
     let mut env = Environment::new();
     env.set_fuel(Some(TEMPLATE_FUEL));
     env.set_recursion_limit(TEMPLATE_RECURSION);
@@ -196,6 +207,18 @@ mod tests {
     fn template_errors_are_reported() {
         assert!(render("{% for %}", &[], "", "").is_err());
         assert!(render("{{ raise_exception('no') }}", &[], "", "").is_err());
+    }
+
+    #[test]
+    fn a_panic_in_the_template_engine_is_an_error() {
+        // minijinja 2.24 indexes an empty string's characters on a backwards slice from -18.
+        for t in ["{{ ''[2-20::2-23] }}", "{{ ''[-18::-21] }}"] {
+            let e = render(t, &[Message::user("hi")], "", "").unwrap_err();
+            assert!(
+                matches!(e, EngineError::ChatTemplate(ref m) if m.contains("panic")),
+                "{e}"
+            );
+        }
     }
 
     #[test]
