@@ -6,6 +6,7 @@
 //! `cache_prompt` and SGLang's radix cache do, not only to the block as vLLM's).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher, RandomState};
 
 use crate::kv_cache::KvStorage;
 
@@ -41,19 +42,21 @@ pub(crate) struct BlockPool {
     /// Cached blocks (full or partial) by their parent's chain hash: the candidates to copy from
     /// where a prompt's shared prefix ends inside a block.
     children: HashMap<u64, Vec<u32>>,
+    /// The keys of [`chain`].
+    keys: RandomState,
     prefix_cache: bool,
 }
 
-/// The chain hash of a block: its parent's hash and its tokens (FNV-1a over the ids).
-fn chain(parent: u64, tokens: &[u32]) -> u64 {
-    let mut h = parent ^ 0xcbf2_9ce4_8422_2325;
+/// The chain hash of a block: its parent's hash and its tokens, under SipHash with keys drawn per
+/// pool (`keys`), so that no one can craft prompts whose chains collide with another's (a block's
+/// own tokens are compared on a hit, its predecessors only through the chain).
+fn chain(keys: &RandomState, parent: u64, tokens: &[u32]) -> u64 {
+    let mut h = keys.build_hasher();
+    h.write_u64(parent);
     for &t in tokens {
-        for b in t.to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        h.write_u32(t);
     }
-    h
+    h.finish()
 }
 
 impl BlockPool {
@@ -69,6 +72,7 @@ impl BlockPool {
             cached: vec![None; n],
             by_hash: HashMap::new(),
             children: HashMap::new(),
+            keys: RandomState::new(),
             prefix_cache,
         }
     }
@@ -112,7 +116,7 @@ impl BlockPool {
         let b = self.block();
         let mut parent = 0u64;
         for chunk in tokens[..tokens.len() - 1].chunks_exact(b) {
-            let h = chain(parent, chunk);
+            let h = chain(&self.keys, parent, chunk);
             let Some(&id) = self.by_hash.get(&h) else {
                 break;
             };
@@ -233,7 +237,7 @@ impl BlockPool {
         let computed = &tokens[..tokens.len().min(seq.len)];
         let mut parent = 0u64;
         for (chunk, &id) in computed.chunks(b).zip(&seq.table) {
-            let h = chain(parent, chunk);
+            let h = chain(&self.keys, parent, chunk);
             let full = chunk.len() == b;
             let taken = full && self.by_hash.contains_key(&h);
             let entry = &mut self.cached[id as usize];
