@@ -6,6 +6,7 @@ use cascade_engine::chat::{render, Message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    cascade_fuzz::caught_panics_are_handled();
     let Ok(template) = std::str::from_utf8(data) else {
         return;
     };

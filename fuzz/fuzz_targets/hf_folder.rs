@@ -9,6 +9,7 @@ use cascade_weights::{OpenOptions, WeightStore};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    cascade_fuzz::caught_panics_are_handled();
     let parts = sections(data);
     let dir = scratch().join("hf");
     let _ = std::fs::remove_dir_all(&dir);

@@ -7,6 +7,7 @@ use cascade_weights::Tokenizer;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    cascade_fuzz::caught_panics_are_handled();
     let parts = sections(data);
     let config = parts.get(1).copied();
     if let Ok(tok) = Tokenizer::from_json_bytes(parts[0], config, None, "fuzz") {

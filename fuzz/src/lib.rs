@@ -49,3 +49,14 @@ pub fn work_tokenizer(tok: &Tokenizer) {
         let _ = tok.token_str(id);
     }
 }
+
+/// Lets panics unwind, so that one the code under test catches (cascade turns a panic inside
+/// minijinja or `tokenizers` into an error) counts as handled, as it is for a user. libfuzzer-sys
+/// installs a hook that aborts on every panic, caught or not; this one prints the panic and
+/// returns, and a panic nobody catches still aborts in libfuzzer-sys's wrapper: a crash.
+pub fn caught_panics_are_handled() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| eprintln!("panic (unwinding): {info}")))
+    });
+}
