@@ -92,10 +92,12 @@ pub enum Isa {
     Avx2,
     /// AVX-512 VNNI on 256-bit vectors (`vpdpbusd`, `vpdpwssd`).
     Vnni,
+    /// VNNI, and AMX tiles (`tdpbsud`) for interleaved Q4_K and Q6_K at batches of tokens.
+    Amx,
 }
 
 impl Isa {
-    /// The best instruction set this CPU has (detected once). `CASCADE_ISA=portable|avx2|vnni`
+    /// The best instruction set this CPU has (detected once). `CASCADE_ISA=portable|avx2|vnni|amx`
     /// asks for a lower one, e.g. to compare paths; a higher one than the CPU has is ignored.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
@@ -104,6 +106,7 @@ impl Isa {
             match std::env::var("CASCADE_ISA").ok().as_deref() {
                 Some("portable") => Isa::Portable,
                 Some("avx2") if have != Isa::Portable => Isa::Avx2,
+                Some("vnni") if have >= Isa::Vnni => Isa::Vnni,
                 _ => have,
             }
         })
@@ -126,7 +129,11 @@ impl Isa {
                 && is_x86_feature_detected!("avx512vl")
                 && is_x86_feature_detected!("avx512vnni");
             if avx2 && vnni {
-                return Isa::Vnni;
+                return if x86::amx_usable() {
+                    Isa::Amx
+                } else {
+                    Isa::Vnni
+                };
             }
             if avx2 {
                 return Isa::Avx2;
@@ -137,7 +144,7 @@ impl Isa {
 
     /// Every path this CPU can run, lowest first.
     pub fn available() -> Vec<Isa> {
-        [Isa::Portable, Isa::Avx2, Isa::Vnni]
+        [Isa::Portable, Isa::Avx2, Isa::Vnni, Isa::Amx]
             .into_iter()
             .filter(|&i| i <= Isa::detected())
             .collect()
@@ -148,6 +155,7 @@ impl Isa {
             Isa::Portable => "portable",
             Isa::Avx2 => "avx2",
             Isa::Vnni => "avx512-vnni",
+            Isa::Amx => "amx-int8",
         }
     }
 }
@@ -268,6 +276,10 @@ pub fn matmul_q8_with(isa: Isa, w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> 
             #[cfg(target_arch = "x86_64")]
             // SAFETY: see above; the CPU has every feature of the VNNI path.
             Isa::Vnni => unsafe { x86::rows_vnni(&wb, acts, r0, r1, o) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: see above; the CPU has every feature of the VNNI path and AMX is usable
+            // (`Isa::Amx` is detected only then).
+            Isa::Amx => unsafe { x86::rows_amx(&wb, acts, r0, r1, o) },
             #[cfg(not(target_arch = "x86_64"))]
             // SAFETY: see above.
             _ => unsafe { portable::rows(&wb, acts, r0, r1, o) },
@@ -285,7 +297,7 @@ pub fn peak_loop(iters: u64) -> i64 {
     match Isa::best() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `best` only returns instruction sets the CPU has.
-        Isa::Vnni => unsafe { x86::peak_vnni(iters) },
+        Isa::Vnni | Isa::Amx => unsafe { x86::peak_vnni(iters) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx2 => unsafe { x86::peak_avx2(iters) },

@@ -19,7 +19,7 @@ const KINDS: [Kernel; 8] = [
 /// sets it from /proc/cpuinfo, independently of the probe), a missing expected set fails.
 fn isas() -> Vec<Isa> {
     let have = Isa::available();
-    let skipped: Vec<&str> = [Isa::Portable, Isa::Avx2, Isa::Vnni]
+    let skipped: Vec<&str> = [Isa::Portable, Isa::Avx2, Isa::Vnni, Isa::Amx]
         .into_iter()
         .filter(|i| !have.contains(i))
         .map(Isa::name)
@@ -188,6 +188,37 @@ fn extreme_values_do_not_overflow() {
             );
         }
         data.clear();
+    }
+}
+
+#[test]
+fn interleaved_extreme_values_stay_exact_on_every_path() {
+    // All-maximal quants against +127 activations (and mixed signs), interleaved, 16 tokens: the
+    // tile kernels' sub-block sums at their largest must still give the portable twin's results.
+    for (kind, mixed) in [Kernel::Q4K, Kernel::Q6K]
+        .iter()
+        .flat_map(|&k| [(k, false), (k, true)])
+    {
+        let (rows, cols, n) = (40, 512, 16);
+        let dtype = kind.dtype();
+        let data = random_data(dtype, rows * cols, 0.02, || u64::MAX);
+        let il = crate::interleave::interleave8(dtype, &data, rows, cols).unwrap();
+        let wi = QMatrix::with_layout(dtype, &il, rows, cols, Layout::Interleaved8).unwrap();
+        let x: Vec<f32> = (0..n * cols)
+            .map(|c| if mixed && c % 3 == 0 { -1.0 } else { 1.0 })
+            .collect();
+        let a = acts(kind, &x, n, cols);
+        let mut want = vec![0f32; n * rows];
+        matmul_q8_with(Isa::Portable, &wi, &a, &mut want).unwrap();
+        for isa in isas() {
+            let mut got = vec![0f32; n * rows];
+            matmul_q8_with(isa, &wi, &a, &mut got).unwrap();
+            assert_eq!(
+                got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{kind:?} mixed={mixed} on {isa:?}"
+            );
+        }
     }
 }
 

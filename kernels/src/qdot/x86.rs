@@ -30,6 +30,10 @@ use super::{Kernel, OutRows, WeightBlocks};
 use crate::q8::Q8Acts;
 use crate::quant::f16_at;
 
+mod amx;
+
+pub(crate) use amx::usable as amx_usable;
+
 const TILE: usize = 16;
 
 /// `acc + Σ_{k<4} w[4l+k] * a[4l+k]` per i32 lane, `w` unsigned, `a` signed.
@@ -1335,6 +1339,45 @@ pub(crate) unsafe fn rows_vnni(w: &WeightBlocks, a: &Q8Acts, r0: usize, r1: usiz
     // SAFETY: the caller vouches for `w`, `a` and `out` as `rows_any` needs them (module
     // contract, (b)) and for the features this function is compiled with ((a)).
     unsafe { rows_any::<true>(w, a, r0, r1, out) }
+}
+
+/// Fewest tokens for which the tile unit beats the 8-row VNNI kernel, per type: Q4_K from 4
+/// (streamed 8960x1536: 0.86x VNNI's time at 4 tokens, 0.92x at 8, 0.63x at 16; from L2 0.93x,
+/// 0.66x, 0.54x), Q6_K, whose sixteen 16-value sub-blocks cost a tile store and a scaling each,
+/// from 12 (streamed 1.12x at 4, 1.01x at 8, 0.84x at 16; `bench/examples/amx_probe.rs`, one
+/// thread).
+fn amx_min_tokens(kind: Kernel) -> usize {
+    if kind == Kernel::Q4K {
+        4
+    } else {
+        12
+    }
+}
+
+/// AMX path: interleaved Q4_K and Q6_K from [`amx_min_tokens`] tokens on the tile unit, 16 rows at a
+/// time; everything else (and a last group of eight) on the VNNI path.
+///
+/// # Safety
+/// `w`, `a` and `out` as in [`rows_any`]; the CPU must have every feature of the VNNI path and
+/// AMX must be usable ([`amx_usable`]).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn rows_amx(w: &WeightBlocks, a: &Q8Acts, r0: usize, r1: usize, out: OutRows) {
+    // SAFETY: the caller vouches for `w`, `a` and `out` (module contract, (b)), for the VNNI
+    // features and for AMX; the 16-row steps stay inside r0..r1.
+    unsafe {
+        let tiles = matches!(w.kind, Kernel::Q4K | Kernel::Q6K)
+            && w.m.layout == Layout::Interleaved8
+            && a.n >= amx_min_tokens(w.kind);
+        let full = if tiles { r0 + (r1 - r0) / 16 * 16 } else { r0 };
+        for r in (r0..full).step_by(16) {
+            if w.kind == Kernel::Q4K {
+                amx::rows16_q4k(w, a, r, out.offset(r - r0));
+            } else {
+                amx::rows16_q6k(w, a, r, out.offset(r - r0));
+            }
+        }
+        rows_any::<true>(w, a, full, r1, out.offset(full - r0));
+    }
 }
 
 /// Register-only loop of 8 independent 32-way 8-bit dot products per iteration: the peak rate
