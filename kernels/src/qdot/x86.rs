@@ -1342,9 +1342,10 @@ pub(crate) unsafe fn rows_vnni(w: &WeightBlocks, a: &Q8Acts, r0: usize, r1: usiz
 }
 
 /// Fewest tokens for which the tile unit beats the 8-row VNNI kernel, per type: Q4_K from 4
-/// (streamed 8960x1536: 0.86x VNNI's time at 4 tokens, 0.92x at 8, 0.63x at 16; from L2 0.93x,
-/// 0.66x, 0.54x), Q6_K, whose sixteen 16-value sub-blocks cost a tile store and a scaling each,
-/// from 12 (streamed 1.12x at 4, 1.01x at 8, 0.84x at 16; `bench/examples/amx_probe.rs`, one
+/// (streamed 8960x1536: 0.86x VNNI's time at 4 tokens, 0.68-0.92x at 8, 0.58-0.63x at 16; from
+/// L2 0.93x, 0.66x, 0.54x), Q6_K, whose sixteen 16-value sub-blocks cost a tile store and a
+/// scaling each, from 12 (streamed 1.2x at 4, 0.94-1.05x at 8, 0.88x at 12, 0.83x at 16; the
+/// whole 1.5B forward of 8 tokens within 1% either way; `bench/examples/amx_probe.rs`, one
 /// thread).
 fn amx_min_tokens(kind: Kernel) -> usize {
     if kind == Kernel::Q4K {

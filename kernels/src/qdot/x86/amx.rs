@@ -371,8 +371,8 @@ pub(super) unsafe fn rows16_q4k(w: &WeightBlocks, a: &Q8Acts, r: usize, out: Out
     }
 }
 
-/// One 16-value sub-block's sums: `c = a · b` (the configured token rows x 16 i32, 64 bytes per
-/// token).
+/// One 16-value sub-block's sums: `c = a · b`, both signed (the configured token rows x 16 i32,
+/// 64 bytes per token).
 ///
 /// # Safety
 /// A [`TileConfig`] of `rows` tokens is loaded; `a` is valid for `rows` reads of 16 bytes
@@ -385,7 +385,7 @@ unsafe fn sums16(a: *const u8, a_stride: usize, b: *const u8, c: *mut i32) {
             "tileloadd tmm6, [{a} + {sa}*1]",
             "tileloadd tmm7, [{b} + {sb}*1]",
             "tilezero tmm0",
-            "tdpbsud tmm0, tmm6, tmm7",
+            "tdpbssd tmm0, tmm6, tmm7",
             "tilestored [{c} + {sb}*1], tmm0",
             a = in(reg) a,
             sa = in(reg) a_stride,
@@ -402,8 +402,9 @@ const Q6K_BYTES: usize = 210;
 
 /// Unpacks the 6-bit quants of super-block `b` of two groups (records `rec0`, `rec1`) into the
 /// sixteen sub-blocks' weight tiles: dword `k` of 32-value group `g` is row `k % 4` of sub-block
-/// `2g + k / 4`. The quants are those of the 8-row kernel's `q6_group` (unsigned, 0..63; the
-/// offset of 32 is subtracted through the activation sums).
+/// `2g + k / 4`. The quants are those of the 8-row kernel's `q6_group` less 32 (signed, -32..31,
+/// for `tdpbssd`): the offset term the VNNI kernel subtracts through the activation sums is then
+/// inside the sub-block sums, the same integers (`Σ sc Σ a (q - 32) = Σ sc Σ a q - 32 Σ sc Σ a`).
 ///
 /// # Safety
 /// `rec0` and `rec1` valid for a record of eight super-blocks; `bt` 64-byte aligned and valid
@@ -415,6 +416,7 @@ unsafe fn unpack_q6k(rec0: *const u8, rec1: *const u8, bt: *mut u8) {
         let low = _mm512_set1_epi8(0x0f);
         let three = _mm512_set1_epi8(3);
         let top = _mm512_set1_epi8(0x30);
+        let offset = _mm512_set1_epi8(32);
         let dword = |i: usize| pair(rec0.add(32 * i), rec1.add(32 * i));
         for half in 0..2 {
             for k in 0..8 {
@@ -441,6 +443,7 @@ unsafe fn unpack_q6k(rec0: *const u8, rec1: *const u8, bt: *mut u8) {
                 ];
                 for (kk, v) in q.into_iter().enumerate() {
                     let sub = 2 * (4 * half + kk) + k / 4;
+                    let v = _mm512_sub_epi8(v, offset);
                     _mm512_store_si512(bt.add(256 * sub + 64 * (k % 4)) as *mut __m512i, v);
                 }
             }
@@ -448,36 +451,26 @@ unsafe fn unpack_q6k(rec0: *const u8, rec1: *const u8, bt: *mut u8) {
     }
 }
 
-/// The sixteen sub-block scales of 16 rows (lane = row, sign-extended), the same as 16-bit pairs
-/// `(sc_2i, sc_2i+1)` for the offset term, and `d` as f32.
+/// The sixteen sub-block scales of 16 rows (lane = row, sign-extended) and `d` as f32.
 ///
 /// # Safety
 /// As [`unpack_q6k`].
 #[inline(always)]
-unsafe fn heads_q6k(rec0: *const u8, rec1: *const u8) -> ([__m512i; 16], [__m512i; 8], __m512) {
+unsafe fn heads_q6k(rec0: *const u8, rec1: *const u8) -> ([__m512i; 16], __m512) {
     // SAFETY: loads inside the records; registers otherwise.
     unsafe {
         let mut sc = [_mm512_setzero_si512(); 16];
-        let mut sp = [_mm512_setzero_si512(); 8];
-        let lo16 = _mm512_set1_epi32(0xffff);
         for i in 0..4 {
             let q = pair(rec0.add(1536 + 32 * i), rec1.add(1536 + 32 * i));
             for k in 0..4 {
                 let up = _mm512_sll_epi32(q, _mm_cvtsi32_si128(24 - 8 * k as i32));
                 sc[4 * i + k] = _mm512_srai_epi32::<24>(up);
             }
-            let even = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(q));
-            let odd = _mm512_srai_epi16::<8>(q);
-            sp[2 * i] = _mm512_or_si512(_mm512_and_si512(even, lo16), _mm512_slli_epi32::<16>(odd));
-            sp[2 * i + 1] = _mm512_or_si512(
-                _mm512_srli_epi32::<16>(even),
-                _mm512_andnot_si512(lo16, odd),
-            );
         }
         let d0 = _mm_loadu_si128(rec0.add(1664) as *const __m128i);
         let d1 = _mm_loadu_si128(rec1.add(1664) as *const __m128i);
         let dv = _mm512_cvtph_ps(_mm256_set_m128i(d1, d0));
-        (sc, sp, dv)
+        (sc, dv)
     }
 }
 
@@ -519,21 +512,15 @@ pub(super) unsafe fn rows16_q6k(w: &WeightBlocks, a: &Q8Acts, r: usize, out: Out
                 for sub in 0..16 {
                     sums16(ap.add(16 * sub), cols, bt.add(256 * sub), ct.add(256 * sub));
                 }
-                let (sc, sp, dv) = heads_q6k(rec0, rec1);
+                let (sc, dv) = heads_q6k(rec0, rec1);
                 for t in 0..nt {
                     let tt = t0 + t;
-                    let mut isum = _mm512_setzero_si512();
+                    // `isum - 32 msum` of the 8-row kernel, the offset being in the sums.
+                    let mut tot = _mm512_setzero_si512();
                     for (j, &scj) in sc.iter().enumerate() {
                         let cj = _mm512_load_si512(ct.add(256 * j + 16 * t) as *const __m512i);
-                        isum = _mm512_add_epi32(isum, _mm512_mullo_epi32(cj, scj));
+                        tot = _mm512_add_epi32(tot, _mm512_mullo_epi32(cj, scj));
                     }
-                    let s16 = a.sums16.as_ptr().add(tt * (cols / 16) + 16 * b) as *const i32;
-                    let mut msum = _mm512_setzero_si512();
-                    for (i, &mv) in sp.iter().enumerate() {
-                        let pair = _mm512_set1_epi32(s16.add(i).read_unaligned());
-                        msum = _mm512_dpwssd_epi32(msum, mv, pair);
-                    }
-                    let tot = _mm512_sub_epi32(isum, _mm512_slli_epi32::<5>(msum));
                     let z = _mm512_mul_ps(_mm512_cvtepi32_ps(tot), dv);
                     let da = _mm512_set1_ps(*a.d.get_unchecked(tt * nb + b));
                     let at = acc.add(16 * t);
