@@ -25,7 +25,7 @@ use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::super::{OutRows, WeightBlocks};
-use super::{load, prefetch, PREFETCH_GROUPS};
+use super::{load, prefetch_part, PREFETCH_GROUPS};
 use crate::q8::Q8Acts;
 
 /// Tokens per tile (the tile unit's row count).
@@ -318,18 +318,14 @@ pub(super) unsafe fn rows16_q4k(w: &WeightBlocks, a: &Q8Acts, r: usize, out: Out
             }
             for b in 0..nb {
                 let (rec0, rec1) = (g0.add(rec_bytes * b), g1.add(rec_bytes * b));
-                // The next task's two groups (the 8-row kernel's distance).
-                prefetch(
-                    g0.wrapping_add(rec_bytes * (PREFETCH_GROUPS * nb + b)),
-                    rec_bytes,
-                );
-                prefetch(
-                    g1.wrapping_add(rec_bytes * (PREFETCH_GROUPS * nb + b)),
-                    rec_bytes,
-                );
+                // The next task's two groups (the 8-row kernel's distance), spread over the
+                // tile products.
+                let ahead = rec_bytes * (PREFETCH_GROUPS * nb + b);
                 unpack_q4k(rec0, rec1, bt);
                 let ap = (a.qs.as_ptr() as *const u8).add(t0 * cols + 256 * b);
                 for j in (0..8).step_by(2) {
+                    prefetch_part(g0.wrapping_add(ahead), rec_bytes, j / 2, 4);
+                    prefetch_part(g1.wrapping_add(ahead), rec_bytes, j / 2, 4);
                     sums2(
                         ap.add(32 * j),
                         ap.add(32 * j + 32),
@@ -499,17 +495,14 @@ pub(super) unsafe fn rows16_q6k(w: &WeightBlocks, a: &Q8Acts, r: usize, out: Out
             }
             for b in 0..nb {
                 let (rec0, rec1) = (g0.add(rec_bytes * b), g1.add(rec_bytes * b));
-                prefetch(
-                    g0.wrapping_add(rec_bytes * (PREFETCH_GROUPS * nb + b)),
-                    rec_bytes,
-                );
-                prefetch(
-                    g1.wrapping_add(rec_bytes * (PREFETCH_GROUPS * nb + b)),
-                    rec_bytes,
-                );
+                let ahead = rec_bytes * (PREFETCH_GROUPS * nb + b);
                 unpack_q6k(rec0, rec1, bt);
                 let ap = (a.qs.as_ptr() as *const u8).add(t0 * cols + 256 * b);
                 for sub in 0..16 {
+                    if sub % 2 == 0 {
+                        prefetch_part(g0.wrapping_add(ahead), rec_bytes, sub / 2, 8);
+                        prefetch_part(g1.wrapping_add(ahead), rec_bytes, sub / 2, 8);
+                    }
                     sums16(ap.add(16 * sub), cols, bt.add(256 * sub), ct.add(256 * sub));
                 }
                 let (sc, dv) = heads_q6k(rec0, rec1);
