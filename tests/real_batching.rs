@@ -55,6 +55,16 @@ fn sixteen_batched_requests_give_their_tokens_alone() {
         ..Default::default()
     })
     .unwrap();
+    // The default draft vocabulary (`DraftVocab::Auto`) restricts the draft's output layer to
+    // the shipped ranking's 32768 most frequent tokens (plus any end-of-generation id outside
+    // them): the exact half below runs with it.
+    let draft = engine.draft().unwrap();
+    let n = draft.output_tokens();
+    assert!(
+        (32768..32768 + 8).contains(&n) && n < draft.vocab_size(),
+        "draft output layer {n} of {}",
+        draft.vocab_size()
+    );
     let config = GenerateConfig {
         max_tokens: 12,
         stop_at_eog: false,

@@ -40,12 +40,69 @@ pub struct EngineConfig {
     pub device: DeviceSpec,
     /// Where the draft runs.
     pub draft_device: DeviceSpec,
-    /// The draft's output layer computes only this many of the most frequent tokens (FR-Spec;
-    /// `None`: the whole vocabulary). Exactness is unaffected.
-    pub draft_vocab: Option<usize>,
+    /// How much of the vocabulary the draft's output layer computes (FR-Spec). Exactness is
+    /// unaffected: the target verifies every token.
+    pub draft_vocab: DraftVocab,
     /// The frequency ranking for `draft_vocab` (default: the one this build ships for the
     /// draft's tokenizer).
     pub vocab_rank: Option<PathBuf>,
+}
+
+/// The draft's output layer: the whole vocabulary, or only its most frequent tokens (FR-Spec).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DraftVocab {
+    /// [`DraftVocab::AUTO_TOKENS`] most frequent tokens when a ranking exists for the draft's
+    /// tokenizer (shipped, or given as `vocab_rank`) and its vocabulary is larger; else all.
+    #[default]
+    Auto,
+    /// The whole vocabulary.
+    All,
+    /// The `n` most frequent tokens (an error without a ranking for the tokenizer).
+    Top(usize),
+}
+
+impl DraftVocab {
+    /// The size `Auto` takes. On the 20 code prompts (128 tokens, exact `auto`, 2 threads,
+    /// `bench/results/2026-12-02-spec-code-vocab.txt`) it made the draft step cheaper and raised
+    /// exact speculation from 1.26x to 1.38x target-only (per-prompt medians), every output
+    /// identical; 16k lost acceptance, 64k kept most of the cost (2026-12-01's sizes).
+    pub const AUTO_TOKENS: usize = 32768;
+
+    /// The output-layer size to restrict the draft to, given whether a ranking for its tokenizer
+    /// is at hand and its vocabulary size (`None`: the whole vocabulary).
+    pub fn tokens(self, ranked: bool, vocab: usize) -> Option<usize> {
+        match self {
+            DraftVocab::All => None,
+            DraftVocab::Top(n) => Some(n),
+            DraftVocab::Auto => (ranked && vocab > Self::AUTO_TOKENS).then_some(Self::AUTO_TOKENS),
+        }
+    }
+}
+
+impl std::str::FromStr for DraftVocab {
+    type Err = String;
+
+    /// `auto`, `all` (or 0), or a token count.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DraftVocab::Auto),
+            "all" | "0" => Ok(DraftVocab::All),
+            n => n
+                .parse()
+                .map(DraftVocab::Top)
+                .map_err(|_| format!("{s:?}: expected `auto`, `all` or a number of tokens")),
+        }
+    }
+}
+
+impl std::fmt::Display for DraftVocab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DraftVocab::Auto => f.write_str("auto"),
+            DraftVocab::All => f.write_str("all"),
+            DraftVocab::Top(n) => write!(f, "{n}"),
+        }
+    }
 }
 
 /// Which loaded model runs a request.
@@ -151,17 +208,24 @@ pub(crate) struct Shared {
 }
 
 /// Restricts the draft's output layer to the `n` most frequent tokens of its ranking.
-fn restrict_draft(d: &mut Model, n: usize, rank: Option<&std::path::Path>) -> Result<()> {
+fn restrict_draft(d: &mut Model, vocab: DraftVocab, rank: Option<&std::path::Path>) -> Result<()> {
     use crate::speculative::vocab::{fingerprint, VocabRank};
+    if vocab == DraftVocab::All {
+        return Ok(());
+    }
     let rank = match rank {
-        Some(p) => VocabRank::load(p)?,
-        None => VocabRank::shipped(fingerprint(&d.tokenizer)).ok_or(EngineError::InvalidParam {
-            name: "draft vocabulary",
-            reason: "no shipped frequency ranking for the draft's tokenizer; build one with \
-                     `cascade vocab-rank` and pass it with --vocab-rank"
-                .into(),
-        })?,
+        Some(p) => Some(VocabRank::load(p)?),
+        None => VocabRank::shipped(fingerprint(&d.tokenizer)),
     };
+    let Some(n) = vocab.tokens(rank.is_some(), d.vocab_size()) else {
+        return Ok(());
+    };
+    let rank = rank.ok_or(EngineError::InvalidParam {
+        name: "draft vocabulary",
+        reason: "no shipped frequency ranking for the draft's tokenizer; build one with \
+                 `cascade vocab-rank` and pass it with --vocab-rank"
+            .into(),
+    })?;
     let ids = rank.subset(&d.tokenizer, n)?;
     d.restrict_output(&ids)?;
     tracing::info!(
@@ -213,8 +277,8 @@ impl Engine {
             None => None,
         };
         let mut draft = draft;
-        if let (Some(d), Some(n)) = (draft.as_mut(), cfg.draft_vocab) {
-            restrict_draft(d, n, cfg.vocab_rank.as_deref())?;
+        if let Some(d) = draft.as_mut() {
+            restrict_draft(d, cfg.draft_vocab, cfg.vocab_rank.as_deref())?;
         }
         crate::placement::place_models(
             &mut target,
@@ -488,5 +552,35 @@ impl Shared {
             stop: gen.stop,
             stats: gen.stats,
         })
+    }
+}
+
+#[cfg(test)]
+mod draft_vocab_tests {
+    use super::DraftVocab;
+
+    #[test]
+    fn auto_restricts_only_a_large_ranked_vocabulary() {
+        assert_eq!(DraftVocab::Auto.tokens(true, 151_936), Some(32_768));
+        assert_eq!(DraftVocab::Auto.tokens(false, 151_936), None);
+        assert_eq!(DraftVocab::Auto.tokens(true, 32_768), None);
+        assert_eq!(DraftVocab::All.tokens(true, 151_936), None);
+        assert_eq!(DraftVocab::Top(100).tokens(false, 50), Some(100));
+    }
+
+    #[test]
+    fn parses_and_prints() {
+        for (s, v) in [
+            ("auto", DraftVocab::Auto),
+            ("all", DraftVocab::All),
+            ("0", DraftVocab::All),
+            ("16384", DraftVocab::Top(16_384)),
+        ] {
+            assert_eq!(s.parse::<DraftVocab>(), Ok(v), "{s}");
+        }
+        assert!("lots".parse::<DraftVocab>().is_err());
+        assert!("-3".parse::<DraftVocab>().is_err());
+        assert_eq!(DraftVocab::Top(7).to_string(), "7");
+        assert_eq!(DraftVocab::Auto.to_string(), "auto");
     }
 }

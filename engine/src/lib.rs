@@ -21,7 +21,7 @@ pub mod speculative;
 
 pub use cascade_gpu::DeviceSpec;
 pub use chat::Message;
-pub use engine::{Completion, Engine, EngineConfig, Mode, Prompt, Request, Role};
+pub use engine::{Completion, DraftVocab, Engine, EngineConfig, Mode, Prompt, Request, Role};
 pub use error::{EngineError, Result};
 pub use fastcopy::{fast_path, RepackPolicy};
 pub use generate::{generate, GenerateConfig, GenerateStats, Generation, StopReason};

@@ -161,12 +161,14 @@ pub struct DeviceArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct DraftVocabArgs {
     /// The draft's output layer computes only the N most frequent tokens (FR-Spec: a cheaper
-    /// draft step; the output stays exact, since the target verifies every token).
-    #[arg(long, value_name = "N")]
-    pub draft_vocab: Option<usize>,
+    /// draft step; the output stays exact, since the target verifies every token). `auto`:
+    /// 32768 when a ranking exists for the draft's tokenizer (one ships for Qwen2.5), else all;
+    /// `all` (or 0): the whole vocabulary.
+    #[arg(long, value_name = "N|auto|all", default_value = "auto")]
+    pub draft_vocab: cascade_engine::DraftVocab,
     /// The frequency ranking for --draft-vocab (default: the one shipped for the tokenizer;
     /// build one with `cascade vocab-rank`).
-    #[arg(long, requires = "draft_vocab")]
+    #[arg(long)]
     pub vocab_rank: Option<PathBuf>,
 }
 

@@ -63,10 +63,10 @@ pub struct SpecBenchArgs {
     pub devices: super::DeviceArgs,
     #[command(flatten)]
     pub vocab: super::DraftVocabArgs,
-    /// Draft output-layer sizes to compare, in turns per prompt like the other settings (0: the
-    /// whole vocabulary); each loads its own engine.
-    #[arg(long, value_delimiter = ',', conflicts_with = "draft_vocab")]
-    pub draft_vocabs: Vec<usize>,
+    /// Draft output-layer sizes to compare, in turns per prompt like the other settings (`all`
+    /// or 0: the whole vocabulary, `auto`, or a number of tokens); each loads its own engine.
+    #[arg(long, value_delimiter = ',')]
+    pub draft_vocabs: Vec<cascade_engine::DraftVocab>,
 }
 
 /// `--lookup`: no prompt lookup, or lookup from n-grams of at least this many tokens.
@@ -238,7 +238,7 @@ fn engine_for(
     a: &SpecBenchArgs,
     draft: Option<std::path::PathBuf>,
     threads: usize,
-    vocab: Option<usize>,
+    vocab: cascade_engine::DraftVocab,
 ) -> Result<Engine, CliError> {
     Ok(Engine::load(&EngineConfig {
         target: a.target.clone(),
@@ -423,13 +423,10 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
         None => "off".to_string(),
         Some(p) => format!("n>={}", p.min_n),
     };
-    let vocabs: Vec<Option<usize>> = if a.draft_vocabs.is_empty() {
+    let vocabs = if a.draft_vocabs.is_empty() {
         vec![a.vocab.draft_vocab]
     } else {
-        a.draft_vocabs
-            .iter()
-            .map(|&n| (n > 0).then_some(n))
-            .collect()
+        a.draft_vocabs.clone()
     };
     let mut all = Vec::new();
     let mut reference: Option<Vec<Vec<u32>>> = None;
@@ -455,7 +452,7 @@ pub fn run(a: SpecBenchArgs) -> Result<(), CliError> {
                             DraftLen::Auto { max } => format!("auto (max {max})"),
                         },
                         lookup: label(lookup),
-                        draft_vocab: v.map_or("all".into(), |n| n.to_string()),
+                        draft_vocab: v.to_string(),
                         threads,
                         ..Default::default()
                     };

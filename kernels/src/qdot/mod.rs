@@ -292,7 +292,9 @@ pub fn matmul_q8_with(isa: Isa, w: &QMatrix, acts: &Q8Acts, out: &mut [f32]) -> 
 pub const PEAK_MACS_PER_ITER: u64 = 8 * 32;
 
 /// `iters` iterations of a register-only integer dot-product loop on the best instruction set:
-/// times it to measure the integer units' peak.
+/// times it to measure the integer units' peak. On the AMX path this is still the VNNI loop (the
+/// tile unit's own rate, about 1.5 trillion multiply-adds a second per core here, is not what
+/// bounds its kernels: unpacking and scaling are).
 pub fn peak_loop(iters: u64) -> i64 {
     match Isa::best() {
         #[cfg(target_arch = "x86_64")]

@@ -917,11 +917,10 @@ unsafe fn halves_ps<const HIGH: bool>(x: __m256i) -> __m256 {
 /// rows, a super-block column at a time: eight interleaved row streams defeat the hardware
 /// prefetcher that one sequential row at a time keeps busy), the cache lines split evenly, so
 /// that a kernel spreads a super-block's prefetches over its work instead of issuing them at
-/// once. Prefetches never fault, so `p` may run past the matrix. A
-/// burst of 18-36 fills the line-fill buffers and the prefetches themselves stall: in the AMX
-/// kernel they took 22% of the samples at 8 tokens. Spread over four parts, the 1.5B forward
-/// took 0.96x the time at 8 tokens, 0.93x at 16, 0.99x at 1 (`bench forward`, three interleaved
-/// rounds).
+/// once. Prefetches never fault, so `p` may run past the matrix. A burst of 18-36 fills the
+/// line-fill buffers and the prefetches themselves stall: in the AMX kernel they took 22% of the
+/// samples at 8 tokens. Spread over four parts, the 1.5B forward took 0.96x the time at 8 tokens,
+/// 0.93x at 16, 0.99x at 1 (`bench forward`, three interleaved rounds).
 ///
 /// # Safety
 /// The CPU must have SSE (every x86-64 has); `p` may be any address: prefetches never fault.
