@@ -148,3 +148,118 @@ fn a_long_prefill_through_mmq_matches_the_cpu() {
     let d = rel_diff(&a, &b);
     assert!(d < 0.02, "logits differ by {d}");
 }
+
+/// Each request alone, then all of them submitted at once (one batch per step), to completion.
+fn tokens_of(e: &cascade::engine::Engine, reqs: &[cascade::engine::Request]) -> [Vec<Vec<u32>>; 2] {
+    use cascade::engine::Event;
+    let alone = reqs
+        .iter()
+        .map(|r| e.generate(r, |_| {}).unwrap().tokens)
+        .collect();
+    let handles: Vec<_> = reqs.iter().map(|r| e.submit(r.clone()).unwrap()).collect();
+    let batched = handles
+        .into_iter()
+        .map(|h| loop {
+            match h.recv().expect("events end with Done") {
+                Event::Done(c) => break c.tokens,
+                Event::Failed(e) => panic!("request failed: {e}"),
+                Event::Tokens { .. } => {}
+            }
+        })
+        .collect();
+    [alone, batched]
+}
+
+/// The scheduler over models placed on the shim, as on a GPU: greedy steps come back as the
+/// device's argmax, a request batched gives bitwise its tokens alone, and exact speculation
+/// (the draft on the shim, or on the CPU) gives the target-only tokens.
+#[test]
+fn the_scheduler_runs_on_the_shim_and_exact_equals_target_only() {
+    use cascade::engine::{
+        DraftLen, Engine, GenerateConfig, Mode, Prompt, Request, SchedulerConfig, SpecConfig,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (t, d) = common::fixture_pair(dir.path());
+    let open = |store: &WeightStore, p: &std::path::Path, on_shim: bool| {
+        let mut m = Model::load(store, p, &OpenOptions::default()).unwrap();
+        if on_shim {
+            m.place_on(&Device::shim()).unwrap();
+        }
+        m
+    };
+    let sched = SchedulerConfig {
+        step_tokens: 24,
+        ..Default::default()
+    };
+    let engine = |draft: Option<bool>| {
+        let store = WeightStore::new();
+        let (tm, dm) = (open(&store, &t, true), draft.map(|s| open(&store, &d, s)));
+        Engine::with_models(store, tm, dm, Some(2), sched).unwrap()
+    };
+    let reqs = |mode: Mode| -> Vec<Request> {
+        (0..4u32)
+            .map(|r| Request {
+                prompt: Prompt::Tokens(
+                    (0..5 + 7 * r)
+                        .map(|i| 3 + (i * 37 + r * 11) % 200)
+                        .collect(),
+                ),
+                mode,
+                config: GenerateConfig {
+                    max_tokens: 12,
+                    stop_at_eog: false,
+                    ..Default::default()
+                },
+            })
+            .collect()
+    };
+    let target_only = engine(None);
+    assert!(target_only.target().on_device());
+    let [alone, batched] = tokens_of(&target_only, &reqs(Mode::Target));
+    assert!(
+        alone.iter().all(|t| t.len() == 12),
+        "every request runs to max_tokens"
+    );
+    assert_eq!(batched, alone, "target-only, batched against alone");
+    // The device's argmax is the greedy choice of the logits the same model returns whole.
+    let m = target_only.target();
+    let Prompt::Tokens(p0) = &reqs(Mode::Target)[0].prompt else {
+        unreachable!()
+    };
+    let mut cache = m.new_cache(64);
+    let mut input = p0.clone();
+    for (i, &tok) in alone[0].iter().enumerate() {
+        let logits = m.forward(&input, &mut cache, Logits::Last).unwrap();
+        let best = (0..logits.len())
+            .filter(|&id| m.is_valid_token(id as u32))
+            .fold(None, |b: Option<usize>, id| match b {
+                Some(b) if logits[b] >= logits[id] => Some(b),
+                _ => Some(id),
+            });
+        assert_eq!(Some(tok as usize), best, "token {i} of request 0");
+        input = vec![tok];
+    }
+    // A fixed draft length drafts every round, so the draft model's forwards run.
+    let exact = Mode::Speculative(SpecConfig {
+        draft_len: DraftLen::Fixed(3),
+        ..SpecConfig::default()
+    });
+    for draft_on_shim in [true, false] {
+        let e = engine(Some(draft_on_shim));
+        assert_eq!(e.draft().unwrap().on_device(), draft_on_shim);
+        let [exact_alone, exact_batched] = tokens_of(&e, &reqs(exact));
+        assert_eq!(
+            exact_alone, alone,
+            "exact alone, draft on the shim: {draft_on_shim}"
+        );
+        assert_eq!(
+            exact_batched, alone,
+            "exact batched, draft on the shim: {draft_on_shim}"
+        );
+        let drafted = e.generate(&reqs(exact)[3], |_| {}).unwrap().stats.drafted;
+        assert!(
+            drafted > 0,
+            "nothing drafted, draft on the shim: {draft_on_shim}"
+        );
+    }
+}

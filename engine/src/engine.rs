@@ -207,6 +207,18 @@ pub(crate) struct Shared {
     pub(crate) spec_memory: Mutex<SpecMemory>,
 }
 
+/// A draft must share the target's tokenizer; when the two are identical one copy is kept.
+fn check_pair(target: &Model, d: &mut Model) -> Result<()> {
+    if let Some(detail) = target.tokenizer.first_difference(&d.tokenizer) {
+        return Err(EngineError::TokenizerMismatch { detail });
+    }
+    if d.tokenizer.n_vocab() == target.tokenizer.n_vocab() {
+        d.tokenizer = target.tokenizer.clone();
+        d.files.tokenizer = target.tokenizer.clone();
+    }
+    Ok(())
+}
+
 /// Restricts the draft's output layer to the `n` most frequent tokens of its ranking.
 fn restrict_draft(d: &mut Model, vocab: DraftVocab, rank: Option<&std::path::Path>) -> Result<()> {
     use crate::speculative::vocab::{fingerprint, VocabRank};
@@ -248,11 +260,6 @@ pub struct Engine {
 impl Engine {
     pub fn load(cfg: &EngineConfig) -> Result<Engine> {
         let t0 = Instant::now();
-        let threads = cfg.threads.unwrap_or(0);
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
         let store = WeightStore::new();
         let opts = OpenOptions {
             tokenizer_json: cfg.tokenizer.clone(),
@@ -260,23 +267,15 @@ impl Engine {
         let fast = |p: &std::path::Path| crate::fastcopy::fast_path(p, &cfg.repack);
         let mut target = Model::load(&store, &fast(&cfg.target), &opts)?;
         target.set_precision(cfg.precision);
-        let draft = match &cfg.draft {
+        let mut draft = match &cfg.draft {
             Some(p) => {
                 let mut d = Model::load(&store, &fast(p), &opts)?;
                 d.set_precision(cfg.precision);
-                if let Some(detail) = target.tokenizer.first_difference(&d.tokenizer) {
-                    return Err(EngineError::TokenizerMismatch { detail });
-                }
-                // Identical tokenizers: keep one copy in memory.
-                if d.tokenizer.n_vocab() == target.tokenizer.n_vocab() {
-                    d.tokenizer = target.tokenizer.clone();
-                    d.files.tokenizer = target.tokenizer.clone();
-                }
+                check_pair(&target, &mut d)?;
                 Some(d)
             }
             None => None,
         };
-        let mut draft = draft;
         if let Some(d) = draft.as_mut() {
             restrict_draft(d, cfg.draft_vocab, cfg.vocab_rank.as_deref())?;
         }
@@ -287,6 +286,39 @@ impl Engine {
             cfg.draft_device,
             &cfg.scheduler,
         )?;
+        let mut e = Engine::start(store, target, draft, cfg.threads, cfg.scheduler)?;
+        e.load_s = t0.elapsed().as_secs_f64();
+        Ok(e)
+    }
+
+    /// An engine over models the caller loaded from `store` and prepared (placed on a device
+    /// with `Model::place_on`, a draft's output layer restricted): what [`Engine::load`] does
+    /// after its own loading. `threads`: the CPU kernels' pool (`None`: every core).
+    pub fn with_models(
+        store: WeightStore,
+        target: Model,
+        draft: Option<Model>,
+        threads: Option<usize>,
+        scheduler: SchedulerConfig,
+    ) -> Result<Engine> {
+        let mut draft = draft;
+        if let Some(d) = draft.as_mut() {
+            check_pair(&target, d)?;
+        }
+        Engine::start(store, target, draft, threads, scheduler)
+    }
+
+    fn start(
+        store: WeightStore,
+        target: Model,
+        draft: Option<Model>,
+        threads: Option<usize>,
+        scheduler: SchedulerConfig,
+    ) -> Result<Engine> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.unwrap_or(0))
+            .build()
+            .map_err(|e| EngineError::ThreadPool(e.to_string()))?;
         let shared = Arc::new(Shared {
             store,
             target,
@@ -294,11 +326,11 @@ impl Engine {
             pool,
             spec_memory: Mutex::new(SpecMemory::default()),
         });
-        let scheduler = Scheduler::start(shared.clone(), cfg.scheduler)?;
+        let scheduler = Scheduler::start(shared.clone(), scheduler)?;
         Ok(Engine {
             shared,
             scheduler,
-            load_s: t0.elapsed().as_secs_f64(),
+            load_s: 0.0,
         })
     }
 

@@ -118,6 +118,15 @@ impl Distribution {
         Distribution { probs }
     }
 
+    /// All mass on `id`, over `n` ids (a greedy choice made without the logits at hand).
+    pub fn point(n: usize, id: u32) -> Distribution {
+        let mut probs = vec![0f32; n];
+        if let Some(p) = probs.get_mut(id as usize) {
+            *p = 1.0;
+        }
+        Distribution { probs }
+    }
+
     /// The most probable id (lowest id on ties).
     pub fn argmax(&self) -> u32 {
         let mut best = 0;
@@ -196,11 +205,12 @@ fn kept_candidates(probs: &[f32], params: &SamplingParams) -> Vec<u32> {
     }
 }
 
-/// The valid id with the largest logit (lowest id on ties).
+/// The valid id with the largest logit (lowest id on ties; NaN never chosen, as on the device).
 pub fn argmax_valid(logits: &[f32], valid: &[bool]) -> Option<u32> {
     let mut best: Option<usize> = None;
     for (i, &l) in logits.iter().enumerate() {
-        if valid.get(i).copied().unwrap_or(false) && best.is_none_or(|b| l > logits[b]) {
+        let ok = valid.get(i).copied().unwrap_or(false) && !l.is_nan();
+        if ok && best.is_none_or(|b| l > logits[b]) {
             best = Some(i);
         }
     }

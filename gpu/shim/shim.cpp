@@ -71,6 +71,7 @@
 #include "../../kernels/cuda/mv.cu"
 #include "../../kernels/cuda/quantize.cu"
 #include "../../kernels/cuda/sample.cu"
+#include "../../kernels/cuda/subset.cu"
 #include "test_kernels.cu"
 
 namespace cascade_shim {
@@ -111,6 +112,7 @@ const std::vector<Entry>& table() {
         KERNEL(kv_store), KERNEL(attention_paged), KERNEL(attention_paged_split),
         KERNEL(attention_combine),
         KERNEL(argmax_rows), KERNEL(topk_rows),
+        KERNEL(gather_bytes), KERNEL(scatter_logits),
         KERNEL(shim_test_reverse), KERNEL(shim_test_shuffle), KERNEL(shim_test_divergent),
     };
     return t;

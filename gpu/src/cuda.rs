@@ -19,6 +19,15 @@ pub(crate) struct CudaDevice {
     ctx: sys::CUcontext,
     module: sys::CUmodule,
     functions: Mutex<HashMap<String, usize>>,
+    /// The pinned host buffer uploads are staged through (allocated at the first, grown to the
+    /// largest step asked for, freed with the device).
+    staging: Mutex<Option<Pinned>>,
+}
+
+/// Page-locked host memory from `cuMemHostAlloc`.
+struct Pinned {
+    ptr: *mut u8,
+    len: usize,
 }
 
 // SAFETY: driver API handles (device, context, module, functions) are process-wide values
@@ -58,6 +67,7 @@ impl CudaDevice {
             ctx,
             module,
             functions: Mutex::new(HashMap::new()),
+            staging: Mutex::new(None),
         })
     }
 
@@ -87,6 +97,44 @@ impl CudaDevice {
         // SAFETY: the caller checked that `dst..dst + size_of_val(src)` lies in a live
         // allocation of this context.
         unsafe { result::memcpy_htod_sync(dst, src) }.map_err(drv("copy to device"))
+    }
+
+    /// Fills `dst..dst + len` `step` bytes at a time through the pinned staging buffer (see
+    /// `Device::upload_staged`); each copy completes before the buffer is refilled.
+    pub(crate) fn htod_staged(
+        &self,
+        dst: u64,
+        len: usize,
+        step: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        self.current()?;
+        let mut staging = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if staging.as_ref().is_none_or(|p| p.len < step) {
+            if let Some(old) = staging.take() {
+                // SAFETY: allocated by cuMemHostAlloc below, no copy from it is in flight (every
+                // copy here is synchronous), freed once.
+                unsafe { result::free_host(old.ptr as *mut c_void) }.map_err(drv("free pinned"))?;
+            }
+            // SAFETY: plain page-locked allocation of `step` bytes; written before it is read.
+            let ptr = unsafe { result::malloc_host(step, 0) }.map_err(drv("cuMemHostAlloc"))?;
+            *staging = Some(Pinned {
+                ptr: ptr as *mut u8,
+                len: step,
+            });
+        }
+        let pinned = staging.as_ref().expect("allocated above");
+        for off in (0..len).step_by(step) {
+            let n = step.min(len - off);
+            // SAFETY: `pinned` holds at least `step >= n` bytes, owned by this device and
+            // guarded by the lock; no copy from it is in flight (the copies are synchronous).
+            let chunk = unsafe { std::slice::from_raw_parts_mut(pinned.ptr, n) };
+            fill(off, chunk)?;
+            // SAFETY: the caller allocated `dst..dst + len` on this context; `off + n <= len`.
+            unsafe { result::memcpy_htod_sync(dst + off as u64, &*chunk) }
+                .map_err(drv("copy to device"))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn dtoh<T: Copy>(&self, dst: &mut [T], src: u64) -> Result<()> {
@@ -142,6 +190,9 @@ impl Drop for CudaDevice {
             // SAFETY: the module loaded in `open`, unloaded once; the primary context retained
             // there, released once.
             unsafe {
+                if let Some(p) = self.staging.get_mut().ok().and_then(|s| s.take()) {
+                    let _ = result::free_host(p.ptr as *mut c_void);
+                }
                 let _ = result::module::unload(self.module);
                 let _ = result::primary_ctx::release(self.dev);
             }

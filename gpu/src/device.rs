@@ -188,6 +188,34 @@ impl Device {
         Ok(buf)
     }
 
+    /// A buffer of `len` bytes written `step` bytes at a time: `fill(offset, chunk)` puts bytes
+    /// `offset..offset + chunk.len()` into `chunk`, which on a GPU is a pinned host buffer copied
+    /// to the device by DMA (weights go from the store's mapping to the device through it, with
+    /// no host copy of a whole matrix), and on the shim a plain one.
+    pub fn upload_staged(
+        &self,
+        len: usize,
+        step: usize,
+        mut fill: impl FnMut(usize, &mut [u8]) -> Result<()>,
+    ) -> Result<DevBuf> {
+        let buf = self.alloc(len)?;
+        let step = step.clamp(1, len.max(1));
+        match &*self.inner {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.htod_staged(buf.ptr, len, step, &mut fill)?,
+            #[cfg(feature = "shim")]
+            Inner::Shim => {
+                let mut chunk = vec![0u8; step];
+                for off in (0..len).step_by(step) {
+                    let part = &mut chunk[..step.min(len - off)];
+                    fill(off, part)?;
+                    self.write(&buf, off, part)?;
+                }
+            }
+        }
+        Ok(buf)
+    }
+
     /// Copies `data` to `buf` at byte `offset`.
     pub fn write<T: Copy>(&self, buf: &DevBuf, offset: usize, data: &[T]) -> Result<()> {
         let bytes = std::mem::size_of_val(data);

@@ -34,6 +34,7 @@ pub const SOURCES: &[Source] = &[
     source!("get_rows.cu"),
     source!("attention.cu"),
     source!("sample.cu"),
+    source!("subset.cu"),
 ];
 
 /// Every kernel (the `extern "C" __global__` functions of [`SOURCES`]).
@@ -75,6 +76,8 @@ pub const KERNELS: &[&str] = &[
     "attention_combine",
     "argmax_rows",
     "topk_rows",
+    "gather_bytes",
+    "scatter_logits",
 ];
 
 /// Kernels whose speed matters most: they must not spill registers (checked at compile tests).
@@ -265,6 +268,16 @@ pub fn argmax_rows(n: u32) -> Launch {
 
 pub fn topk_rows(n: u32) -> Launch {
     argmax_rows(n)
+}
+
+/// `gather_bytes` of `n` rows of `row_bytes`.
+pub fn gather_bytes(row_bytes: u32, n: u32) -> Launch {
+    Launch::new([row_bytes.div_ceil(256), n, 1], 256)
+}
+
+/// `scatter_logits` of `n` rows: a block of 256 threads per row.
+pub fn scatter_logits(n: u32) -> Launch {
+    Launch::new([n, 1, 1], 256)
 }
 
 fn grid_dim(blocks: u64) -> u32 {

@@ -33,7 +33,8 @@ impl Mat {
         let many = kernels::matmul_kernel(dtype, true).ok_or_else(missing)?;
         let gather = kernels::get_rows_kernel(dtype).ok_or_else(missing)?;
         let want = rows * cols / dtype.block_len() * dtype.block_bytes();
-        if buf.len() != want || !cols.is_multiple_of(32) {
+        // A buffer may be longer (a reused workspace buffer holding gathered rows).
+        if buf.len() < want || !cols.is_multiple_of(32) {
             return Err(GpuError::Unsupported(format!(
                 "{name}: {rows}x{cols} {dtype:?} needs {want} bytes and 32 | cols; has {}",
                 buf.len()
@@ -51,7 +52,29 @@ impl Mat {
     }
 
     pub fn bytes(&self) -> usize {
-        self.buf.len()
+        self.rows * self.row_bytes()
+    }
+
+    /// Bytes of one row in the stored type.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_len() * self.dtype.block_bytes()
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn buf(&self) -> &DevBuf {
+        &self.buf
+    }
+
+    /// The buffer back (a matrix made over a workspace buffer).
+    pub fn into_buf(self) -> DevBuf {
+        self.buf
     }
 
     /// `y[t][r] = Σ_c W[r][c] · x[t][c]` for `n` rows of `x`; quantized types quantize `x`

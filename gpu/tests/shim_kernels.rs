@@ -1072,11 +1072,50 @@ fn argmax_and_topk_are_exact_with_ties_lowest_index_first() {
 
     let mut idx = vec![-7i32; n];
     let mut val = vec![f32::NAN; n];
+    let all = A::P(std::ptr::null());
     run(
         "argmax_rows",
         kernels::argmax_rows(n as u32),
-        &[p(&logits), i(vocab), i(n), pm(&mut idx), pm(&mut val)],
+        &[p(&logits), all, i(vocab), i(n), pm(&mut idx), pm(&mut val)],
     );
+    // With a validity mask: every row's maximum (and its ties) masked out, and a stretch at the
+    // end, as a tokenizer's padding ids are.
+    let mut valid = vec![1u8; vocab];
+    valid[vocab - 40..].fill(0);
+    for row in 0..n {
+        let best = order_ref(&logits[row * vocab..(row + 1) * vocab])[0].1;
+        for (c, v) in logits[row * vocab..(row + 1) * vocab].iter().enumerate() {
+            if *v == best {
+                valid[c] = 0;
+            }
+        }
+    }
+    let (mut midx, mut mval) = (vec![-7i32; n], vec![f32::NAN; n]);
+    run(
+        "argmax_rows",
+        kernels::argmax_rows(n as u32),
+        &[
+            p(&logits),
+            p(&valid),
+            i(vocab),
+            i(n),
+            pm(&mut midx),
+            pm(&mut mval),
+        ],
+    );
+    for row in 0..n {
+        let masked: Vec<f32> = logits[row * vocab..(row + 1) * vocab]
+            .iter()
+            .zip(&valid)
+            .map(|(&v, &ok)| if ok != 0 { v } else { f32::NAN })
+            .collect();
+        let want = order_ref(&masked)
+            .first()
+            .copied()
+            .unwrap_or((-1, f32::NEG_INFINITY));
+        assert_eq!((midx[row], mval[row]), want, "masked argmax row {row}");
+        assert_ne!(midx[row], idx[row], "the mask changed row {row}'s choice");
+    }
     let mut tidx = vec![-7i32; n * k];
     let mut tval = vec![f32::NAN; n * k];
     run(

@@ -42,11 +42,13 @@ static __device__ __forceinline__ void block_best(float& v, int& i, float* red_v
     __syncthreads();  // red_* may be reused
 }
 
-// out_idx[r], out_val[r] = the largest logit of row r and its index (lowest on ties); -1 and
-// -inf when the row has no non-NaN value.
+// out_idx[r], out_val[r] = the largest logit of row r among the ids with valid[id] != 0 (every
+// id when valid is null) and its index (lowest on ties); -1 and -inf when the row has no such
+// non-NaN value. Greedy decoding on the device: a step copies back one id per row.
 // Launch: block (256, 1, 1); grid (n, 1, 1).
 extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
-    argmax_rows(const float* logits, int vocab, int n, int* out_idx, float* out_val) {
+    argmax_rows(const float* logits, const unsigned char* valid, int vocab, int n, int* out_idx,
+                float* out_val) {
     __shared__ float red_v[SAMPLE_BLOCK / WARP_SIZE];
     __shared__ int red_i[SAMPLE_BLOCK / WARP_SIZE];
     const int row = blockIdx.x;
@@ -58,7 +60,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_BLOCK)
     int bi = -1;
     for (int c = threadIdx.x; c < vocab; c += SAMPLE_BLOCK) {
         const float v = lr[c];
-        if (sel_better(v, c, bv, bi)) {
+        if ((valid == nullptr || valid[c] != 0) && sel_better(v, c, bv, bi)) {
             bv = v;
             bi = c;
         }

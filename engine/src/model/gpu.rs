@@ -11,7 +11,7 @@ mod on {
 
     use crate::error::{EngineError, Result};
     use crate::kv_cache::KvStorage;
-    use crate::model::{Model, SeqInput};
+    use crate::model::{Model, Outputs, Reduce, SeqInput};
 
     /// A model's weights on a device, and the buffers its passes reuse.
     pub(crate) struct OnDevice {
@@ -61,8 +61,12 @@ mod on {
                 output: &self.output,
                 output_norm: &self.output_norm,
                 layers,
+                valid: &self.valid,
             };
-            let model = GpuModel::upload(dev, &src)?;
+            let mut model = GpuModel::upload(dev, &src)?;
+            if let Some(sub) = &self.output_subset {
+                model.restrict_output(&sub.ids, &sub.data, self.subset_extras())?;
+            }
             tracing::info!(
                 "{}: {:.1} MiB of weights on the {}",
                 self.files.path.display(),
@@ -73,6 +77,15 @@ mod on {
                 model,
                 ws: Mutex::new(Workspace::default()),
             }));
+            Ok(())
+        }
+
+        /// Restricts the device's output layer as the CPU's (`restrict_output`).
+        pub(crate) fn restrict_device_output(&mut self) -> Result<()> {
+            let extras = self.subset_extras();
+            if let (Some(d), Some(sub)) = (self.device.as_mut(), &self.output_subset) {
+                d.model.restrict_output(&sub.ids, &sub.data, extras)?;
+            }
             Ok(())
         }
 
@@ -91,7 +104,7 @@ mod on {
             d: &OnDevice,
             kv: &KvStorage,
             seqs: &[SeqInput],
-            logits: &mut Vec<f32>,
+            out: &mut Outputs,
         ) -> Result<()> {
             let pool = kv.device.as_ref().ok_or(EngineError::InvalidParam {
                 name: "KV cache",
@@ -104,10 +117,14 @@ mod on {
                     table: q.table,
                     past: q.past,
                     want: q.want.rows(q.tokens.len()),
+                    argmax: q.reduce == Reduce::Argmax,
+                    extra: q.extra,
                 })
                 .collect();
             let mut ws = d.ws.lock().unwrap_or_else(|e| e.into_inner());
-            Ok(d.model.forward_batch(&pool.0, &gseqs, &mut ws, logits)?)
+            let (logits, argmax) = (&mut out.logits, &mut out.argmax);
+            Ok(d.model
+                .forward_batch(&pool.0, &gseqs, &mut ws, logits, argmax)?)
         }
     }
 }
@@ -116,7 +133,7 @@ mod on {
 mod on {
     use crate::error::Result;
     use crate::kv_cache::KvStorage;
-    use crate::model::{Model, SeqInput};
+    use crate::model::{Model, Outputs, SeqInput};
 
     /// Built without a GPU backend: no model is ever on a device.
     pub(crate) enum OnDevice {}
@@ -135,12 +152,16 @@ mod on {
             Ok(())
         }
 
+        pub(crate) fn restrict_device_output(&mut self) -> Result<()> {
+            Ok(())
+        }
+
         pub(crate) fn forward_device(
             &self,
             d: &OnDevice,
             _kv: &KvStorage,
             _seqs: &[SeqInput],
-            _logits: &mut Vec<f32>,
+            _out: &mut Outputs,
         ) -> Result<()> {
             match *d {}
         }
@@ -156,7 +177,8 @@ mod tests {
     use cascade_weights::{OpenOptions, WeightStore};
 
     use crate::fixture::{self, FixtureSpec};
-    use crate::model::{Logits, Model, SeqInput};
+    use crate::model::{Logits, Model, Outputs, Reduce, Rows, SeqInput};
+    use crate::sampler::argmax_valid;
     use crate::scratch::Scratch;
 
     fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -184,7 +206,7 @@ mod tests {
         let a: Vec<u32> = (0..9).map(|i| (i * 31 + 3) % 256).collect();
         let b: Vec<u32> = (0..5).map(|i| (i * 17 + 8) % 256).collect();
         let (mut sc, mut sd) = (Scratch::default(), Scratch::default());
-        let (mut lc, mut ld) = (Vec::new(), Vec::new());
+        let (mut lc, mut ld) = (Outputs::default(), Outputs::default());
         // Histories: a's first 6 tokens, b's first 2, then one batch with both.
         let first = [
             SeqInput {
@@ -192,6 +214,7 @@ mod tests {
                 table: ta,
                 past: 0,
                 want: Logits::None,
+                reduce: Reduce::Logits,
                 extra: &[],
             },
             SeqInput {
@@ -199,6 +222,7 @@ mod tests {
                 table: tb,
                 past: 0,
                 want: Logits::Last,
+                reduce: Reduce::Logits,
                 extra: &[],
             },
         ];
@@ -206,13 +230,14 @@ mod tests {
             .unwrap();
         dev.forward_batch(&mut kv_d, &first, &mut sd, &mut ld)
             .unwrap();
-        assert!(rel_diff(&lc, &ld) < 0.02);
+        assert!(rel_diff(&lc.logits, &ld.logits) < 0.02);
         let second = [
             SeqInput {
                 tokens: &b[2..],
                 table: tb,
                 past: 2,
                 want: Logits::All,
+                reduce: Reduce::Logits,
                 extra: &[],
             },
             SeqInput {
@@ -220,6 +245,7 @@ mod tests {
                 table: ta,
                 past: 6,
                 want: Logits::All,
+                reduce: Reduce::Logits,
                 extra: &[],
             },
         ];
@@ -227,27 +253,31 @@ mod tests {
             .unwrap();
         dev.forward_batch(&mut kv_d, &second, &mut sd, &mut ld)
             .unwrap();
-        assert_eq!(lc.len(), 6 * cpu.vocab_size());
-        let d = rel_diff(&lc, &ld);
+        assert_eq!(lc.logits.len(), 6 * cpu.vocab_size());
+        let d = rel_diff(&lc.logits, &ld.logits);
         assert!(d < 0.02, "ragged batch logits differ by {d}");
 
         // A prefix reused to the token: a's first block shared, positions 4 and 5 copied from
         // its second block (2) into block 6; then a[6] from there gives a's logits at 6.
         let v = cpu.vocab_size();
-        let a_at_6 = lc[3 * v..4 * v].to_vec();
+        let a_at_6 = lc.logits[3 * v..4 * v].to_vec();
         let c = |table: &'static [u32]| {
             [SeqInput {
                 tokens: &a[6..7],
                 table,
                 past: 6,
                 want: Logits::Last,
+                reduce: Reduce::Logits,
                 extra: &[],
             }]
         };
         let unfilled = c(&[7, 1]);
         cpu.forward_batch(&mut kv_c, &unfilled, &mut sc, &mut lc)
             .unwrap();
-        assert_ne!(lc, a_at_6, "block 1 holds nothing: the copy must matter");
+        assert_ne!(
+            lc.logits, a_at_6,
+            "block 1 holds nothing: the copy must matter"
+        );
         kv_c.copy_positions(2, 6, 2).unwrap();
         kv_d.copy_positions(2, 6, 2).unwrap();
         let copied = c(&[7, 6]);
@@ -255,8 +285,158 @@ mod tests {
             .unwrap();
         dev.forward_batch(&mut kv_d, &copied, &mut sd, &mut ld)
             .unwrap();
-        assert_eq!(lc, a_at_6, "copied positions are bitwise the computed ones");
-        let d = rel_diff(&lc, &ld);
+        assert_eq!(
+            lc.logits, a_at_6,
+            "copied positions are bitwise the computed ones"
+        );
+        let d = rel_diff(&lc.logits, &ld.logits);
         assert!(d < 0.02, "logits after the device copy differ by {d}");
+    }
+
+    /// Greedy rows reduced on the device (and on the CPU) are the argmax of the same rows
+    /// returned whole, next to a sequence whose rows come back whole and unchanged; a mask that
+    /// hides each row's choice moves it.
+    #[test]
+    fn rows_reduced_to_their_argmax_are_the_greedy_choice_of_the_whole_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let spec = FixtureSpec {
+            weight_scale: 0.1,
+            ..FixtureSpec::default()
+        };
+        fixture::write(&spec, &path).unwrap();
+        let load = || Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
+        let (mut cpu, mut dev) = (load(), load());
+        let a: Vec<u32> = (0..7).map(|i| (i * 29 + 5) % 256).collect();
+        let b: Vec<u32> = (0..4).map(|i| (i * 13 + 1) % 256).collect();
+        let batch = |ra: Reduce, rb: Reduce| {
+            [
+                SeqInput {
+                    tokens: &a,
+                    table: &[0, 1],
+                    past: 0,
+                    want: Logits::All,
+                    reduce: ra,
+                    extra: &[],
+                },
+                SeqInput {
+                    tokens: &b,
+                    table: &[2],
+                    past: 0,
+                    want: Logits::From(1),
+                    reduce: rb,
+                    extra: &[],
+                },
+            ]
+        };
+        let v = cpu.vocab_size();
+        // The ids the unmasked rows choose may not be chosen (as a tokenizer's padding rows).
+        let mut out = Outputs::default();
+        let mut kv = cpu.new_storage(4, 3).unwrap();
+        let (w, x) = (Reduce::Logits, Reduce::Argmax);
+        cpu.forward_batch(&mut kv, &batch(x, x), &mut Scratch::default(), &mut out)
+            .unwrap();
+        for &id in &out.argmax {
+            cpu.valid[id as usize] = false;
+        }
+        dev.valid = cpu.valid.clone();
+        dev.place_on(&cascade_gpu::Device::shim()).unwrap();
+        for m in [&cpu, &dev] {
+            let mut kv = m.new_storage(4, 3).unwrap();
+            let mut s = Scratch::default();
+            let (mut whole, mut mixed) = (Outputs::default(), Outputs::default());
+            m.forward_batch(&mut kv, &batch(w, w), &mut s, &mut whole)
+                .unwrap();
+            m.forward_batch(&mut kv, &batch(x, w), &mut s, &mut mixed)
+                .unwrap();
+            let parts = mixed.split([(7, x), (3, w)], v);
+            let (Rows::Argmax(ids), Rows::Logits(rows_b)) = (parts[0], parts[1]) else {
+                panic!("a reduced, b whole");
+            };
+            assert_eq!(ids.len(), 7);
+            assert_eq!(
+                rows_b,
+                &whole.logits[7 * v..],
+                "b's rows unchanged beside a's"
+            );
+            let mut moved = 0;
+            for (r, &id) in ids.iter().enumerate() {
+                let row = &whole.logits[r * v..(r + 1) * v];
+                assert_eq!(Some(id), argmax_valid(row, &m.valid), "row {r}");
+                assert!(m.valid[id as usize], "a masked id chosen");
+                moved += (argmax_valid(row, &vec![true; v]) != Some(id)) as usize;
+            }
+            assert!(moved > 0, "the mask never mattered: the test cannot tell");
+        }
+    }
+
+    /// The restricted output layer (FR-Spec) on the device: the ids outside the subset and the
+    /// sequence's own context tokens are -inf exactly where the CPU's are, the rest within the
+    /// 8-bit paths' error; a restriction made after placing the model reaches the device too.
+    #[test]
+    fn a_restricted_output_layer_on_the_shim_matches_the_cpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let spec = FixtureSpec {
+            weight_scale: 0.1,
+            ..FixtureSpec::default()
+        };
+        fixture::write(&spec, &path).unwrap();
+        let load = || Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
+        let ids: Vec<u32> = (0..256).step_by(5).collect();
+        let (mut cpu, mut dev) = (load(), load());
+        cpu.restrict_output(&ids).unwrap();
+        dev.place_on(&cascade_gpu::Device::shim()).unwrap();
+        dev.restrict_output(&ids).unwrap();
+        let (a, b) = ([3u32, 151, 201, 9, 77], [7u32, 11]);
+        let (ea, eb) = ([3u32, 9, 77, 151, 201], [7u32, 11, 12]);
+        let batch = |r: Reduce| {
+            [
+                SeqInput {
+                    tokens: &a,
+                    table: &[0, 1],
+                    past: 0,
+                    want: Logits::All,
+                    reduce: r,
+                    extra: &ea,
+                },
+                SeqInput {
+                    tokens: &b,
+                    table: &[2],
+                    past: 0,
+                    want: Logits::Last,
+                    reduce: Reduce::Logits,
+                    extra: &eb,
+                },
+            ]
+        };
+        let run = |m: &Model, r: Reduce| {
+            let mut kv = m.new_storage(4, 3).unwrap();
+            let mut out = Outputs::default();
+            m.forward_batch(&mut kv, &batch(r), &mut Scratch::default(), &mut out)
+                .unwrap();
+            out
+        };
+        let (c, d) = (run(&cpu, Reduce::Logits), run(&dev, Reduce::Logits));
+        let v = cpu.vocab_size();
+        assert_eq!(c.logits.len(), 6 * v);
+        for (r, (rc, rd)) in c.logits.chunks(v).zip(d.logits.chunks(v)).enumerate() {
+            let own: &[u32] = if r < 5 { &ea } else { &eb };
+            for id in 0..v {
+                let computed = ids.contains(&(id as u32)) || own.contains(&(id as u32));
+                assert_eq!(rc[id].is_finite(), computed, "cpu row {r} id {id}");
+                assert_eq!(rd[id].is_finite(), computed, "device row {r} id {id}");
+            }
+            let fin =
+                |x: &[f32]| -> Vec<f32> { x.iter().copied().filter(|v| v.is_finite()).collect() };
+            let diff = rel_diff(&fin(rc), &fin(rd));
+            assert!(diff < 0.02, "row {r} differs by {diff}");
+        }
+        let reduced = run(&dev, Reduce::Argmax);
+        for (r, &id) in reduced.argmax.iter().enumerate() {
+            let row = &d.logits[r * v..(r + 1) * v];
+            assert_eq!(Some(id), argmax_valid(row, &dev.valid), "reduced row {r}");
+        }
+        assert_eq!(reduced.logits, d.logits[5 * v..], "b's row whole");
     }
 }

@@ -12,7 +12,7 @@ use cascade_weights::{
 
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, KvStorage};
-
+use crate::sampler::argmax_valid;
 use crate::scratch::{sized, Scratch, SharedInput};
 
 mod gpu;
@@ -58,6 +58,59 @@ impl Logits {
     }
 }
 
+/// How a sequence's logit rows come back from a forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reduce {
+    /// Every logit: `vocab_size` values per row, in [`Outputs::logits`].
+    #[default]
+    Logits,
+    /// The greedy choice alone, in [`Outputs::argmax`]: the valid id with the largest logit
+    /// (lowest id on ties), what a greedy sampler picks. On a device the rows are reduced there,
+    /// so a greedy step copies back one id per row instead of the vocabulary's logits.
+    Argmax,
+}
+
+/// What a forward pass returns: the rows of the sequences with [`Reduce::Logits`] (each
+/// sequence's `want` rows in turn, `vocab_size` values each), and the argmax of the rows of those
+/// with [`Reduce::Argmax`], in turn.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub logits: Vec<f32>,
+    pub argmax: Vec<u32>,
+}
+
+/// One sequence's part of a forward pass's [`Outputs`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Rows<'a> {
+    Logits(&'a [f32]),
+    Argmax(&'a [u32]),
+}
+
+impl Outputs {
+    /// Splits the outputs into the parts of consecutive sequences, each given as its number of
+    /// `want` rows and how they were reduced.
+    pub(crate) fn split<'a>(
+        &'a self,
+        parts: impl IntoIterator<Item = (usize, Reduce)>,
+        vocab: usize,
+    ) -> Vec<Rows<'a>> {
+        let (mut r, mut a) = (0, 0);
+        parts
+            .into_iter()
+            .map(|(n, reduce)| match reduce {
+                Reduce::Logits => {
+                    r += n;
+                    Rows::Logits(&self.logits[(r - n) * vocab..r * vocab])
+                }
+                Reduce::Argmax => {
+                    a += n;
+                    Rows::Argmax(&self.argmax[a - n..a])
+                }
+            })
+            .collect()
+    }
+}
+
 /// One sequence's part of a batched forward pass: `tokens` at positions `past..`, keys and values
 /// in the blocks of `table`.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +119,8 @@ pub struct SeqInput<'a> {
     pub table: &'a [u32],
     pub past: usize,
     pub want: Logits,
+    /// Whether the `want` rows come back whole or as their greedy choice.
+    pub reduce: Reduce,
     /// Tokens whose logits this sequence also needs when the output layer is restricted
     /// ([`Model::restrict_output`]): its context's tokens (a topic's words are rarely among the
     /// most frequent tokens but come back in its answer). Empty: the subset alone.
@@ -326,9 +381,15 @@ impl Model {
             table: &cache.table,
             past: cache.len(),
             want,
+            reduce: Reduce::Logits,
             extra: &[],
         };
-        let result = self.forward_batch(&mut cache.storage, &[seq], &mut scratch, logits);
+        let mut out = Outputs {
+            logits: std::mem::take(logits),
+            argmax: Vec::new(),
+        };
+        let result = self.forward_batch(&mut cache.storage, &[seq], &mut scratch, &mut out);
+        *logits = out.logits;
         cache.scratch = scratch;
         if result.is_ok() {
             cache.advance(tokens.len());
@@ -374,19 +435,19 @@ impl Model {
     /// One forward pass over a ragged batch: every sequence's new tokens go through the matrix
     /// products together (each weight row read once for all of them), attention runs per
     /// sequence over its own blocks of `kv`, and the keys and values of the new tokens are
-    /// written into those blocks. `logits` receives `[rows][vocab_size]` for each sequence's
-    /// `want` rows in turn. A row's results do not depend on the rest of the batch (the kernels
-    /// are batch invariant): bitwise what the sequence would get alone.
+    /// written into those blocks. `out` receives the `want` rows of each sequence in turn, whole
+    /// or reduced as the sequence asks ([`Outputs`]). A row's results do not depend on the rest
+    /// of the batch (the kernels are batch invariant): bitwise what the sequence would get alone.
     pub(crate) fn forward_batch(
         &self,
         kv: &mut KvStorage,
         seqs: &[SeqInput],
         s: &mut Scratch,
-        logits: &mut Vec<f32>,
+        out: &mut Outputs,
     ) -> Result<()> {
         self.check_batch(kv, seqs)?;
         if let Some(d) = &self.device {
-            return self.forward_device(d, kv, seqs, logits);
+            return self.forward_device(d, kv, seqs, out);
         }
         let c = &self.config;
         let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
@@ -423,7 +484,36 @@ impl Model {
             self.attention_block(l, layer, kv, &attn, &positions, s)?;
             self.mlp_block(layer, s, n)?;
         }
-        self.output_rows(seqs, s, logits)
+        self.output_rows(seqs, s, &mut out.logits)?;
+        self.reduce_rows(seqs, out);
+        Ok(())
+    }
+
+    /// Replaces the logit rows of the sequences with [`Reduce::Argmax`] by their greedy choice
+    /// (the device path reduces them on the device).
+    fn reduce_rows(&self, seqs: &[SeqInput], out: &mut Outputs) {
+        out.argmax.clear();
+        if seqs.iter().all(|q| q.reduce == Reduce::Logits) {
+            return;
+        }
+        let v = self.config.vocab_size;
+        let (mut src, mut dst) = (0, 0);
+        for q in seqs {
+            for _ in q.want.rows(q.tokens.len()) {
+                match q.reduce {
+                    Reduce::Argmax => {
+                        let row = &out.logits[src * v..(src + 1) * v];
+                        out.argmax.push(argmax_valid(row, &self.valid).unwrap_or(0));
+                    }
+                    Reduce::Logits => {
+                        out.logits.copy_within(src * v..(src + 1) * v, dst * v);
+                        dst += 1;
+                    }
+                }
+                src += 1;
+            }
+        }
+        out.logits.truncate(dst * v);
     }
 
     /// Norm, Q/K/V, RoPE, the KV write and attention of one layer, added onto `s.x`.
@@ -545,7 +635,7 @@ impl Model {
             return Ok(());
         };
         let (h, t) = (c.hidden_size, &self.output);
-        if t.layout != cascade_weights::Layout::Rows {
+        if !self.subset_extras() {
             return Ok(()); // an interleaved copy: the subset alone
         }
         let rb = t.bytes().len() / t.shape[0];
@@ -587,7 +677,7 @@ impl Model {
 
     /// Computes logits for the tokens `ids` only (every other token gets -inf): a draft's output
     /// layer reads `ids.len()` rows instead of the whole vocabulary (FR-Spec). The rows are
-    /// copied once. On a device the whole layer still runs.
+    /// copied once (and uploaded once on a device, which then computes the same logits).
     pub fn restrict_output(&mut self, ids: &[u32]) -> Result<()> {
         let t = &self.output;
         let (rows, cols) = (t.shape[0], t.shape[1]);
@@ -620,7 +710,13 @@ impl Model {
             cols,
             ids,
         });
-        Ok(())
+        self.restrict_device_output()
+    }
+
+    /// Whether a restricted output layer computes each sequence's context tokens too: from a
+    /// row-ordered output matrix only (an interleaved copy gives the subset alone).
+    fn subset_extras(&self) -> bool {
+        self.output.layout == cascade_weights::Layout::Rows
     }
 
     /// Tokens the output layer computes (the vocabulary, or the subset of `restrict_output`).

@@ -3,7 +3,8 @@
 use cascade_weights::{OpenOptions, WeightStore};
 
 use crate::fixture::{self, FixtureSpec};
-use crate::model::{Logits, Model, SeqInput};
+use crate::model::{Logits, Model, Outputs, Reduce, SeqInput};
+use crate::sampler::argmax_valid;
 use crate::scratch::Scratch;
 
 #[test]
@@ -29,6 +30,7 @@ fn context_extras_get_their_full_logits_past_the_subset() {
                 table: &[0, 1],
                 past: 0,
                 want: Logits::All,
+                reduce: Reduce::Logits,
                 extra,
             },
             SeqInput {
@@ -36,13 +38,14 @@ fn context_extras_get_their_full_logits_past_the_subset() {
                 table: &[2, 3],
                 past: 0,
                 want: Logits::Last,
+                reduce: Reduce::Logits,
                 extra: &[],
             },
         ];
-        let mut logits = Vec::new();
-        m.forward_batch(&mut kv, &seqs, &mut Scratch::default(), &mut logits)
+        let mut out = Outputs::default();
+        m.forward_batch(&mut kv, &seqs, &mut Scratch::default(), &mut out)
             .unwrap();
-        logits
+        out.logits
     };
     let (f, r) = (run(&full, &[]), run(&sub, &extra_a));
     assert_eq!(f.len(), 4 * v);
@@ -57,4 +60,60 @@ fn context_extras_get_their_full_logits_past_the_subset() {
             }
         }
     }
+}
+
+/// With the output layer restricted, a row reduced to its argmax is the argmax of the same row
+/// returned whole (the ids outside the subset are -inf there), and the other sequence's rows
+/// come back unchanged and compacted.
+#[test]
+fn reduced_rows_are_the_argmax_of_the_restricted_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    fixture::write(&FixtureSpec::default(), &path).unwrap();
+    let mut m = Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
+    let ids: Vec<u32> = (0..256).step_by(3).collect();
+    m.restrict_output(&ids).unwrap();
+    let v = m.vocab_size();
+    let (a, b) = ([3u32, 150, 200, 9], [7u32, 9, 11]);
+    let run = |ra: Reduce, rb: Reduce| {
+        let mut kv = m.new_storage(4, 8).unwrap();
+        let seqs = [
+            SeqInput {
+                tokens: &b,
+                table: &[2, 3],
+                past: 0,
+                want: Logits::Last,
+                reduce: rb,
+                extra: &[],
+            },
+            SeqInput {
+                tokens: &a,
+                table: &[0, 1],
+                past: 0,
+                want: Logits::All,
+                reduce: ra,
+                extra: &a,
+            },
+        ];
+        let mut out = Outputs::default();
+        m.forward_batch(&mut kv, &seqs, &mut Scratch::default(), &mut out)
+            .unwrap();
+        out
+    };
+    let whole = run(Reduce::Logits, Reduce::Logits);
+    let mixed = run(Reduce::Argmax, Reduce::Logits);
+    assert_eq!(whole.logits.len(), 5 * v);
+    assert_eq!(mixed.logits, whole.logits[..v], "b's row whole and first");
+    assert_eq!(mixed.argmax.len(), 4);
+    for (r, &id) in mixed.argmax.iter().enumerate() {
+        let row = &whole.logits[(1 + r) * v..(2 + r) * v];
+        assert_eq!(Some(id), argmax_valid(row, m.valid_mask()), "a's row {r}");
+        assert!(
+            ids.contains(&id) || a.contains(&id),
+            "{id} outside the subset"
+        );
+    }
+    let both = run(Reduce::Argmax, Reduce::Argmax);
+    assert!(both.logits.is_empty());
+    assert_eq!(both.argmax[1..], mixed.argmax[..], "a's choices after b's");
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::engine::Role;
 use crate::error::Result;
-use crate::model::{Logits, Model, SeqInput};
+use crate::model::{Logits, Model, Outputs, Reduce, Rows, SeqInput};
 use crate::sampler::Distribution;
 use crate::sampler::SamplingParams;
 use crate::speculative::{verify, DraftLen, DraftProbs, Judge, Proposal};
@@ -43,6 +43,9 @@ const PROBE_WARM_MIN: usize = 48;
 /// The longest interval between probes: each probe that finds nothing accepted doubles the
 /// interval up to this, so a proposer that does not pay costs ever less re-measuring.
 const PROBE_MAX: usize = 256;
+
+/// A sequence's rows in one forward: its index, the tokens fed, the logits wanted.
+type Feed = (usize, Vec<u32>, Logits);
 
 /// Where a candidate's drafts come from.
 enum Offer {
@@ -338,7 +341,7 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
         return Ok(());
     };
     let mut want: Vec<usize> = vec![0; work.len()];
-    let mut feeds: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
+    let mut feeds: Vec<Feed> = Vec::new();
     for (i, (s, w)) in l.running.iter_mut().zip(work.iter()).enumerate() {
         let Some(d) = s.spec.as_mut().and_then(|sp| sp.draft.as_mut()) else {
             continue;
@@ -374,26 +377,31 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
     let mut depth = 0;
     while !feeds.is_empty() {
         let t = Instant::now();
+        let reduce: Vec<Reduce> = feeds.iter().map(|f| l.running[f.0].reduce()).collect();
         let rows = forward_feeds(
             pool,
             model,
             &mut l.running,
-            &feeds,
+            (&feeds, &reduce),
             &mut l.bufs.scratch_d,
-            &mut l.bufs.logits_d,
+            &mut l.bufs.out_d,
         )?;
         l.costs.draft.observe(rows, t.elapsed().as_secs_f64());
         depth += 1;
         let mut next = Vec::new();
-        let mut r = 0;
-        for (i, toks, logits) in &feeds {
+        let parts = l.bufs.out_d.split(
+            feeds
+                .iter()
+                .zip(&reduce)
+                .map(|((_, t, w), &r)| (w.rows(t.len()).len(), r)),
+            model.vocab_size(),
+        );
+        for ((i, toks, logits), part) in feeds.iter().zip(parts) {
             let s = &mut l.running[*i];
             s.stats.draft_tokens += toks.len();
             if *logits == Logits::None {
                 continue;
             }
-            let row = &l.bufs.logits_d[r * model.vocab_size()..(r + 1) * model.vocab_size()];
-            r += 1;
             let Work::Round { proposal, .. } = &mut work[*i] else {
                 continue;
             };
@@ -403,7 +411,9 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
             } else {
                 proposal.computed += 1;
             }
-            let tok = draft_token(s, row, &l.both_valid, proposal);
+            let Some(tok) = draft_token(s, part, &l.both_valid, proposal) else {
+                continue;
+            };
             let eog = s.job.req.config.stop_at_eog && model.tokenizer.is_eog(tok);
             if proposal.len() < want[*i] && !eog {
                 next.push((*i, vec![tok], Logits::Last));
@@ -414,9 +424,22 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
     Ok(())
 }
 
-/// Samples one drafted token from the draft's logits `row`, recording the distribution it came
-/// from (and, for cascades, the one the rule judges).
-fn draft_token(s: &mut Seq, row: &[f32], valid: &[bool], proposal: &mut Proposal) -> u32 {
+/// Draws one drafted token from the draft's output `row`, recording the distribution it came
+/// from (and, for cascades, the one the rule judges). A greedy choice reduced to its id (on the
+/// draft's own valid ids) that the target cannot take ends the proposal: `None`.
+fn draft_token(s: &mut Seq, row: Rows, valid: &[bool], proposal: &mut Proposal) -> Option<u32> {
+    let row = match row {
+        Rows::Logits(row) => row,
+        Rows::Argmax(ids) => {
+            let tok = ids[0];
+            if !valid.get(tok as usize).copied().unwrap_or(false) {
+                return None;
+            }
+            proposal.probs.push(DraftProbs::Point);
+            proposal.tokens.push(tok);
+            return Some(tok);
+        }
+    };
     let greedy = s.sampler.params.is_greedy();
     let sampled = s.sampler.sample(row, valid);
     if s.spec.as_ref().is_some_and(|sp| sp.cascade.is_some()) {
@@ -432,22 +455,24 @@ fn draft_token(s: &mut Seq, row: &[f32], valid: &[bool], proposal: &mut Proposal
         DraftProbs::Dense(sampled.dist)
     });
     proposal.tokens.push(sampled.token);
-    sampled.token
+    Some(sampled.token)
 }
 
-/// One draft forward over `feeds` (sequence index, tokens, logits wanted), appending the fed
-/// tokens to each sequence's draft blocks. Returns the rows run.
+/// One draft forward over `feeds` (sequence index, tokens, logits wanted) with their rows
+/// reduced as `reduce` says, appending the fed tokens to each sequence's draft blocks. Returns
+/// the rows run.
 fn forward_feeds(
     pool: &mut BlockPool,
     model: &Model,
     running: &mut [Seq],
-    feeds: &[(usize, Vec<u32>, Logits)],
+    (feeds, reduce): (&[Feed], &[Reduce]),
     scratch: &mut crate::scratch::Scratch,
-    logits: &mut Vec<f32>,
+    out: &mut Outputs,
 ) -> Result<usize> {
     let inputs: Vec<SeqInput> = feeds
         .iter()
-        .map(|(i, toks, want)| {
+        .zip(reduce)
+        .map(|((i, toks, want), &reduce)| {
             let d = running[*i]
                 .spec
                 .as_ref()
@@ -458,11 +483,12 @@ fn forward_feeds(
                 table: &d.blocks.table,
                 past: d.blocks.len,
                 want: *want,
+                reduce,
                 extra: &d.vocab,
             }
         })
         .collect();
-    model.forward_batch(&mut pool.storage, &inputs, scratch, logits)?;
+    model.forward_batch(&mut pool.storage, &inputs, scratch, out)?;
     drop(inputs);
     let mut rows = 0;
     for (i, toks, _) in feeds {
@@ -479,7 +505,7 @@ fn forward_feeds(
 }
 
 /// The rows `role`'s sequences put into this step's forward: (sequence index, tokens, logits).
-fn gather_rows(running: &[Seq], work: &[Work], role: Role) -> Vec<(usize, Vec<u32>, Logits)> {
+fn gather_rows(running: &[Seq], work: &[Work], role: Role) -> Vec<Feed> {
     let mut rows = Vec::new();
     for (i, (s, w)) in running.iter().zip(work).enumerate() {
         if s.role != role {
@@ -526,35 +552,46 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
             table: &l.running[*i].kv.table,
             past: l.running[*i].kv.len,
             want: *want,
+            reduce: l.running[*i].reduce(),
             extra: &[],
         })
         .collect();
-    let (scratch, logits) = match role {
-        Role::Target => (&mut l.bufs.scratch_t, &mut l.bufs.logits_t),
-        Role::Draft => (&mut l.bufs.scratch_d, &mut l.bufs.logits_d),
+    let (scratch, out) = match role {
+        Role::Target => (&mut l.bufs.scratch_t, &mut l.bufs.out_t),
+        Role::Draft => (&mut l.bufs.scratch_d, &mut l.bufs.out_d),
     };
     let t = Instant::now();
-    model.forward_batch(&mut pool.storage, &inputs, scratch, logits)?;
+    model.forward_batch(&mut pool.storage, &inputs, scratch, out)?;
     let rows: usize = batch.iter().map(|(_, t, _)| t.len()).sum();
     if role == Role::Target {
         l.costs.target.observe(rows, t.elapsed().as_secs_f64());
     }
+    let parts = out.split(
+        inputs
+            .iter()
+            .map(|q| (q.want.rows(q.tokens.len()).len(), q.reduce)),
+        model.vocab_size(),
+    );
     drop(inputs);
-    let vocab = model.vocab_size();
-    let mut r = 0;
-    for (i, t, want) in &batch {
-        let n_rows = want.rows(t.len()).len();
-        let row_logits = &logits[r * vocab..(r + n_rows) * vocab];
-        r += n_rows;
+    for ((i, t, _), part) in batch.iter().zip(parts) {
         let w = std::mem::replace(&mut work[*i], Work::Wait);
-        apply(&mut l.running[*i], pool, model, w, t.len(), row_logits);
+        apply(&mut l.running[*i], pool, model, w, t.len(), part);
     }
     Ok(rows)
 }
 
+/// The token a plain step takes from its one row: the sampler's draw, or the greedy choice the
+/// forward already reduced the row to.
+fn next_token(s: &mut Seq, model: &Model, row: Rows) -> u32 {
+    match row {
+        Rows::Logits(l) => s.sampler.sample(l, model.valid_mask()).token,
+        Rows::Argmax(ids) => ids[0],
+    }
+}
+
 /// One sequence's part of a forward: its blocks now hold `n` more positions; a finished prompt
 /// samples its first token, a round samples or verifies; the new tokens are emitted.
-fn apply(s: &mut Seq, pool: &mut BlockPool, model: &Model, w: Work, n: usize, logits: &[f32]) {
+fn apply(s: &mut Seq, pool: &mut BlockPool, model: &Model, w: Work, n: usize, rows: Rows) {
     s.stats.target_tokens += n;
     let base = s.kv.len;
     s.kv.len += n;
@@ -562,16 +599,16 @@ fn apply(s: &mut Seq, pool: &mut BlockPool, model: &Model, w: Work, n: usize, lo
         Work::Prefill { end, .. } if end < s.prompt_len => return,
         Work::Prefill { .. } => {
             pool.register(&s.kv, &s.context[..s.prompt_len]);
-            vec![s.sampler.sample(logits, model.valid_mask()).token]
+            vec![next_token(s, model, rows)]
         }
         Work::Round {
             proposal, source, ..
         } => {
             s.stats.target_passes += 1;
             if s.spec.is_none() {
-                vec![s.sampler.sample(logits, model.valid_mask()).token]
+                vec![next_token(s, model, rows)]
             } else {
-                accept(s, model, logits, &proposal, source, base)
+                accept(s, model, rows, &proposal, source, base)
             }
         }
         Work::Wait => return,
@@ -587,7 +624,7 @@ fn apply(s: &mut Seq, pool: &mut BlockPool, model: &Model, w: Work, n: usize, lo
 fn accept(
     s: &mut Seq,
     model: &Model,
-    logits: &[f32],
+    rows: Rows,
     proposal: &Proposal,
     source: Source,
     base: usize,
@@ -598,7 +635,14 @@ fn accept(
         cascade: sp.cascade,
         sampling: s.job.req.config.sampling,
     };
-    let p = judge.targets(logits, proposal, &mut s.stats);
+    let p = match rows {
+        Rows::Logits(logits) => judge.targets(logits, proposal, &mut s.stats),
+        // Greedy exact verification: each position's target is a point on its argmax.
+        Rows::Argmax(ids) => ids
+            .iter()
+            .map(|&id| Distribution::point(model.vocab_size(), id))
+            .collect(),
+    };
     let v = verify(&p, &proposal.probs, &proposal.tokens, s.sampler.rng());
     s.kv.len = base + 1 + v.accepted;
     let d = proposal.len();

@@ -8,7 +8,7 @@ use cascade_weights::StreamDecoder;
 
 use crate::engine::{Completion, Mode, Role};
 use crate::generate::{GenerateStats, StopReason};
-use crate::model::Model;
+use crate::model::{Model, Reduce};
 use crate::sampler::Sampler;
 use crate::speculative::{finish_stats, Cascade, Controller, Counters, NgramProposer, SpecConfig};
 
@@ -71,6 +71,18 @@ impl Seq {
 
     pub fn max_tokens(&self) -> usize {
         self.job.req.config.max_tokens
+    }
+
+    /// How this sequence's logit rows come back from a forward: greedy decoding and exact
+    /// verification need only each row's argmax (reduced on a device, so a GPU step copies back
+    /// one id per row); sampling and cascade rules need the whole rows.
+    pub fn reduce(&self) -> Reduce {
+        let cascade = self.spec.as_ref().is_some_and(|sp| sp.cascade.is_some());
+        if self.sampler.params.is_greedy() && !cascade {
+            Reduce::Argmax
+        } else {
+            Reduce::Logits
+        }
     }
 
     /// The most tokens a verification may draft: room left in the blocks and in `max_tokens`

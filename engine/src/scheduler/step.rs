@@ -19,7 +19,7 @@ use crate::engine::{Mode, Role, Shared};
 use crate::error::{EngineError, Result};
 use crate::generate::StopReason;
 use crate::kv_cache::KvStorage;
-use crate::model::Model;
+use crate::model::{Model, Outputs};
 use crate::scratch::Scratch;
 use crate::speculative::{PassCosts, MAX_DRAFT_LEN};
 
@@ -54,8 +54,8 @@ pub(crate) struct StepLoop {
 pub(crate) struct Buffers {
     pub scratch_t: Scratch,
     pub scratch_d: Scratch,
-    pub logits_t: Vec<f32>,
-    pub logits_d: Vec<f32>,
+    pub out_t: Outputs,
+    pub out_d: Outputs,
 }
 
 /// Measured seconds of forwards by rows, and of a step's other work.

@@ -11,6 +11,10 @@ use crate::error::{GpuError, Result};
 use crate::kernels as k;
 use crate::matmul::{Mat, Matmul};
 
+mod subset;
+
+use subset::Subset;
+
 /// What one layer of the engine's model hands over for upload.
 pub struct LayerSource<'a> {
     pub attn_norm: &'a [f32],
@@ -34,6 +38,8 @@ pub struct ModelSource<'a> {
     pub output: &'a TensorView,
     pub output_norm: &'a [f32],
     pub layers: Vec<LayerSource<'a>>,
+    /// `valid[id]`: the id may be chosen by greedy decoding (`vocab_size` entries).
+    pub valid: &'a [bool],
 }
 
 struct GpuLayer {
@@ -59,6 +65,10 @@ pub struct GpuModel {
     output: Mat,
     output_norm: DevBuf,
     layers: Vec<GpuLayer>,
+    /// One byte per id, nonzero where greedy decoding may choose it.
+    valid: DevBuf,
+    /// The output layer restricted to some tokens (a draft's cheaper step, FR-Spec).
+    subset: Option<Subset>,
     /// Bytes of device memory the weights take.
     pub weight_bytes: usize,
 }
@@ -106,13 +116,18 @@ impl GpuKv {
 }
 
 /// One sequence of a batch: `tokens` at positions `past..`, its blocks `table`, and the rows
-/// of its new tokens that want logits.
+/// of its new tokens that want logits; with `argmax`, those rows come back as the greedy choice
+/// alone (one id, reduced on the device) instead of `vocab_size` logits.
 #[derive(Debug, Clone)]
 pub struct GpuSeq<'a> {
     pub tokens: &'a [u32],
     pub table: &'a [u32],
     pub past: usize,
     pub want: Range<usize>,
+    pub argmax: bool,
+    /// Tokens whose logits this sequence also needs when the output layer is restricted
+    /// ([`GpuModel::restrict_output`]): its context's tokens.
+    pub extra: &'a [u32],
 }
 
 /// Device buffers of one pass, grown as needed and kept between passes.
@@ -144,9 +159,25 @@ enum Slot {
     OutRows,
     PartO,
     PartMl,
+    ArgIdx,
+    ArgVal,
+    SubLogits,
+    ExtRows,
+    ExtLogits,
+    ExtIds,
+    RowExtStart,
+    RowExt,
 }
 
-const N_SLOTS: usize = Slot::PartMl as usize + 1;
+const N_SLOTS: usize = Slot::RowExt as usize + 1;
+
+/// The rows of a pass's output layer: `whole` copied back as logits, then `reduced` copied back
+/// as their argmax.
+#[derive(Clone, Copy)]
+struct OutRows {
+    whole: usize,
+    reduced: usize,
+}
 
 impl Workspace {
     fn take(&mut self, dev: &Device, slot: Slot, bytes: usize) -> Result<DevBuf> {
@@ -164,8 +195,13 @@ impl Workspace {
     }
 }
 
-/// Uploads a matrix in its stored type, rows in file order (an interleaved copy made for the
-/// CPU kernels is put back in row order, one matrix at a time).
+/// Host bytes a weight upload stages at a time.
+const STAGING_BYTES: usize = 16 << 20;
+
+/// Uploads a matrix in its stored type, rows in file order, from the store's mapping through the
+/// device's staging buffer; an interleaved copy made for the CPU kernels is put back in row
+/// order a staging buffer at a time (whole groups of eight rows), so no host copy of the matrix
+/// is made.
 fn upload_mat(dev: &Device, t: &TensorView) -> Result<Mat> {
     let (rows, cols) = match t.shape.as_slice() {
         [r, c] => (*r, *c),
@@ -176,16 +212,49 @@ fn upload_mat(dev: &Device, t: &TensorView) -> Result<Mat> {
             )))
         }
     };
-    let buf = match t.layout {
-        Layout::Rows => dev.upload(t.bytes())?,
-        Layout::Interleaved8 => {
-            let rows_layout =
-                cascade_kernels::interleave::deinterleave8(t.dtype, t.bytes(), rows, cols)
-                    .map_err(|e| GpuError::Unsupported(format!("{}: {e}", t.name)))?;
-            dev.upload(&rows_layout)?
-        }
-    };
+    let buf = upload_rows(
+        dev,
+        t.dtype,
+        t.layout,
+        t.bytes(),
+        [rows, cols],
+        STAGING_BYTES,
+    )
+    .map_err(|e| match e {
+        GpuError::Unsupported(m) => GpuError::Unsupported(format!("{}: {m}", t.name)),
+        e => e,
+    })?;
     Mat::new(buf, t.dtype, rows, cols, &t.name)
+}
+
+/// The bytes of a `[rows, cols]` matrix in `layout` on the device in row order, staged
+/// `staging` bytes at a time (rounded to whole groups of eight rows for an interleaved one).
+fn upload_rows(
+    dev: &Device,
+    dtype: cascade_weights::DType,
+    layout: Layout,
+    bytes: &[u8],
+    [rows, cols]: [usize; 2],
+    staging: usize,
+) -> Result<DevBuf> {
+    match layout {
+        Layout::Rows => dev.upload_staged(bytes.len(), staging, |off, chunk| {
+            chunk.copy_from_slice(&bytes[off..off + chunk.len()]);
+            Ok(())
+        }),
+        Layout::Interleaved8 => {
+            let group = cascade_kernels::interleave::GROUP * (bytes.len() / rows.max(1));
+            let step = (staging / group.max(1)).max(1) * group;
+            dev.upload_staged(bytes.len(), step, |off, chunk| {
+                let part = &bytes[off..off + chunk.len()];
+                let n = rows * part.len() / bytes.len();
+                let rows_layout = cascade_kernels::interleave::deinterleave8(dtype, part, n, cols)
+                    .map_err(|e| GpuError::Unsupported(e.to_string()))?;
+                chunk.copy_from_slice(&rows_layout);
+                Ok(())
+            })
+        }
+    }
 }
 
 impl GpuModel {
@@ -198,6 +267,14 @@ impl GpuModel {
                 "attention of {h} heads over {kvh} KV heads of {hd} dimensions"
             )));
         }
+        if src.valid.len() != c.vocab_size {
+            return Err(GpuError::Unsupported(format!(
+                "a validity mask of {} ids for a vocabulary of {}",
+                src.valid.len(),
+                c.vocab_size
+            )));
+        }
+        let valid: Vec<u8> = src.valid.iter().map(|&v| v as u8).collect();
         let mat = |t: &TensorView| upload_mat(dev, t);
         let opt = |b: Option<&[f32]>| b.map(|b| dev.upload(b)).transpose();
         let mut layers = Vec::with_capacity(src.layers.len());
@@ -224,6 +301,8 @@ impl GpuModel {
             output: mat(src.output)?,
             output_norm: dev.upload(src.output_norm)?,
             layers,
+            valid: dev.upload(&valid)?,
+            subset: None,
             weight_bytes: 0,
         };
         m.weight_bytes = m.count_bytes();
@@ -277,7 +356,12 @@ struct BatchIndex {
     tables: Vec<i32>,
     table_start: Vec<i32>,
     seq_of_row: Vec<i32>,
+    /// Rows that want logits: those copied back whole first, then those reduced to an argmax.
     out_rows: Vec<i32>,
+    /// How many of `out_rows` are reduced to an argmax (the last ones).
+    argmax_rows: usize,
+    /// The sequence of each of `out_rows`.
+    out_seq: Vec<usize>,
     /// Keys of the longest row (its position + 1).
     max_keys: usize,
 }
@@ -291,8 +375,11 @@ fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize) -> Result<BatchIndex> 
         table_start: vec![],
         seq_of_row: vec![],
         out_rows: vec![],
+        argmax_rows: 0,
+        out_seq: vec![],
         max_keys: 0,
     };
+    let (mut reduced, mut reduced_seq) = (Vec::new(), Vec::new());
     let mut row = 0;
     for (si, q) in seqs.iter().enumerate() {
         let end = q.past + q.tokens.len();
@@ -333,10 +420,20 @@ fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize) -> Result<BatchIndex> 
                 .push((q.table[p / kv.block] as usize * kv.block + p % kv.block) as i32);
             ix.seq_of_row.push(si as i32);
         }
-        ix.out_rows.extend(q.want.clone().map(|r| (row + r) as i32));
+        let rows = q.want.clone().map(|r| (row + r) as i32);
+        if q.argmax {
+            reduced_seq.extend(rows.clone().map(|_| si));
+            reduced.extend(rows);
+        } else {
+            ix.out_seq.extend(rows.clone().map(|_| si));
+            ix.out_rows.extend(rows);
+        }
         ix.max_keys = ix.max_keys.max(end);
         row += q.tokens.len();
     }
+    ix.argmax_rows = reduced.len();
+    ix.out_rows.extend(reduced);
+    ix.out_seq.extend(reduced_seq);
     Ok(ix)
 }
 
@@ -433,18 +530,26 @@ impl GpuModel {
 
     /// One forward pass over a ragged batch (the CPU engine's `forward_batch`): writes the new
     /// tokens' keys and values into their blocks of `kv` and returns logits
-    /// `[rows][vocab_size]` for each sequence's `want` rows in turn.
+    /// `[rows][vocab_size]` for the `want` rows of each sequence without `argmax` in turn, and
+    /// in `argmax` the greedy choice (the largest valid logit, lowest id on ties) of the `want`
+    /// rows of each sequence with it, in turn.
     pub fn forward_batch(
         &self,
         kv: &GpuKv,
         seqs: &[GpuSeq],
         ws: &mut Workspace,
         logits: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
     ) -> Result<()> {
         let c = &self.config;
         let ix = index_batch(seqs, kv, c.vocab_size)?;
         let mut p = self.begin(ws, &ix)?;
-        let result = self.run(kv, &mut p, ws, ix.out_rows.len(), logits);
+        let rows = OutRows {
+            whole: ix.out_rows.len() - ix.argmax_rows,
+            reduced: ix.argmax_rows,
+        };
+        let extras: Vec<&[u32]> = ix.out_seq.iter().map(|&s| seqs[s].extra).collect();
+        let result = self.run(kv, &mut p, ws, (rows, &extras), logits, argmax);
         Self::end(ws, p);
         result
     }
@@ -454,8 +559,9 @@ impl GpuModel {
         kv: &GpuKv,
         p: &mut Pass,
         ws: &mut Workspace,
-        m: usize,
+        (rows, extras): (OutRows, &[&[u32]]),
         logits: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
     ) -> Result<()> {
         let c = &self.config;
         let h = c.hidden_size;
@@ -465,6 +571,8 @@ impl GpuModel {
             self.mlp_block(layer, p)?;
         }
         logits.clear();
+        argmax.clear();
+        let m = rows.whole + rows.reduced;
         if m == 0 {
             return Ok(());
         }
@@ -483,13 +591,54 @@ impl GpuModel {
         self.rms_norm(&p.proj, &self.output_norm, &p.xn, m)?;
         let out = ws.take(d, Slot::Logits, m * c.vocab_size * 4)?;
         p.mm.reset();
-        let r = self.output.apply(d, &mut p.mm, &p.xn, &out, m);
-        if r.is_ok() {
-            logits.resize(m * c.vocab_size, 0.0);
-            d.read(&out, 0, &mut logits[..])?;
+        let r = match &self.subset {
+            None => self.output.apply(d, &mut p.mm, &p.xn, &out, m),
+            Some(sub) => self.restricted(sub, ws, p, extras, &out),
         }
+        .and_then(|()| self.read_rows(ws, &out, rows, logits, argmax));
         ws.put(Slot::Logits, out);
         r
+    }
+
+    /// Copies back the first `rows.whole` rows of logits `out`, and the argmax of each of the
+    /// `rows.reduced` after them, reduced on the device.
+    fn read_rows(
+        &self,
+        ws: &mut Workspace,
+        out: &DevBuf,
+        rows: OutRows,
+        logits: &mut Vec<f32>,
+        argmax: &mut Vec<u32>,
+    ) -> Result<()> {
+        let (d, vocab) = (&self.dev, self.config.vocab_size);
+        logits.resize(rows.whole * vocab, 0.0);
+        d.read(out, 0, &mut logits[..])?;
+        if rows.reduced == 0 {
+            return Ok(());
+        }
+        let n = rows.reduced;
+        let idx = ws.take(d, Slot::ArgIdx, n * 4)?;
+        let val = ws.take(d, Slot::ArgVal, n * 4)?;
+        let mut ids = vec![0i32; n];
+        let r = d
+            .launch(
+                "argmax_rows",
+                k::argmax_rows(n as u32),
+                Args::new()
+                    .buf_at(out, rows.whole * vocab * 4)
+                    .buf(&self.valid)
+                    .int(vocab)
+                    .int(n)
+                    .buf(&idx)
+                    .buf(&val),
+            )
+            .and_then(|()| d.read(&idx, 0, &mut ids));
+        ws.put(Slot::ArgIdx, idx);
+        ws.put(Slot::ArgVal, val);
+        r?;
+        // No valid id at all (-1): id 0, as the CPU sampler's empty distribution gives.
+        argmax.extend(ids.iter().map(|&i| i.max(0) as u32));
+        Ok(())
     }
 
     fn rms_norm(&self, x: &DevBuf, w: &DevBuf, y: &DevBuf, n: usize) -> Result<()> {
@@ -640,5 +789,52 @@ impl GpuModel {
         p.mm.reset();
         layer.w_down.apply(d, &mut p.mm, &p.gate, &p.proj, n)?;
         self.add_inplace(&p.x, &p.proj, n * c.hidden_size)
+    }
+}
+
+#[cfg(all(test, feature = "shim"))]
+mod tests {
+    use cascade_kernels::interleave::interleave8;
+    use cascade_kernels::quant::random_data;
+    use cascade_weights::DType;
+
+    use super::*;
+
+    /// An interleaved matrix staged a few groups at a time (and a row-major one in odd pieces)
+    /// arrives in row order, byte for byte.
+    #[test]
+    fn staged_uploads_put_every_matrix_back_in_row_order() {
+        let dev = Device::shim();
+        for dtype in [DType::Q4K, DType::Q6K] {
+            let (rows, cols) = (40, 512);
+            let mut x = 0x9e37_79b9_7f4a_7c15u64;
+            let data = random_data(dtype, rows * cols, 1.0, || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            });
+            let inter = interleave8(dtype, &data, rows, cols).unwrap();
+            assert_ne!(inter, data);
+            let group = 8 * data.len() / rows;
+            for staging in [1, group, 2 * group + 1, 1 << 20] {
+                let buf = upload_rows(
+                    &dev,
+                    dtype,
+                    Layout::Interleaved8,
+                    &inter,
+                    [rows, cols],
+                    staging,
+                )
+                .unwrap();
+                let mut back = vec![0u8; data.len()];
+                dev.read(&buf, 0, &mut back).unwrap();
+                assert!(back == data, "{dtype:?} staged by {staging}");
+            }
+            let buf = upload_rows(&dev, dtype, Layout::Rows, &data, [rows, cols], 1000).unwrap();
+            let mut back = vec![0u8; data.len()];
+            dev.read(&buf, 0, &mut back).unwrap();
+            assert!(back == data, "{dtype:?} rows");
+        }
     }
 }
