@@ -170,20 +170,26 @@ fn tokens_of(e: &cascade::engine::Engine, reqs: &[cascade::engine::Request]) -> 
     [alone, batched]
 }
 
-/// The scheduler over models placed on the shim, as on a GPU: greedy steps come back as the
-/// device's argmax, a request batched gives bitwise its tokens alone, and exact speculation
-/// (the draft on the shim, or on the CPU) gives the target-only tokens.
+/// The scheduler over models placed on the shim (and on the GPU when there is one): greedy
+/// steps come back as the device's argmax, a request batched gives bitwise its tokens alone,
+/// and exact speculation (the draft on the device, or on the CPU) gives the target-only tokens.
 #[test]
 fn the_scheduler_runs_on_the_shim_and_exact_equals_target_only() {
+    for dev in devices() {
+        scheduler_on(&dev);
+    }
+}
+
+fn scheduler_on(dev: &Device) {
     use cascade::engine::{
         DraftLen, Engine, GenerateConfig, Mode, Prompt, Request, SchedulerConfig, SpecConfig,
     };
     let dir = tempfile::tempdir().unwrap();
     let (t, d) = common::fixture_pair(dir.path());
-    let open = |store: &WeightStore, p: &std::path::Path, on_shim: bool| {
+    let open = |store: &WeightStore, p: &std::path::Path, on_device: bool| {
         let mut m = Model::load(store, p, &OpenOptions::default()).unwrap();
-        if on_shim {
-            m.place_on(&Device::shim()).unwrap();
+        if on_device {
+            m.place_on(dev).unwrap();
         }
         m
     };
@@ -244,22 +250,22 @@ fn the_scheduler_runs_on_the_shim_and_exact_equals_target_only() {
         draft_len: DraftLen::Fixed(3),
         ..SpecConfig::default()
     });
-    for draft_on_shim in [true, false] {
-        let e = engine(Some(draft_on_shim));
-        assert_eq!(e.draft().unwrap().on_device(), draft_on_shim);
+    for draft_on_device in [true, false] {
+        let e = engine(Some(draft_on_device));
+        assert_eq!(e.draft().unwrap().on_device(), draft_on_device);
         let [exact_alone, exact_batched] = tokens_of(&e, &reqs(exact));
         assert_eq!(
             exact_alone, alone,
-            "exact alone, draft on the shim: {draft_on_shim}"
+            "exact alone, draft on the device: {draft_on_device}"
         );
         assert_eq!(
             exact_batched, alone,
-            "exact batched, draft on the shim: {draft_on_shim}"
+            "exact batched, draft on the device: {draft_on_device}"
         );
         let drafted = e.generate(&reqs(exact)[3], |_| {}).unwrap().stats.drafted;
         assert!(
             drafted > 0,
-            "nothing drafted, draft on the shim: {draft_on_shim}"
+            "nothing drafted, draft on the device: {draft_on_device}"
         );
     }
 }
