@@ -93,6 +93,22 @@ int main(int argc, char** argv) {
         float *lp = logits.data(), *vp = val.data();
         int* ip = idx.data();
         rc |= launch("topk_rows", n, 1, 256, {&lp, &vocab, &n, &k, &ip, &vp});
+        std::vector<unsigned char> valid(vocab, 1);
+        valid[37] = 0;
+        unsigned char* validp = valid.data();
+        rc |= launch("argmax_rows", n, 1, 256, {&lp, &validp, &vocab, &n, &ip, &vp});
+    }
+    {
+        // The restricted output layer's scatter: a fill, a barrier, then the subset and each
+        // row's own extras written by other threads.
+        int vocab = 700, n = 2, k = 300, u = 4;
+        std::vector<float> out(vocab * n), sub(n * k, 1.0f), ext(n * u, 2.0f);
+        std::vector<int> sub_ids(k), ext_ids = {1, 5, 601, 603}, start = {0, 2, 4}, cols = {0, 2, 1, 3};
+        for (int j = 0; j < k; ++j) sub_ids[j] = 2 * j;
+        float *op = out.data(), *sp = sub.data(), *ep = ext.data();
+        int *sip = sub_ids.data(), *eip = ext_ids.data(), *stp = start.data(), *cp = cols.data();
+        rc |= launch("scatter_logits", n, 1, 256,
+                     {&op, &vocab, &n, &sp, &sip, &k, &ep, &eip, &u, &stp, &cp});
     }
     if (argc > 1 && std::strcmp(argv[1], "--racy") == 0) {
         int n = 64, sync = 0;

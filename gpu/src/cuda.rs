@@ -100,7 +100,8 @@ impl CudaDevice {
     }
 
     /// Fills `dst..dst + len` `step` bytes at a time through the pinned staging buffer (see
-    /// `Device::upload_staged`); each copy completes before the buffer is refilled.
+    /// `Device::upload_staged`); each copy completes before the buffer is refilled. Where pinned
+    /// memory cannot be had, a pageable buffer of the same size does the job (slower copies).
     pub(crate) fn htod_staged(
         &self,
         dst: u64,
@@ -117,11 +118,20 @@ impl CudaDevice {
                 unsafe { result::free_host(old.ptr as *mut c_void) }.map_err(drv("free pinned"))?;
             }
             // SAFETY: plain page-locked allocation of `step` bytes; written before it is read.
-            let ptr = unsafe { result::malloc_host(step, 0) }.map_err(drv("cuMemHostAlloc"))?;
-            *staging = Some(Pinned {
-                ptr: ptr as *mut u8,
-                len: step,
-            });
+            match unsafe { result::malloc_host(step, 0) } {
+                Ok(ptr) => {
+                    *staging = Some(Pinned {
+                        ptr: ptr as *mut u8,
+                        len: step,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "no pinned staging buffer of {step} bytes ({e}): pageable copies"
+                    );
+                    return self.htod_pageable(dst, len, step, fill);
+                }
+            }
         }
         let pinned = staging.as_ref().expect("allocated above");
         for off in (0..len).step_by(step) {
@@ -130,9 +140,23 @@ impl CudaDevice {
             // guarded by the lock; no copy from it is in flight (the copies are synchronous).
             let chunk = unsafe { std::slice::from_raw_parts_mut(pinned.ptr, n) };
             fill(off, chunk)?;
-            // SAFETY: the caller allocated `dst..dst + len` on this context; `off + n <= len`.
-            unsafe { result::memcpy_htod_sync(dst + off as u64, &*chunk) }
-                .map_err(drv("copy to device"))?;
+            self.htod(dst + off as u64, &*chunk)?;
+        }
+        Ok(())
+    }
+
+    fn htod_pageable(
+        &self,
+        dst: u64,
+        len: usize,
+        step: usize,
+        fill: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut chunk = vec![0u8; step];
+        for off in (0..len).step_by(step) {
+            let part = &mut chunk[..step.min(len - off)];
+            fill(off, part)?;
+            self.htod(dst + off as u64, part)?;
         }
         Ok(())
     }
