@@ -69,7 +69,11 @@ impl SamplingParams {
 /// A probability distribution over the (padded) vocabulary; zero outside its support.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Distribution {
+    /// The probability of each id (empty for a point mass).
     pub probs: Vec<f32>,
+    /// All the mass on this id, held without a vocabulary-sized vector (`probs` is then empty):
+    /// a greedy choice. Read through the methods, which treat both forms alike.
+    pub point: Option<u32>,
 }
 
 impl Distribution {
@@ -77,13 +81,13 @@ impl Distribution {
     pub fn from_logits(logits: &[f32], params: &SamplingParams, valid: &[bool]) -> Distribution {
         let n = logits.len();
         let is_valid = |i: usize| valid.get(i).copied().unwrap_or(false);
-        let mut probs = vec![0f32; n];
         if params.is_greedy() {
-            if let Some(best) = argmax_valid(logits, valid) {
-                probs[best as usize] = 1.0;
-            }
-            return Distribution { probs };
+            return match argmax_valid(logits, valid) {
+                Some(best) => Distribution::point(best),
+                None => Distribution::dense(vec![0f32; n]),
+            };
         }
+        let mut probs = vec![0f32; n];
         let inv_t = 1.0 / params.temperature;
         let max = (0..n)
             .filter(|&i| is_valid(i))
@@ -98,7 +102,7 @@ impl Distribution {
             }
         }
         if sum == 0.0 || !sum.is_finite() {
-            return Distribution { probs };
+            return Distribution::dense(probs);
         }
         let inv = (1.0 / sum) as f32;
         probs.iter_mut().for_each(|p| *p *= inv);
@@ -115,20 +119,50 @@ impl Distribution {
             kept.iter_mut().for_each(|p| *p *= inv);
             probs = kept;
         }
-        Distribution { probs }
+        Distribution::dense(probs)
     }
 
-    /// All mass on `id`, over `n` ids (a greedy choice made without the logits at hand).
-    pub fn point(n: usize, id: u32) -> Distribution {
-        let mut probs = vec![0f32; n];
-        if let Some(p) = probs.get_mut(id as usize) {
-            *p = 1.0;
+    /// Probabilities of each id.
+    pub fn dense(probs: Vec<f32>) -> Distribution {
+        Distribution { probs, point: None }
+    }
+
+    /// All mass on `id` (a greedy choice): no vocabulary-sized vector is made, so a greedy
+    /// verification of k tokens costs k comparisons, not k passes over the vocabulary.
+    pub fn point(id: u32) -> Distribution {
+        Distribution {
+            probs: Vec::new(),
+            point: Some(id),
         }
-        Distribution { probs }
+    }
+
+    /// The largest probability.
+    pub fn max_prob(&self) -> f32 {
+        match self.point {
+            Some(_) => 1.0,
+            None => self.probs.iter().copied().fold(0.0, f32::max),
+        }
+    }
+
+    /// The ids with a nonzero probability, and those probabilities, in id order.
+    pub fn support(&self) -> Box<dyn Iterator<Item = (u32, f32)> + '_> {
+        match self.point {
+            Some(id) => Box::new(std::iter::once((id, 1.0))),
+            None => Box::new(
+                self.probs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &p)| p > 0.0)
+                    .map(|(i, &p)| (i as u32, p)),
+            ),
+        }
     }
 
     /// The most probable id (lowest id on ties).
     pub fn argmax(&self) -> u32 {
+        if let Some(id) = self.point {
+            return id;
+        }
         let mut best = 0;
         for (i, &p) in self.probs.iter().enumerate() {
             if p > self.probs[best] {
@@ -139,11 +173,17 @@ impl Distribution {
     }
 
     pub fn prob(&self, id: u32) -> f32 {
-        self.probs.get(id as usize).copied().unwrap_or(0.0)
+        match self.point {
+            Some(p) => (p == id) as u32 as f32,
+            None => self.probs.get(id as usize).copied().unwrap_or(0.0),
+        }
     }
 
     /// The id at which the cumulative probability first exceeds `u` in [0, 1).
     pub fn quantile(&self, u: f32) -> u32 {
+        if let Some(id) = self.point {
+            return id;
+        }
         let mut cum = 0f32;
         let mut last = 0;
         for (i, &p) in self.probs.iter().enumerate() {

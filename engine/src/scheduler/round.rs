@@ -638,10 +638,7 @@ fn accept(
     let p = match rows {
         Rows::Logits(logits) => judge.targets(logits, proposal, &mut s.stats),
         // Greedy exact verification: each position's target is a point on its argmax.
-        Rows::Argmax(ids) => ids
-            .iter()
-            .map(|&id| Distribution::point(model.vocab_size(), id))
-            .collect(),
+        Rows::Argmax(ids) => ids.iter().map(|&id| Distribution::point(id)).collect(),
     };
     let v = verify(&p, &proposal.probs, &proposal.tokens, s.sampler.rng());
     s.kv.len = base + 1 + v.accepted;

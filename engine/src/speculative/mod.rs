@@ -494,11 +494,11 @@ impl Judge<'_> {
                 let pu = Distribution::from_logits(row, &SamplingParams::untempered(), valid);
                 if rule.keeps(&pu, q, token) {
                     stats.kept_by_rule += 1;
-                    let mut point = vec![0f32; p[i].probs.len()];
-                    if let Some(x) = point.get_mut(token as usize) {
-                        *x = 1.0;
-                    }
-                    p[i] = Distribution { probs: point };
+                    p[i] = if (token as usize) < self.target.vocab_size() {
+                        Distribution::point(token)
+                    } else {
+                        Distribution::dense(vec![0f32; self.target.vocab_size()])
+                    };
                 }
             } else {
                 stats.kept_by_rule += rule.keeps(&p[i], q, token) as usize;

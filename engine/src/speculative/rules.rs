@@ -101,36 +101,33 @@ impl Cascade {
                 let max_p = max(p);
                 let floor = (1.0 - self.alpha) * max_p;
                 let n = p.probs.len().max(q.probs.len());
-                let ok = |v: usize| p.probs.get(v).copied().unwrap_or(0.0) >= floor;
-                let kept: f32 = (0..q.probs.len())
-                    .filter(|&v| ok(v))
-                    .map(|v| q.probs[v])
+                let ok = |v: usize| p.prob(v as u32) >= floor;
+                let kept: f32 = q
+                    .support()
+                    .filter(|&(v, _)| ok(v as usize))
+                    .map(|(_, qv)| qv)
                     .sum();
                 let rest = (1.0 - kept).max(0.0);
                 let probs = (0..n)
                     .map(|v| {
-                        let qv = if ok(v) {
-                            q.probs.get(v).copied().unwrap_or(0.0)
-                        } else {
-                            0.0
-                        };
-                        qv + rest * p.probs.get(v).copied().unwrap_or(0.0)
+                        let qv = if ok(v) { q.prob(v as u32) } else { 0.0 };
+                        qv + rest * p.prob(v as u32)
                     })
                     .collect();
-                Distribution { probs }
+                Distribution::dense(probs)
             }
         }
     }
 }
 
 fn max(d: &Distribution) -> f32 {
-    d.probs.iter().copied().fold(0.0, f32::max)
+    d.max_prob()
 }
 
 /// Total variation distance ½·Σ|p − q|.
 pub fn total_variation(p: &Distribution, q: &Distribution) -> f32 {
     let n = p.probs.len().max(q.probs.len());
-    let at = |d: &Distribution, i: usize| d.probs.get(i).copied().unwrap_or(0.0);
+    let at = |d: &Distribution, i: usize| d.prob(i as u32);
     0.5 * (0..n).map(|i| (at(p, i) - at(q, i)).abs()).sum::<f32>()
 }
 
@@ -139,7 +136,7 @@ mod tests {
     use super::*;
 
     fn d(p: &[f32]) -> Distribution {
-        Distribution { probs: p.to_vec() }
+        Distribution::dense(p.to_vec())
     }
 
     fn c(rule: Rule, alpha: f32) -> Cascade {

@@ -101,9 +101,9 @@ pub fn verify<R: Rng + ?Sized>(
 
 /// A draw from `d`, without spending randomness on a point mass.
 pub fn sample<R: Rng + ?Sized>(d: &Distribution, rng: &mut R) -> u32 {
-    let mut support = d.probs.iter().enumerate().filter(|(_, &p)| p > 0.0);
+    let mut support = d.support();
     if let (Some((only, _)), None) = (support.next(), support.next()) {
-        return only as u32;
+        return only;
     }
     d.quantile(rng.random::<f32>())
 }
@@ -115,6 +115,10 @@ fn sample_residual<R: Rng + ?Sized>(
     drafted: u32,
     rng: &mut R,
 ) -> u32 {
+    if let Some(id) = p.point {
+        // p's whole mass is on one id: the residual's support is that id or empty (then p).
+        return id;
+    }
     let residual = |id: usize| (p.probs[id] - q.prob(drafted, id as u32)).max(0.0);
     let (mut total, mut support, mut only) = (0f64, 0usize, 0usize);
     for id in 0..p.probs.len() {
@@ -155,7 +159,7 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     fn dist(p: &[f32]) -> Distribution {
-        Distribution { probs: p.to_vec() }
+        Distribution::dense(p.to_vec())
     }
 
     fn point(n: usize, id: usize) -> Distribution {
@@ -237,5 +241,46 @@ mod tests {
         for (c, e) in counts.iter().zip([0.2, 0.3, 0.5]) {
             assert!((*c as f64 / n as f64 - e).abs() < 0.01, "{counts:?}");
         }
+    }
+
+    /// Targets held as points (greedy rows reduced to their argmax) give the verdicts, and
+    /// consume the random source, exactly as the same points held densely, against point and
+    /// dense drafts, through acceptance, correction and bonus.
+    #[test]
+    fn point_targets_verify_as_their_dense_form() {
+        let n = 6;
+        let drafts = [
+            (vec![DraftProbs::Point; 3], [2u32, 4, 1]),
+            (
+                vec![
+                    DraftProbs::Dense(dist(&[0.1, 0.1, 0.5, 0.1, 0.1, 0.1])),
+                    DraftProbs::Dense(dist(&[0.0, 0.0, 0.0, 0.0, 0.9, 0.1])),
+                    DraftProbs::Point,
+                ],
+                [2, 4, 3],
+            ),
+        ];
+        for targets in [[2u32, 4, 1, 5], [2, 4, 0, 5], [3, 4, 1, 5], [2, 5, 1, 0]] {
+            let sparse: Vec<Distribution> =
+                targets.iter().map(|&t| Distribution::point(t)).collect();
+            let dense: Vec<Distribution> = targets.iter().map(|&t| point(n, t as usize)).collect();
+            for (q, drafted) in &drafts {
+                let (mut r1, mut r2) = (ChaCha8Rng::seed_from_u64(3), ChaCha8Rng::seed_from_u64(3));
+                let a = verify(&sparse, q, drafted, &mut r1);
+                let b = verify(&dense, q, drafted, &mut r2);
+                assert_eq!(a, b, "targets {targets:?}, drafted {drafted:?}");
+                assert_eq!(
+                    r1.random::<u64>(),
+                    r2.random::<u64>(),
+                    "randomness used alike"
+                );
+            }
+        }
+        let p = Distribution::point(4);
+        assert_eq!(
+            (p.argmax(), p.prob(4), p.prob(3), p.quantile(0.99)),
+            (4, 1.0, 0.0, 4)
+        );
+        assert_eq!(sample(&p, &mut ChaCha8Rng::seed_from_u64(1)), 4);
     }
 }
