@@ -286,7 +286,7 @@ impl Engine {
             cfg.draft_device,
             &cfg.scheduler,
         )?;
-        let mut e = Engine::start(store, target, draft, cfg.threads, cfg.scheduler)?;
+        let mut e = Engine::with_models(store, target, draft, cfg.threads, cfg.scheduler)?;
         e.load_s = t0.elapsed().as_secs_f64();
         Ok(e)
     }
@@ -305,16 +305,6 @@ impl Engine {
         if let Some(d) = draft.as_mut() {
             check_pair(&target, d)?;
         }
-        Engine::start(store, target, draft, threads, scheduler)
-    }
-
-    fn start(
-        store: WeightStore,
-        target: Model,
-        draft: Option<Model>,
-        threads: Option<usize>,
-        scheduler: SchedulerConfig,
-    ) -> Result<Engine> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.unwrap_or(0))
             .build()

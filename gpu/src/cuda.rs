@@ -129,32 +129,28 @@ impl CudaDevice {
                     tracing::warn!(
                         "no pinned staging buffer of {step} bytes ({e}): pageable copies"
                     );
-                    return self.htod_pageable(dst, len, step, fill);
+                    return self.htod_chunks(dst, len, &mut vec![0u8; step], fill);
                 }
             }
         }
         let pinned = staging.as_ref().expect("allocated above");
-        for off in (0..len).step_by(step) {
-            let n = step.min(len - off);
-            // SAFETY: `pinned` holds at least `step >= n` bytes, owned by this device and
-            // guarded by the lock; no copy from it is in flight (the copies are synchronous).
-            let chunk = unsafe { std::slice::from_raw_parts_mut(pinned.ptr, n) };
-            fill(off, chunk)?;
-            self.htod(dst + off as u64, &*chunk)?;
-        }
-        Ok(())
+        // SAFETY: `pinned` holds `pinned.len >= step` bytes, owned by this device and guarded by
+        // the lock; no copy from it is in flight (the copies are synchronous).
+        let buf = unsafe { std::slice::from_raw_parts_mut(pinned.ptr, step) };
+        self.htod_chunks(dst, len, buf, fill)
     }
 
-    fn htod_pageable(
+    /// Fills `dst..dst + len` through `buf`, a chunk at a time, each copy synchronous.
+    fn htod_chunks(
         &self,
         dst: u64,
         len: usize,
-        step: usize,
+        buf: &mut [u8],
         fill: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>,
     ) -> Result<()> {
-        let mut chunk = vec![0u8; step];
+        let step = buf.len();
         for off in (0..len).step_by(step) {
-            let part = &mut chunk[..step.min(len - off)];
+            let part = &mut buf[..step.min(len - off)];
             fill(off, part)?;
             self.htod(dst + off as u64, part)?;
         }

@@ -186,8 +186,8 @@ mod tests {
         a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
     }
 
-    #[test]
-    fn a_ragged_batch_on_the_shim_matches_the_cpu() {
+    /// A fixture model on disk (small weights: see tests/gpu_shim.rs on chaotic rows).
+    fn fixture_file() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.gguf");
         let spec = FixtureSpec {
@@ -195,6 +195,12 @@ mod tests {
             ..FixtureSpec::default()
         };
         fixture::write(&spec, &path).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_ragged_batch_on_the_shim_matches_the_cpu() {
+        let (_dir, path) = fixture_file();
         let load = || Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
         let cpu = load();
         let mut dev = load();
@@ -298,13 +304,7 @@ mod tests {
     /// hides each row's choice moves it.
     #[test]
     fn rows_reduced_to_their_argmax_are_the_greedy_choice_of_the_whole_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.gguf");
-        let spec = FixtureSpec {
-            weight_scale: 0.1,
-            ..FixtureSpec::default()
-        };
-        fixture::write(&spec, &path).unwrap();
+        let (_dir, path) = fixture_file();
         let load = || Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
         let (mut cpu, mut dev) = (load(), load());
         let a: Vec<u32> = (0..7).map(|i| (i * 29 + 5) % 256).collect();
@@ -375,13 +375,7 @@ mod tests {
     /// 8-bit paths' error; a restriction made after placing the model reaches the device too.
     #[test]
     fn a_restricted_output_layer_on_the_shim_matches_the_cpu() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.gguf");
-        let spec = FixtureSpec {
-            weight_scale: 0.1,
-            ..FixtureSpec::default()
-        };
-        fixture::write(&spec, &path).unwrap();
+        let (_dir, path) = fixture_file();
         let load = || Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
         let ids: Vec<u32> = (0..256).step_by(5).collect();
         let (mut cpu, mut dev) = (load(), load());
