@@ -148,13 +148,9 @@ impl CudaDevice {
         buf: &mut [u8],
         fill: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>,
     ) -> Result<()> {
-        let step = buf.len();
-        for off in (0..len).step_by(step) {
-            let part = &mut buf[..step.min(len - off)];
-            fill(off, part)?;
-            self.htod(dst + off as u64, part)?;
-        }
-        Ok(())
+        crate::device::in_chunks(len, buf, fill, |off, part| {
+            self.htod(dst + off as u64, part)
+        })
     }
 
     pub(crate) fn dtoh<T: Copy>(&self, dst: &mut [T], src: u64) -> Result<()> {

@@ -204,14 +204,9 @@ impl Device {
             #[cfg(feature = "cuda")]
             Inner::Cuda(d) => d.htod_staged(buf.ptr, len, step, &mut fill)?,
             #[cfg(feature = "shim")]
-            Inner::Shim => {
-                let mut chunk = vec![0u8; step];
-                for off in (0..len).step_by(step) {
-                    let part = &mut chunk[..step.min(len - off)];
-                    fill(off, part)?;
-                    self.write(&buf, off, part)?;
-                }
-            }
+            Inner::Shim => in_chunks(len, &mut vec![0u8; step], &mut fill, |off, part| {
+                self.write(&buf, off, part)
+            })?,
         }
         Ok(buf)
     }
@@ -285,6 +280,23 @@ impl Device {
             Inner::Shim => Ok(()),
         }
     }
+}
+
+/// Bytes `0..len` a `buf` at a time: `fill(offset, part)` writes them into `buf`'s first
+/// `part.len()` bytes, then `copy(offset, part)` moves them on (each copy done before the refill).
+pub(crate) fn in_chunks(
+    len: usize,
+    buf: &mut [u8],
+    fill: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>,
+    mut copy: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let step = buf.len();
+    for off in (0..len).step_by(step) {
+        let part = &mut buf[..step.min(len - off)];
+        fill(off, part)?;
+        copy(off, part)?;
+    }
+    Ok(())
 }
 
 fn check_range(buf: &DevBuf, offset: usize, bytes: usize) -> Result<()> {

@@ -427,6 +427,7 @@ mod tests {
             assert!(diff < 0.02, "row {r} differs by {diff}");
         }
         let reduced = run(&dev, Reduce::Argmax);
+        assert_eq!(reduced.argmax.len(), 5, "a's five rows reduced");
         for (r, &id) in reduced.argmax.iter().enumerate() {
             let row = &d.logits[r * v..(r + 1) * v];
             assert_eq!(Some(id), argmax_valid(row, &dev.valid), "reduced row {r}");

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::engine::Role;
 use crate::error::Result;
-use crate::model::{Logits, Model, Outputs, Reduce, Rows, SeqInput};
+use crate::model::{Logits, Model, Outputs, Rows, SeqInput};
 use crate::sampler::Distribution;
 use crate::sampler::SamplingParams;
 use crate::speculative::{verify, DraftLen, DraftProbs, Judge, Proposal};
@@ -377,23 +377,22 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
     let mut depth = 0;
     while !feeds.is_empty() {
         let t = Instant::now();
-        let reduce: Vec<Reduce> = feeds.iter().map(|f| l.running[f.0].reduce()).collect();
         let rows = forward_feeds(
             pool,
             model,
             &mut l.running,
-            (&feeds, &reduce),
+            &feeds,
             &mut l.bufs.scratch_d,
             &mut l.bufs.out_d,
         )?;
         l.costs.draft.observe(rows, t.elapsed().as_secs_f64());
         depth += 1;
         let mut next = Vec::new();
+        let running = &l.running;
         let parts = l.bufs.out_d.split(
             feeds
                 .iter()
-                .zip(&reduce)
-                .map(|((_, t, w), &r)| (w.rows(t.len()).len(), r)),
+                .map(|(i, t, w)| (w.rows(t.len()).len(), running[*i].reduce())),
             model.vocab_size(),
         );
         for ((i, toks, logits), part) in feeds.iter().zip(parts) {
@@ -458,21 +457,20 @@ fn draft_token(s: &mut Seq, row: Rows, valid: &[bool], proposal: &mut Proposal) 
     Some(sampled.token)
 }
 
-/// One draft forward over `feeds` (sequence index, tokens, logits wanted) with their rows
-/// reduced as `reduce` says, appending the fed tokens to each sequence's draft blocks. Returns
-/// the rows run.
+/// One draft forward over `feeds` (sequence index, tokens, logits wanted), each sequence's rows
+/// reduced as it asks (`Seq::reduce`), appending the fed tokens to each sequence's draft blocks.
+/// Returns the rows run.
 fn forward_feeds(
     pool: &mut BlockPool,
     model: &Model,
     running: &mut [Seq],
-    (feeds, reduce): (&[Feed], &[Reduce]),
+    feeds: &[Feed],
     scratch: &mut crate::scratch::Scratch,
     out: &mut Outputs,
 ) -> Result<usize> {
     let inputs: Vec<SeqInput> = feeds
         .iter()
-        .zip(reduce)
-        .map(|((i, toks, want), &reduce)| {
+        .map(|(i, toks, want)| {
             let d = running[*i]
                 .spec
                 .as_ref()
@@ -483,7 +481,7 @@ fn forward_feeds(
                 table: &d.blocks.table,
                 past: d.blocks.len,
                 want: *want,
-                reduce,
+                reduce: running[*i].reduce(),
                 extra: &d.vocab,
             }
         })
