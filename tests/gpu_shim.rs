@@ -130,9 +130,10 @@ fn the_shim_runs_the_model_like_the_cpu_for_every_weight_type() {
     }
 }
 
-/// Prompts longer than the MMVQ limit go through the tiled MMQ kernels.
+/// Prompts longer than the MMVQ limit go through the tiled MMQ kernels as generated rows, and
+/// through the tensor-core ones as a prompt's.
 #[test]
-fn a_long_prefill_through_mmq_matches_the_cpu() {
+fn a_long_prefill_through_mmq_and_the_tensor_cores_matches_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let path = common::write_fixture(dir.path(), "m.gguf", &FixtureSpec::default());
     let cpu = load(&path);
@@ -147,6 +148,12 @@ fn a_long_prefill_through_mmq_matches_the_cpu() {
         .unwrap();
     let d = rel_diff(&a, &b);
     assert!(d < 0.02, "logits differ by {d}");
+    // The same tokens as a prompt: the tensor-core products where the device has them.
+    let c = dev
+        .forward_prompt(&prompt, &mut dev.new_cache(64), Logits::All)
+        .unwrap();
+    let d = rel_diff(&a, &c);
+    assert!(d < 0.02, "logits of the prompt's rows differ by {d}");
 }
 
 /// Each request alone, then all of them submitted at once (one batch per step), to completion.
@@ -235,7 +242,13 @@ fn scheduler_on(dev: &Device) {
     let mut cache = m.new_cache(64);
     let mut input = p0.clone();
     for (i, &tok) in alone[0].iter().enumerate() {
-        let logits = m.forward(&input, &mut cache, Logits::Last).unwrap();
+        // The prompt's rows as the scheduler computes them (as a prompt's), then one each.
+        let logits = if i == 0 {
+            m.forward_prompt(&input, &mut cache, Logits::Last)
+        } else {
+            m.forward(&input, &mut cache, Logits::Last)
+        }
+        .unwrap();
         let best = (0..logits.len())
             .filter(|&id| m.is_valid_token(id as u32))
             .fold(None, |b: Option<usize>, id| match b {
@@ -267,5 +280,66 @@ fn scheduler_on(dev: &Device) {
             drafted > 0,
             "nothing drafted, draft on the device: {draft_on_device}"
         );
+    }
+}
+
+/// On a device whose prompt rows take other kernels than generated ones (the shim's tensor-core
+/// products), only prompt positions are cached prefixes: a second turn whose prompt holds the
+/// first turn's prompt and answer reuses the prompt alone, and gives the tokens it gives with
+/// nothing cached. On the CPU (one kernel for every row) the answer is reused too.
+#[test]
+fn only_prompt_positions_are_reused_where_prompt_rows_take_other_kernels() {
+    use cascade::engine::{Engine, GenerateConfig, Mode, Prompt, Request, SchedulerConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (t, _) = common::fixture_pair(dir.path());
+    let engine = |dev: Option<&Device>| {
+        let store = WeightStore::new();
+        let mut m = Model::load(&store, &t, &OpenOptions::default()).unwrap();
+        if let Some(d) = dev {
+            m.place_on(d).unwrap();
+        }
+        let sched = SchedulerConfig {
+            block_size: 8,
+            ..Default::default()
+        };
+        Engine::with_models(store, m, None, Some(2), sched).unwrap()
+    };
+    let req = |prompt: Vec<u32>, max_tokens| Request {
+        prompt: Prompt::Tokens(prompt),
+        mode: Mode::Target,
+        config: GenerateConfig {
+            max_tokens,
+            stop_at_eog: false,
+            ..Default::default()
+        },
+    };
+    let first: Vec<u32> = (0..20).map(|i| 5 + (i * 29) % 200).collect();
+    for dev in [Some(Device::shim()), None] {
+        let e = engine(dev.as_ref());
+        let differ = e.target().prompt_kernels_differ();
+        assert_eq!(differ, dev.is_some());
+        let answer = e.generate(&req(first.clone(), 12), |_| {}).unwrap().tokens;
+        let mut second = first.clone();
+        second.extend(&answer);
+        second.extend([7, 8, 9]);
+        let warm = e.generate(&req(second.clone(), 6), |_| {}).unwrap();
+        let cold = engine(dev.as_ref())
+            .generate(&req(second.clone(), 6), |_| {})
+            .unwrap();
+        assert_eq!(cold.cached_tokens, 0);
+        assert_eq!(
+            warm.tokens, cold.tokens,
+            "a cached prefix changed the tokens"
+        );
+        if differ {
+            assert_eq!(
+                warm.cached_tokens,
+                first.len(),
+                "only the first prompt is reused"
+            );
+        } else {
+            // Every computed position: the answer's last token was never fed.
+            assert_eq!(warm.cached_tokens, first.len() + answer.len() - 1);
+        }
     }
 }

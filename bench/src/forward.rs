@@ -36,6 +36,9 @@ pub struct ForwardBench {
     pub repeat: usize,
     /// Logits for every new token (verification) or only the last (prefill, decode).
     pub logits: Logits,
+    /// The new tokens are a prompt's (`Model::forward_prompt`), not generated ones. The context
+    /// is always a prompt.
+    pub as_prompt: bool,
 }
 
 /// Deterministic valid token ids (content does not affect the cost of a forward pass).
@@ -65,7 +68,7 @@ pub fn run(model: &Model, b: &ForwardBench) -> Result<Vec<ForwardResult>> {
     let max_new = b.tokens.iter().copied().max().unwrap_or(1);
     let mut cache = model.new_cache(b.context + max_new);
     if b.context > 0 {
-        model.forward(&filler(model, b.context, 0), &mut cache, Logits::Last)?;
+        model.forward_prompt(&filler(model, b.context, 0), &mut cache, Logits::Last)?;
     }
     cache.commit();
     let inputs: Vec<Vec<u32>> = b.tokens.iter().map(|&k| filler(model, k, 1)).collect();
@@ -76,7 +79,12 @@ pub fn run(model: &Model, b: &ForwardBench) -> Result<Vec<ForwardResult>> {
         for (e, new) in inputs.iter().enumerate() {
             cache.rollback();
             let t0 = Instant::now();
-            model.forward_into(new, &mut cache, b.logits, &mut logits)?;
+            let prompt = if b.as_prompt {
+                b.context + new.len()
+            } else {
+                0
+            };
+            model.forward_rows(new, &mut cache, b.logits, prompt, &mut logits)?;
             let dt = t0.elapsed().as_secs_f64();
             std::hint::black_box(&logits);
             if round > 0 {

@@ -143,7 +143,7 @@ pub fn generate(
         });
     }
     let t0 = Instant::now();
-    let mut logits = model.forward(prompt, &mut cache, Logits::Last)?;
+    let mut logits = model.forward_prompt(prompt, &mut cache, Logits::Last)?;
     stats.prefill_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let mut steps = 0usize;

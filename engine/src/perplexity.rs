@@ -59,7 +59,7 @@ pub fn perplexity(
             window[0] = b;
         }
         let mut cache = model.new_cache(ctx);
-        let logits = model.forward(&window, &mut cache, Logits::From(first))?;
+        let logits = model.forward_prompt(&window, &mut cache, Logits::From(first))?;
         for j in first..ctx - 1 {
             let row = &logits[(j - first) * vocab..(j - first + 1) * vocab];
             let target = window[j + 1] as usize;

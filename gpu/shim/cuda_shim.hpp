@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -86,7 +87,48 @@ inline T exchange(T v, unsigned src) {
     return out;
 }
 
+// Every lane's `v` (a full warp): one barrier, as a shuffle (the same alternating slots).
+inline void gather(uint64_t v, uint64_t (&all)[32]) {
+    Lane& s = *t_lane;
+    uint64_t* slots = s.warp->slots[s.parity];
+    s.parity ^= 1;
+    slots[s.lane] = v;
+    warp_barrier();
+    for (unsigned l = 0; l < 32; ++l) {
+        all[l] = slots[l];
+    }
+}
+
+inline int8_t byte_of(uint32_t word, unsigned k) { return (int8_t)(uint8_t)(word >> (8 * k)); }
+
 }  // namespace cascade_shim
+
+// mma.sync m16n8k16 s8 (common.cuh): each lane publishes its fragments, then computes its own four
+// outputs from every lane's, by the PTX ISA's fragment layout. A full warp only.
+inline void mma_s8_16816(int (&d)[4], int a0, int a1, int b) {
+    using namespace cascade_shim;
+    if (t_lane->warp_size != 32) {
+        std::abort();  // a partial warp cannot run a warp-wide matrix product
+    }
+    uint64_t as[32], bs[32];
+    gather((uint64_t)(uint32_t)a0 | ((uint64_t)(uint32_t)a1 << 32), as);
+    gather((uint64_t)(uint32_t)b, bs);
+    const unsigned g = t_lane->lane / 4, t = t_lane->lane % 4;
+    for (unsigned e = 0; e < 4; ++e) {
+        const unsigned row = g + 8 * (e / 2);  // of A and D
+        const unsigned col = 2 * t + e % 2;    // of B and D
+        int sum = 0;
+        for (unsigned k = 0; k < 16; ++k) {
+            // A[row][k]: lane (row % 8) * 4 + k / 4, a0 for rows 0..7, a1 for 8..15.
+            const uint64_t af = as[(row % 8) * 4 + k / 4];
+            const uint32_t aw = (uint32_t)(af >> (32 * (row / 8)));
+            // B[k][col]: lane col * 4 + k / 4.
+            const uint32_t bw = (uint32_t)bs[col * 4 + k / 4];
+            sum += (int)byte_of(aw, k % 4) * (int)byte_of(bw, k % 4);
+        }
+        d[e] = (int)((uint32_t)d[e] + (uint32_t)sum);  // wraps, as the instruction without .satfinite
+    }
+}
 
 inline void __syncthreads() { cascade_shim::block_barrier(); }
 

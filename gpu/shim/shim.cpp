@@ -67,6 +67,7 @@
 #include "../../kernels/cuda/elementwise.cu"
 #include "../../kernels/cuda/get_rows.cu"
 #include "../../kernels/cuda/mmq.cu"
+#include "../../kernels/cuda/mmq_mma.cu"
 #include "../../kernels/cuda/mmvq.cu"
 #include "../../kernels/cuda/mv.cu"
 #include "../../kernels/cuda/quantize.cu"
@@ -104,6 +105,8 @@ const std::vector<Entry>& table() {
         KERNEL(mmvq_q8_0), KERNEL(mmvq_q4_k), KERNEL(mmvq_q6_k),
         KERNEL(mmq_q4_0), KERNEL(mmq_q4_1), KERNEL(mmq_q5_0),
         KERNEL(mmq_q8_0), KERNEL(mmq_q4_k), KERNEL(mmq_q6_k),
+        KERNEL(mmq_mma_q4_0), KERNEL(mmq_mma_q4_1), KERNEL(mmq_mma_q5_0),
+        KERNEL(mmq_mma_q8_0), KERNEL(mmq_mma_q4_k), KERNEL(mmq_mma_q6_k),
         KERNEL(mv_f32), KERNEL(mv_f16), KERNEL(mv_bf16),
         KERNEL(rms_norm), KERNEL(add_bias), KERNEL(add_inplace), KERNEL(copy_f32), KERNEL(silu_mul), KERNEL(rope),
         KERNEL(get_rows_f32), KERNEL(get_rows_f16), KERNEL(get_rows_bf16),
@@ -114,6 +117,7 @@ const std::vector<Entry>& table() {
         KERNEL(argmax_rows), KERNEL(topk_rows),
         KERNEL(gather_bytes), KERNEL(scatter_logits),
         KERNEL(shim_test_reverse), KERNEL(shim_test_shuffle), KERNEL(shim_test_divergent),
+        KERNEL(mma_probe),
     };
     return t;
 }

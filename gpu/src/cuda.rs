@@ -15,6 +15,8 @@ fn drv(what: &str) -> impl Fn(result::DriverError) -> GpuError + '_ {
 }
 
 pub(crate) struct CudaDevice {
+    /// Compute capability, major * 10 + minor.
+    pub(crate) capability: u32,
     dev: sys::CUdevice,
     ctx: sys::CUcontext,
     module: sys::CUmodule,
@@ -63,6 +65,7 @@ impl CudaDevice {
             info.capability.1
         );
         Ok(CudaDevice {
+            capability: major * 10 + minor,
             dev,
             ctx,
             module,

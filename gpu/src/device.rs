@@ -165,6 +165,20 @@ impl Device {
         })
     }
 
+    /// Whether the tensor-core kernels (`mmq_mma_*`: sm_80 on) run here; the host shim runs them
+    /// too. `CASCADE_GPU_MMA=0` turns them off (prompt rows then take the dp4a kernels).
+    pub fn has_tensor_cores(&self) -> bool {
+        if std::env::var("CASCADE_GPU_MMA").is_ok_and(|v| v == "0") {
+            return false;
+        }
+        match &*self.inner {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.capability >= crate::kernels::MMA_MIN_CC,
+            #[cfg(feature = "shim")]
+            Inner::Shim => true,
+        }
+    }
+
     pub fn is_shim(&self) -> bool {
         #[cfg(feature = "shim")]
         if matches!(*self.inner, Inner::Shim) {

@@ -29,6 +29,7 @@ pub const SOURCES: &[Source] = &[
     source!("quantize.cu"),
     source!("mmvq.cu"),
     source!("mmq.cu"),
+    source!("mmq_mma.cu"),
     source!("mv.cu"),
     source!("elementwise.cu"),
     source!("get_rows.cu"),
@@ -52,6 +53,13 @@ pub const KERNELS: &[&str] = &[
     "mmq_q8_0",
     "mmq_q4_k",
     "mmq_q6_k",
+    "mmq_mma_q4_0",
+    "mmq_mma_q4_1",
+    "mmq_mma_q5_0",
+    "mmq_mma_q8_0",
+    "mmq_mma_q4_k",
+    "mmq_mma_q6_k",
+    "mma_probe",
     "mv_f32",
     "mv_f16",
     "mv_bf16",
@@ -168,6 +176,26 @@ pub fn mmq(rows: u32, ntok: u32) -> Launch {
         [rows.div_ceil(MMQ_ROWS), ntok.div_ceil(MMQ_TOKENS), 1],
         MV_LANES,
     )
+}
+
+/// Rows and tokens of one tensor-core (`mmq_mma_<type>`) tile.
+pub const MMA_ROWS: u32 = 64;
+pub const MMA_TOKENS: u32 = 32;
+/// The compute capability (times 10) the tensor-core kernels need: `mma.sync` m16n8k16 on 8-bit
+/// integers.
+pub const MMA_MIN_CC: u32 = 80;
+
+/// `mmq_mma_<type>`: one block of four warps per tile of 64 rows x 32 tokens.
+pub fn mmq_mma(rows: u32, ntok: u32) -> Launch {
+    Launch::new(
+        [rows.div_ceil(MMA_ROWS), ntok.div_ceil(MMA_TOKENS), 1],
+        MV_LANES,
+    )
+}
+
+/// `mma_probe`: one warp.
+pub fn mma_probe() -> Launch {
+    Launch::new([1, 1, 1], 32)
 }
 
 /// `mv_f32` / `mv_f16` / `mv_bf16`: as [`mmvq`].
@@ -318,6 +346,12 @@ pub fn matmul_kernel(dtype: DType, many_tokens: bool) -> Option<String> {
     })
 }
 
+/// `mmq_mma_<type>`, the tensor-core product, for a quantized `dtype`.
+pub fn mma_kernel(dtype: DType) -> Option<String> {
+    let s = suffix(dtype)?;
+    is_quantized(dtype).then(|| format!("mmq_mma_{s}"))
+}
+
 /// `get_rows_<type>` for `dtype`.
 pub fn get_rows_kernel(dtype: DType) -> Option<String> {
     suffix(dtype).map(|s| format!("get_rows_{s}"))
@@ -356,6 +390,9 @@ mod tests {
         assert_eq!(mmvq(1536, 1).grid, [1536, 1, 1]);
         assert_eq!(mmvq(1536, 17).grid, [1536, 2, 1]);
         assert_eq!(mmq(1537, 64).grid, [385, 8, 1]);
+        assert_eq!(mmq_mma(1537, 65).grid, [25, 3, 1]);
+        assert_eq!(mma_kernel(DType::Q6K).unwrap(), "mmq_mma_q6_k");
+        assert!(mma_kernel(DType::F16).is_none());
         assert_eq!(quantize_q8_1(1536, 3).grid, [18, 1, 1]);
         assert_eq!(elementwise(0).grid, [1, 1, 1]);
         assert!(attention_supported(12, 2, 128));

@@ -1,7 +1,8 @@
 //! Matrix products on a device: a weight matrix in its stored type, times token rows. Quantized
 //! types take 8-bit activations (`block_q8_1`, quantized once per input and shared by the
-//! products that read it) through `dp4a` kernels: MMVQ for up to 16 rows, the tiled MMQ above.
-//! Float types take the f32 rows directly.
+//! products that read it) through `dp4a` kernels: MMVQ for up to 16 rows, the tiled MMQ above
+//! (bitwise the same results); prompt rows, on devices with tensor cores, through the `mma`
+//! kernel (its own reduction order: see [`RowSplit`]). Float types take the f32 rows directly.
 
 use cascade_weights::DType;
 
@@ -11,6 +12,27 @@ use crate::kernels;
 
 /// Most token rows the MMVQ kernels take at their best; more go through MMQ's tiles.
 pub const MMVQ_MAX_ROWS: usize = kernels::MMVQ_TOKENS as usize;
+
+/// Which kernels a pass's rows take: the first `dp4a` rows (generated tokens: decode and
+/// verification) MMVQ or MMQ, the `mma` rows after them (prompt tokens) the tensor-core kernel.
+/// A row's kernel depends on what the row is, never on how many rows share the pass, so its
+/// result is the same bits in any batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowSplit {
+    pub dp4a: usize,
+    pub mma: usize,
+}
+
+impl RowSplit {
+    /// Every row through the dp4a kernels.
+    pub fn dp4a(n: usize) -> RowSplit {
+        RowSplit { dp4a: n, mma: 0 }
+    }
+
+    pub fn total(&self) -> usize {
+        self.dp4a + self.mma
+    }
+}
 
 /// A weight matrix on the device (plain row layout).
 pub struct Mat {
@@ -22,6 +44,8 @@ pub struct Mat {
     /// row gather.
     few: String,
     many: String,
+    /// The tensor-core product (quantized types).
+    mma: Option<String>,
     gather: String,
 }
 
@@ -32,6 +56,7 @@ impl Mat {
         let few = kernels::matmul_kernel(dtype, false).ok_or_else(missing)?;
         let many = kernels::matmul_kernel(dtype, true).ok_or_else(missing)?;
         let gather = kernels::get_rows_kernel(dtype).ok_or_else(missing)?;
+        let mma = kernels::mma_kernel(dtype);
         let want = rows * cols / dtype.block_len() * dtype.block_bytes();
         // A buffer may be longer (a reused workspace buffer holding gathered rows).
         if buf.len() < want || !cols.is_multiple_of(32) {
@@ -47,6 +72,7 @@ impl Mat {
             cols,
             few,
             many,
+            mma,
             gather,
         })
     }
@@ -77,34 +103,53 @@ impl Mat {
         self.buf
     }
 
-    /// `y[t][r] = Σ_c W[r][c] · x[t][c]` for `n` rows of `x`; quantized types quantize `x`
-    /// through `mm` unless it holds `x` already.
+    /// `y[t][r] = Σ_c W[r][c] · x[t][c]` for the rows of `x`, split between the kernels as
+    /// `rows` says (float types take one kernel for all); quantized types quantize `x` through
+    /// `mm` unless it holds `x` already.
     pub fn apply(
         &self,
         d: &Device,
         mm: &mut Matmul,
         x: &DevBuf,
         y: &DevBuf,
-        n: usize,
+        rows: RowSplit,
     ) -> Result<()> {
-        let (rows, nt) = (self.rows as u32, n as u32);
+        let n = rows.total();
+        let nrows = self.rows as u32;
         if !kernels::is_quantized(self.dtype) {
-            return d.launch(&self.few, kernels::mv(rows, nt), self.args(x, y, n));
+            return d.launch(
+                &self.few,
+                kernels::mv(nrows, n as u32),
+                self.args(x, 0, y, 0, n),
+            );
         }
         mm.prepare(d, x, self.cols, n)?;
-        let (name, l) = if n <= MMVQ_MAX_ROWS {
-            (&self.few, kernels::mmvq(rows, nt))
-        } else {
-            (&self.many, kernels::mmq(rows, nt))
-        };
-        d.launch(name, l, self.args(&mm.acts, y, n))
+        let g = rows.dp4a;
+        if g > 0 {
+            let (name, l) = if g <= MMVQ_MAX_ROWS {
+                (&self.few, kernels::mmvq(nrows, g as u32))
+            } else {
+                (&self.many, kernels::mmq(nrows, g as u32))
+            };
+            d.launch(name, l, self.args(&mm.acts, 0, y, 0, g))?;
+        }
+        if rows.mma > 0 {
+            let name = self.mma.as_ref().ok_or_else(|| {
+                GpuError::Unsupported(format!("no tensor-core kernel for {:?}", self.dtype))
+            })?;
+            let at = (Matmul::acts_bytes(g, self.cols), g * self.rows * 4);
+            let l = kernels::mmq_mma(nrows, rows.mma as u32);
+            d.launch(name, l, self.args(&mm.acts, at.0, y, at.1, rows.mma))?;
+        }
+        Ok(())
     }
 
-    fn args(&self, x: &DevBuf, y: &DevBuf, n: usize) -> Args {
+    /// The product's arguments: `n` rows of `x` and `y` from byte offsets `x_at`, `y_at`.
+    fn args(&self, x: &DevBuf, x_at: usize, y: &DevBuf, y_at: usize, n: usize) -> Args {
         Args::new()
             .buf(&self.buf)
-            .buf(x)
-            .buf(y)
+            .buf_at(x, x_at)
+            .buf_at(y, y_at)
             .int(self.rows)
             .int(self.cols)
             .int(n)

@@ -287,6 +287,13 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (i64, i64) {
 /// the scales and the stored activation sums combined as the kernels' formulas do, in f64.
 /// Returns the value and the sum of the absolute values of its float terms (for tolerances).
 fn qdot_ref(dtype: DType, wrow: &[u8], xq: &[u8]) -> (f64, f64) {
+    qdot_ref_with(dtype, wrow, xq, false)
+}
+
+/// [`qdot_ref`]; with `exact_sums`, the offset and minimum terms of the 32-value types take the
+/// activation block's exact integer sum (times its scale) instead of its f16 `ds.y`, as the
+/// tensor-core kernels do.
+fn qdot_ref_with(dtype: DType, wrow: &[u8], xq: &[u8], exact_sums: bool) -> (f64, f64) {
     let (mut y, mut mag) = (0f64, 0f64);
     let mut add = |t: f64| {
         y += t;
@@ -302,6 +309,7 @@ fn qdot_ref(dtype: DType, wrow: &[u8], xq: &[u8]) -> (f64, f64) {
             let bb = dtype.block_bytes();
             for (b, blk) in wrow.chunks_exact(bb).enumerate() {
                 let (dx, sx, qx) = q8_1_block(xq, b);
+                let sx = if exact_sums { dx * xsum(qx) as f64 } else { sx };
                 let d = f16_at(blk, 0);
                 match dtype {
                     DType::Q4_0 => {
@@ -491,6 +499,119 @@ fn quantized_products_match_the_integer_reference_and_the_float_one_and_agree_bi
         println!(
             "{dtype}: worst |y - integer ref| / sum|terms| {worst_int:.1e}, |y - float ref| / (|w||x|) {worst_float:.1e}"
         );
+    }
+}
+
+/// The fragment layout `mma_s8_16816` is written against (common.cuh), checked through
+/// `mma_probe`, which builds every fragment byte by byte from it: d = c + a b exactly.
+#[test]
+fn tensor_core_fragments_follow_the_stated_layout() {
+    let mut r = rng(11);
+    let a: Vec<i8> = (0..256).map(|_| r.random_range(-128..=127)).collect();
+    let b: Vec<i8> = (0..128).map(|_| r.random_range(-128..=127)).collect();
+    let c: Vec<i32> = (0..128)
+        .map(|_| r.random_range(-100_000..100_000))
+        .collect();
+    let mut d = vec![0i32; 128];
+    run(
+        "mma_probe",
+        kernels::mma_probe(),
+        &[p(&a), p(&b), p(&c), pm(&mut d)],
+    );
+    for row in 0..16 {
+        for col in 0..8 {
+            let want: i32 = c[row * 8 + col]
+                + (0..16)
+                    .map(|k| a[row * 16 + k] as i32 * b[k * 8 + col] as i32)
+                    .sum::<i32>();
+            assert_eq!(d[row * 8 + col], want, "D[{row}][{col}]");
+        }
+    }
+}
+
+/// `mmq_mma_<type>` launched over `rows` rows of `w` from row `r0`, and `ntok` tokens of `xq`
+/// from token `t0`.
+fn run_mma(
+    dtype: DType,
+    w: &Aligned,
+    xq: &Aligned,
+    [r0, rows]: [usize; 2],
+    [t0, ntok]: [usize; 2],
+    cols: usize,
+) -> Vec<f32> {
+    let mut y = vec![f32::NAN; ntok * rows];
+    let wp = w.bytes()[r0 * dtype.bytes_for(cols)..].as_ptr();
+    let xp = xq.bytes()[t0 * cols / 32 * 36..].as_ptr();
+    run(
+        &kernels::mma_kernel(dtype).unwrap(),
+        kernels::mmq_mma(rows as u32, ntok as u32),
+        &[
+            A::P(wp as *const c_void),
+            A::P(xp as *const c_void),
+            pm(&mut y),
+            i(rows),
+            i(cols),
+            i(ntok),
+        ],
+    );
+    y
+}
+
+#[test]
+fn tensor_core_products_match_the_integer_reference_and_do_not_depend_on_the_batch() {
+    // 70 rows: two row tiles, the second partial; 37 tokens: two token tiles, the second
+    // partial; 2304 columns: 9 steps of K; 864: a last step of 3 blocks (32-value types, as the
+    // 0.5B draft's 896).
+    let (rows, ntok) = (70usize, 37usize);
+    let mut r = rng(12);
+    for (dtype, cols) in QTYPES.iter().map(|&d| (d, 2304)).chain([
+        (DType::Q4_0, 864),
+        (DType::Q5_0, 864),
+        (DType::Q8_0, 864),
+        (DType::Q4_1, 864),
+    ]) {
+        let x = uniform(&mut r, ntok * cols, 1.0);
+        let xq = quantize_on_shim(&x, cols, ntok);
+        let xq_row = |t: usize| &xq.bytes()[t * cols / 32 * 36..(t + 1) * cols / 32 * 36];
+        let w = random_data(dtype, rows * cols, 0.02, || r.next_u64());
+        let wa = Aligned::new(&w);
+        let row_bytes = dtype.bytes_for(cols);
+        let y = run_mma(dtype, &wa, &xq, [0, rows], [0, ntok], cols);
+        let mut worst = 0f64;
+        for t in 0..ntok {
+            for row in 0..rows {
+                let got = y[t * rows + row] as f64;
+                let wrow = &w[row * row_bytes..(row + 1) * row_bytes];
+                let (want, mag) = qdot_ref_with(dtype, wrow, xq_row(t), true);
+                worst = worst.max((got - want).abs() / mag);
+                assert!(
+                    (got - want).abs() <= 5e-7 * mag,
+                    "{dtype} cols {cols} t {t} row {row}: {got} vs integer reference {want} (terms {mag})"
+                );
+            }
+        }
+        // The same rows and tokens in other tile positions, and one token alone: the same bits.
+        let shifted = run_mma(dtype, &wa, &xq, [5, rows - 5], [3, ntok - 3], cols);
+        let one = run_mma(dtype, &wa, &xq, [0, rows], [33, 1], cols);
+        for t in 0..ntok - 3 {
+            for row in 0..rows - 5 {
+                assert_eq!(
+                    shifted[t * (rows - 5) + row].to_bits(),
+                    y[(t + 3) * rows + row + 5].to_bits(),
+                    "{dtype} cols {cols}: token {} row {} moved in the tiles",
+                    t + 3,
+                    row + 5
+                );
+            }
+        }
+        for row in 0..rows {
+            assert_eq!(
+                one[row].to_bits(),
+                y[33 * rows + row].to_bits(),
+                "{dtype} token 33 alone, row {row}"
+            );
+        }
+        println!("{dtype} cols {cols}: tensor-core product, worst |y - integer ref| / sum|terms| {worst:.1e}");
     }
 }
 

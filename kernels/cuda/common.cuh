@@ -132,6 +132,29 @@ static __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// ---- tensor cores -----------------------------------------------------------------------------
+//
+// d += A (16 x 16, 8-bit signed, row major) times B (16 x 8, 8-bit signed, column major), exact
+// 32-bit integer sums: one warp's mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 (sm_80 on).
+// Fragments, per lane (g = lane / 4, t = lane % 4; four 8-bit values per int, in k order), as the
+// PTX ISA lays them out:
+//   a0 = A[g][4 t .. 4 t + 3], a1 = A[g + 8][4 t .. 4 t + 3], b = B[4 t .. 4 t + 3][g],
+//   d[0], d[1] = D[g][2 t], D[g][2 t + 1]; d[2], d[3] = D[g + 8][2 t], D[g + 8][2 t + 1].
+// Every lane of the warp must call it together. The host shim defines it (cuda_shim.hpp) by the
+// same layout.
+#if defined(__CUDACC_RTC__)
+static __device__ __forceinline__ void mma_s8_16816(int (&d)[4], int a0, int a1, int b) {
+#if __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+        "{%0, %1, %2, %3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a0), "r"(a1), "r"(b));
+#else
+    __trap();  // never launched below sm_80
+#endif
+}
+#endif
+
 // ---- the canonical row reduction of the matrix-vector kernels ---------------------------------
 //
 // mmvq_*, mmq_* and mv_* give every output (row, token) the same order of operations:

@@ -64,6 +64,10 @@ pub struct ForwardArgs {
     pub repeat: usize,
     #[arg(long, value_enum, default_value_t = LogitsArg::All)]
     pub logits: LogitsArg,
+    /// Time the new tokens as a prompt's (prefill: on a GPU with tensor cores they take the
+    /// tensor-core products) instead of generated ones (decode, verification).
+    #[arg(long)]
+    pub as_prompt: bool,
     #[arg(long, value_enum, default_value_t = PrecisionArg::Int8)]
     pub precision: PrecisionArg,
     #[command(flatten)]
@@ -162,6 +166,7 @@ fn run_forward(a: ForwardArgs) -> Result<(), CliError> {
             LogitsArg::All => Logits::All,
             LogitsArg::Last => Logits::Last,
         },
+        as_prompt: a.as_prompt,
     };
     let results = pool.install(|| forward::run(&model, &cfg))?;
     let floors = if a.floors {

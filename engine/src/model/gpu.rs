@@ -89,6 +89,12 @@ mod on {
             Ok(())
         }
 
+        pub(crate) fn device_prompt_kernels_differ(&self) -> bool {
+            self.device
+                .as_ref()
+                .is_some_and(|d| d.model.prompt_kernels_differ())
+        }
+
         /// Gives `kv` its device pool when this model runs on a device.
         pub(crate) fn attach_device_kv(&self, kv: &mut KvStorage) -> Result<()> {
             if let Some(d) = &self.device {
@@ -119,6 +125,7 @@ mod on {
                     want: q.want.rows(q.tokens.len()),
                     argmax: q.reduce == Reduce::Argmax,
                     extra: q.extra,
+                    prompt: q.prompt,
                 })
                 .collect();
             let mut ws = d.ws.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,6 +157,10 @@ mod on {
     impl Model {
         pub(crate) fn attach_device_kv(&self, _kv: &mut KvStorage) -> Result<()> {
             Ok(())
+        }
+
+        pub(crate) fn device_prompt_kernels_differ(&self) -> bool {
+            false
         }
 
         pub(crate) fn restrict_device_output(&mut self) -> Result<()> {
@@ -213,7 +224,9 @@ mod tests {
         let b: Vec<u32> = (0..5).map(|i| (i * 17 + 8) % 256).collect();
         let (mut sc, mut sd) = (Scratch::default(), Scratch::default());
         let (mut lc, mut ld) = (Outputs::default(), Outputs::default());
-        // Histories: a's first 6 tokens, b's first 2, then one batch with both.
+        // Histories: a's first 6 tokens, b's first 2, then one batch with both. a's prompt is its
+        // first 6 tokens, b's its first 3: on the shim prompt rows take the tensor-core
+        // products, so the second batch mixes both kinds of row, b's within one sequence.
         let first = [
             SeqInput {
                 tokens: &a[..6],
@@ -222,6 +235,7 @@ mod tests {
                 want: Logits::None,
                 reduce: Reduce::Logits,
                 extra: &[],
+                prompt: 6,
             },
             SeqInput {
                 tokens: &b[..2],
@@ -230,6 +244,7 @@ mod tests {
                 want: Logits::Last,
                 reduce: Reduce::Logits,
                 extra: &[],
+                prompt: 3,
             },
         ];
         cpu.forward_batch(&mut kv_c, &first, &mut sc, &mut lc)
@@ -245,6 +260,7 @@ mod tests {
                 want: Logits::All,
                 reduce: Reduce::Logits,
                 extra: &[],
+                prompt: 3,
             },
             SeqInput {
                 tokens: &a[6..],
@@ -253,6 +269,7 @@ mod tests {
                 want: Logits::All,
                 reduce: Reduce::Logits,
                 extra: &[],
+                prompt: 6,
             },
         ];
         cpu.forward_batch(&mut kv_c, &second, &mut sc, &mut lc)
@@ -275,6 +292,7 @@ mod tests {
                 want: Logits::Last,
                 reduce: Reduce::Logits,
                 extra: &[],
+                prompt: 0,
             }]
         };
         let unfilled = c(&[7, 1]);
@@ -299,6 +317,93 @@ mod tests {
         assert!(d < 0.02, "logits after the device copy differ by {d}");
     }
 
+    /// On a device with tensor cores, prompt rows take those products and generated rows the
+    /// dp4a ones: each kind is bitwise the same alone, chunked or batched with the other kind,
+    /// the two kinds differ in their last bits (so the routing happens), and both are within the
+    /// 8-bit paths' error of the CPU.
+    #[test]
+    fn prompt_and_generated_rows_keep_their_own_bits_in_any_batch() {
+        // K-quant layers whose products are not negligible next to the residual stream: with the
+        // default fixture's (scaled by 0.1) the two kernels' last bits vanish in the residual
+        // additions, so the test could not tell the kernels apart.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.gguf");
+        let spec = FixtureSpec {
+            dtype: cascade_weights::DType::Q4K,
+            hidden: 256,
+            ffn: 512,
+            weight_scale: 0.2,
+            ..FixtureSpec::default()
+        };
+        fixture::write(&spec, &path).unwrap();
+        let load = || Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
+        let cpu = load();
+        let mut dev = load();
+        dev.place_on(&cascade_gpu::Device::shim()).unwrap();
+        assert!(
+            dev.prompt_kernels_differ(),
+            "the shim runs the tensor-core kernels"
+        );
+        assert!(!cpu.prompt_kernels_differ());
+        let a: Vec<u32> = (0..40).map(|i| (i * 37 + 11) % 256).collect();
+        let b: Vec<u32> = (0..8).map(|i| (i * 19 + 4) % 256).collect();
+        let seq = |tokens, table, past, prompt| SeqInput {
+            tokens,
+            table,
+            past,
+            want: Logits::All,
+            reduce: Reduce::Logits,
+            extra: &[],
+            prompt,
+        };
+        let (ta, tb): (&[u32], &[u32]) = (&[3, 0, 5, 1, 7], &[2, 6]);
+        let run = |m: &Model, steps: &[Vec<SeqInput>]| -> Vec<Vec<f32>> {
+            let mut kv = m.new_storage(8, 8).unwrap();
+            let mut s = Scratch::default();
+            steps
+                .iter()
+                .map(|batch| {
+                    let mut out = Outputs::default();
+                    m.forward_batch(&mut kv, batch, &mut s, &mut out).unwrap();
+                    out.logits
+                })
+                .collect()
+        };
+        let v = cpu.vocab_size();
+        let alone = run(&dev, &[vec![seq(&a, ta, 0, 40)]]).remove(0);
+        // Chunked, the second chunk beside b's generated rows (b's first 5 tokens its prompt).
+        let mixed = run(
+            &dev,
+            &[
+                vec![seq(&a[..17], ta, 0, 40), seq(&b[..5], tb, 0, 5)],
+                vec![seq(&b[5..], tb, 5, 5), seq(&a[17..], ta, 17, 40)],
+            ],
+        );
+        assert!(
+            mixed[0][..17 * v] == alone[..17 * v] && mixed[1][3 * v..] == alone[17 * v..],
+            "a prompt's rows changed with the batch or the chunks"
+        );
+        let b_alone = run(
+            &dev,
+            &[vec![seq(&b[..5], tb, 0, 5)], vec![seq(&b[5..], tb, 5, 5)]],
+        );
+        assert!(
+            b_alone[1] == mixed[1][..3 * v],
+            "generated rows changed beside a prompt"
+        );
+        let generated = run(&dev, &[vec![seq(&a, ta, 0, 0)]]).remove(0);
+        let moved = generated.iter().zip(&alone).filter(|(x, y)| x != y).count();
+        assert!(moved > 0, "prompt rows took the generated rows' kernels");
+        let on_cpu = run(&cpu, &[vec![seq(&a, ta, 0, 40)]]).remove(0);
+        for (kind, rows) in [("prompt", &alone), ("generated", &generated)] {
+            let d = rel_diff(&on_cpu, rows);
+            println!(
+                "{kind} rows: {d:.1e} from the CPU's; {moved} logits differ between the kinds"
+            );
+            assert!(d < 0.02, "{kind} rows differ from the CPU by {d}");
+        }
+    }
+
     /// Greedy rows reduced on the device (and on the CPU) are the argmax of the same rows
     /// returned whole, next to a sequence whose rows come back whole and unchanged; a mask that
     /// hides each row's choice moves it.
@@ -318,6 +423,7 @@ mod tests {
                     want: Logits::All,
                     reduce: ra,
                     extra: &[],
+                    prompt: 0,
                 },
                 SeqInput {
                     tokens: &b,
@@ -326,6 +432,7 @@ mod tests {
                     want: Logits::From(1),
                     reduce: rb,
                     extra: &[],
+                    prompt: 0,
                 },
             ]
         };
@@ -393,6 +500,7 @@ mod tests {
                     want: Logits::All,
                     reduce: r,
                     extra: &ea,
+                    prompt: 0,
                 },
                 SeqInput {
                     tokens: &b,
@@ -401,6 +509,7 @@ mod tests {
                     want: Logits::Last,
                     reduce: Reduce::Logits,
                     extra: &eb,
+                    prompt: 0,
                 },
             ]
         };

@@ -125,6 +125,10 @@ pub struct SeqInput<'a> {
     /// ([`Model::restrict_output`]): its context's tokens (a topic's words are rarely among the
     /// most frequent tokens but come back in its answer). Empty: the subset alone.
     pub extra: &'a [u32],
+    /// Positions below this are the request's prompt. The CPU ignores it; a device with tensor
+    /// cores computes prompt rows with them and generated rows with the dp4a kernels (each
+    /// kind bitwise the same in any batch; [`Model::prompt_kernels_differ`]).
+    pub prompt: usize,
 }
 
 struct Layer {
@@ -349,6 +353,13 @@ impl Model {
         self.device.is_some()
     }
 
+    /// Whether a position's keys and values depend on whether it was a prompt's (the model runs
+    /// on a device whose prompt rows take the tensor-core products): then only prompt positions
+    /// may be reused as another prompt's cached prefix.
+    pub fn prompt_kernels_differ(&self) -> bool {
+        self.device_prompt_kernels_differ()
+    }
+
     /// KV blocks of `block` positions for this model, on its device when it has one.
     pub(crate) fn new_storage(&self, block: usize, n_blocks: usize) -> Result<KvStorage> {
         let mut s = KvStorage::new(self.config.n_layers, self.config.kv_dim(), block, n_blocks);
@@ -357,10 +368,25 @@ impl Model {
     }
 
     /// Runs `tokens` through the model on top of `cache`, appends them to the cache, and returns
-    /// logits `[n][vocab_size]` for the positions `want` selects.
+    /// logits `[n][vocab_size]` for the positions `want` selects. The tokens count as generated
+    /// ones ([`SeqInput::prompt`]); [`Model::forward_prompt`] for a prompt's.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, want: Logits) -> Result<Vec<f32>> {
         let mut logits = Vec::new();
         self.forward_into(tokens, cache, want, &mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Model::forward`] of tokens that are (the rest of) a prompt: the cache then holds a
+    /// prompt of `cache.len() + tokens.len()` positions.
+    pub fn forward_prompt(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        want: Logits,
+    ) -> Result<Vec<f32>> {
+        let mut logits = Vec::new();
+        let prompt = cache.len() + tokens.len();
+        self.forward_rows(tokens, cache, want, prompt, &mut logits)?;
         Ok(logits)
     }
 
@@ -374,6 +400,18 @@ impl Model {
         want: Logits,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
+        self.forward_rows(tokens, cache, want, 0, logits)
+    }
+
+    /// [`Model::forward_into`] with the positions below `prompt` counted as a prompt's.
+    pub fn forward_rows(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        want: Logits,
+        prompt: usize,
+        logits: &mut Vec<f32>,
+    ) -> Result<()> {
         cache.reserve(tokens.len())?;
         let mut scratch = std::mem::take(&mut cache.scratch);
         let seq = SeqInput {
@@ -383,6 +421,7 @@ impl Model {
             want,
             reduce: Reduce::Logits,
             extra: &[],
+            prompt,
         };
         let mut out = Outputs {
             logits: std::mem::take(logits),

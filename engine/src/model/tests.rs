@@ -32,6 +32,7 @@ fn context_extras_get_their_full_logits_past_the_subset() {
                 want: Logits::All,
                 reduce: Reduce::Logits,
                 extra,
+                prompt: 0,
             },
             SeqInput {
                 tokens: &b,
@@ -40,6 +41,7 @@ fn context_extras_get_their_full_logits_past_the_subset() {
                 want: Logits::Last,
                 reduce: Reduce::Logits,
                 extra: &[],
+                prompt: 0,
             },
         ];
         let mut out = Outputs::default();
@@ -85,6 +87,7 @@ fn reduced_rows_are_the_argmax_of_the_restricted_rows() {
                 want: Logits::Last,
                 reduce: rb,
                 extra: &[],
+                prompt: 0,
             },
             SeqInput {
                 tokens: &a,
@@ -93,6 +96,7 @@ fn reduced_rows_are_the_argmax_of_the_restricted_rows() {
                 want: Logits::All,
                 reduce: ra,
                 extra: &a,
+                prompt: 0,
             },
         ];
         let mut out = Outputs::default();

@@ -45,6 +45,10 @@ pub(crate) struct BlockPool {
     /// The keys of [`chain`].
     keys: RandomState,
     prefix_cache: bool,
+    /// Only prompt positions may be registered: the model computes a prompt's rows with other
+    /// kernels than generated ones (`Model::prompt_kernels_differ`), so a generated position's
+    /// keys and values are not what a later prompt holding the same token would compute.
+    prompt_only: bool,
 }
 
 /// The chain hash of a block: its parent's hash and its tokens, under SipHash with keys drawn per
@@ -74,6 +78,23 @@ impl BlockPool {
             children: HashMap::new(),
             keys: RandomState::new(),
             prefix_cache,
+            prompt_only: false,
+        }
+    }
+
+    /// Registers only prompt positions from now on (see the field).
+    pub fn register_prompts_only(mut self) -> BlockPool {
+        self.prompt_only = true;
+        self
+    }
+
+    /// Of a sequence's first `computed` positions, those that may be registered when its prompt
+    /// is `prompt` long.
+    pub fn cacheable(&self, computed: usize, prompt: usize) -> usize {
+        if self.prompt_only {
+            computed.min(prompt)
+        } else {
+            computed
         }
     }
 

@@ -483,6 +483,7 @@ fn forward_feeds(
                 want: *want,
                 reduce: running[*i].reduce(),
                 extra: &d.vocab,
+                prompt: running[*i].prompt_len,
             }
         })
         .collect();
@@ -552,6 +553,7 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
             want: *want,
             reduce: l.running[*i].reduce(),
             extra: &[],
+            prompt: l.running[*i].prompt_len,
         })
         .collect();
     let (scratch, out) = match role {

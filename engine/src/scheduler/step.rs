@@ -314,14 +314,15 @@ impl StepLoop {
                 .as_mut()
                 .expect("a draft-role sequence has a pool"),
         };
-        let computed = s.kv.len.min(s.context.len());
+        let computed = main.cacheable(s.kv.len.min(s.context.len()), s.prompt_len);
         main.register(&s.kv, &s.context[..computed]);
         main.release(&mut s.kv);
         if let (Some(pool), Some(d)) = (
             self.draft.as_mut(),
             s.spec.as_mut().and_then(|sp| sp.draft.as_mut()),
         ) {
-            pool.register(&d.blocks, &d.fed);
+            let fed = pool.cacheable(d.fed.len(), s.prompt_len);
+            pool.register(&d.blocks, &d.fed[..fed]);
             pool.release(&mut d.blocks);
         }
     }
@@ -399,7 +400,12 @@ fn pools(shared: &Shared, cfg: &SchedulerConfig) -> Result<(BlockPool, Option<Bl
     let n_blocks = (cfg.kv_budget_mb << 20) / (bytes * cfg.block_size);
     let pool = |m: &Model| -> Result<BlockPool> {
         let s = m.new_storage(cfg.block_size, n_blocks)?;
-        Ok(BlockPool::new(s, cfg.prefix_cache))
+        let p = BlockPool::new(s, cfg.prefix_cache);
+        Ok(if m.prompt_kernels_differ() {
+            p.register_prompts_only()
+        } else {
+            p
+        })
     };
     Ok((pool(t)?, shared.draft.as_ref().map(pool).transpose()?))
 }

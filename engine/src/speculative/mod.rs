@@ -307,7 +307,7 @@ pub(crate) fn run(
             &mut stats,
         )?
     } else {
-        let logits = target.forward(prompt, &mut cache, Logits::Last)?;
+        let logits = target.forward_prompt(prompt, &mut cache, Logits::Last)?;
         stats.target_tokens += prompt.len();
         vec![sampler.sample(&logits, target.valid_mask()).token]
     };
@@ -443,7 +443,9 @@ fn answer_round(
     // and the one after it.
     let mut input = prompt.to_vec();
     input.extend_from_slice(&answer.tokens);
-    let logits = target.forward(&input, cache, Logits::From(prompt.len() - 1))?;
+    let mut logits = Vec::new();
+    let want = Logits::From(prompt.len() - 1);
+    target.forward_rows(&input, cache, want, prompt.len(), &mut logits)?;
     stats.target_tokens += input.len();
     let p = judge.targets(&logits, &answer, stats);
     let verdict = verify_fn(&p, &answer.probs, &answer.tokens, sampler.rng());

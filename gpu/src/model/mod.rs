@@ -9,7 +9,7 @@ use cascade_weights::{Layout, ModelConfig, RopeStyle, TensorView};
 use crate::device::{Args, DevBuf, Device};
 use crate::error::{GpuError, Result};
 use crate::kernels as k;
-use crate::matmul::{Mat, Matmul};
+use crate::matmul::{Mat, Matmul, RowSplit};
 
 mod subset;
 
@@ -69,6 +69,8 @@ pub struct GpuModel {
     valid: DevBuf,
     /// The output layer restricted to some tokens (a draft's cheaper step, FR-Spec).
     subset: Option<Subset>,
+    /// Whether prompt rows take the tensor-core products ([`RowSplit`]).
+    mma: bool,
     /// Bytes of device memory the weights take.
     pub weight_bytes: usize,
 }
@@ -128,6 +130,9 @@ pub struct GpuSeq<'a> {
     /// Tokens whose logits this sequence also needs when the output layer is restricted
     /// ([`GpuModel::restrict_output`]): its context's tokens.
     pub extra: &'a [u32],
+    /// Positions below this are the sequence's prompt: on a device with tensor cores their rows
+    /// take the tensor-core products, the others (generated tokens) the dp4a ones.
+    pub prompt: usize,
 }
 
 /// Device buffers of one pass, grown as needed and kept between passes.
@@ -303,6 +308,7 @@ impl GpuModel {
             layers,
             valid: dev.upload(&valid)?,
             subset: None,
+            mma: dev.has_tensor_cores(),
             weight_bytes: 0,
         };
         m.weight_bytes = m.count_bytes();
@@ -323,6 +329,13 @@ impl GpuModel {
                 .sum::<usize>();
         }
         n
+    }
+
+    /// Whether prompt rows take other kernels than generated ones (the tensor-core products):
+    /// then a position's keys and values depend on whether it was a prompt's, and only a prompt's
+    /// positions may be reused as another prompt's cached prefix.
+    pub fn prompt_kernels_differ(&self) -> bool {
+        self.mma
     }
 
     /// A KV pool of `n_blocks` blocks of `block` positions for every layer.
@@ -348,7 +361,8 @@ impl GpuModel {
 /// Keys per piece of a row's split attention (fixed per model: batch invariance).
 const KEYS_PER_SPLIT: u32 = 256;
 
-/// Host-side index arrays of a batch.
+/// Host-side index arrays of a batch. Rows are in pass order: every generated row (in sequence
+/// order), then every prompt row, so that each kind's products run over one contiguous range.
 struct BatchIndex {
     ids: Vec<i32>,
     pos: Vec<i32>,
@@ -364,72 +378,98 @@ struct BatchIndex {
     out_seq: Vec<usize>,
     /// Keys of the longest row (its position + 1).
     max_keys: usize,
+    /// Generated rows (first) and prompt rows (after them).
+    split: RowSplit,
 }
 
-fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize) -> Result<BatchIndex> {
+fn check_seq(si: usize, q: &GpuSeq, kv: &GpuKv, vocab: usize) -> Result<()> {
+    let end = q.past + q.tokens.len();
+    if q.tokens.is_empty() || end > q.table.len() * kv.block {
+        return Err(GpuError::BadBatch(format!(
+            "sequence {si}: {} tokens after {} do not fit {} blocks of {}",
+            q.tokens.len(),
+            q.past,
+            q.table.len(),
+            kv.block
+        )));
+    }
+    if let Some(b) = q.table.iter().find(|&&b| b as usize >= kv.n_blocks) {
+        return Err(GpuError::BadBatch(format!(
+            "block {b} outside a pool of {}",
+            kv.n_blocks
+        )));
+    }
+    if let Some(t) = q.tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(GpuError::BadBatch(format!(
+            "token {t} outside a vocabulary of {vocab}"
+        )));
+    }
+    if q.want.end > q.tokens.len() {
+        return Err(GpuError::BadBatch(format!(
+            "logit rows {:?} past {} tokens",
+            q.want,
+            q.tokens.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The batch's index arrays; with `mma`, prompt rows go after the generated ones.
+fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize, mma: bool) -> Result<BatchIndex> {
+    for (si, q) in seqs.iter().enumerate() {
+        check_seq(si, q, kv, vocab)?;
+    }
+    let is_prompt = |q: &GpuSeq, t: usize| mma && q.past + t < q.prompt;
+    let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
+    let n_prompt: usize = seqs
+        .iter()
+        .map(|q| (0..q.tokens.len()).filter(|&t| is_prompt(q, t)).count())
+        .sum();
     let mut ix = BatchIndex {
-        ids: vec![],
-        pos: vec![],
-        slots: vec![],
+        ids: vec![0; n],
+        pos: vec![0; n],
+        slots: vec![0; n],
         tables: vec![],
         table_start: vec![],
-        seq_of_row: vec![],
+        seq_of_row: vec![0; n],
         out_rows: vec![],
         argmax_rows: 0,
         out_seq: vec![],
         max_keys: 0,
+        split: RowSplit {
+            dp4a: n - n_prompt,
+            mma: n_prompt,
+        },
     };
     let (mut reduced, mut reduced_seq) = (Vec::new(), Vec::new());
-    let mut row = 0;
+    let (mut next_gen, mut next_prompt) = (0, n - n_prompt);
     for (si, q) in seqs.iter().enumerate() {
-        let end = q.past + q.tokens.len();
-        if q.tokens.is_empty() || end > q.table.len() * kv.block {
-            return Err(GpuError::BadBatch(format!(
-                "sequence {si}: {} tokens after {} do not fit {} blocks of {}",
-                q.tokens.len(),
-                q.past,
-                q.table.len(),
-                kv.block
-            )));
-        }
-        if let Some(b) = q.table.iter().find(|&&b| b as usize >= kv.n_blocks) {
-            return Err(GpuError::BadBatch(format!(
-                "block {b} outside a pool of {}",
-                kv.n_blocks
-            )));
-        }
-        if let Some(t) = q.tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(GpuError::BadBatch(format!(
-                "token {t} outside a vocabulary of {vocab}"
-            )));
-        }
-        if q.want.end > q.tokens.len() {
-            return Err(GpuError::BadBatch(format!(
-                "logit rows {:?} past {} tokens",
-                q.want,
-                q.tokens.len()
-            )));
-        }
         ix.table_start.push(ix.tables.len() as i32);
         ix.tables.extend(q.table.iter().map(|&b| b as i32));
+        let mut rows = Vec::with_capacity(q.tokens.len());
         for (t, &id) in q.tokens.iter().enumerate() {
-            let p = q.past + t;
-            ix.ids.push(id as i32);
-            ix.pos.push(p as i32);
-            ix.slots
-                .push((q.table[p / kv.block] as usize * kv.block + p % kv.block) as i32);
-            ix.seq_of_row.push(si as i32);
+            let next = if is_prompt(q, t) {
+                &mut next_prompt
+            } else {
+                &mut next_gen
+            };
+            let (r, p) = (*next, q.past + t);
+            *next += 1;
+            ix.ids[r] = id as i32;
+            ix.pos[r] = p as i32;
+            ix.slots[r] = (q.table[p / kv.block] as usize * kv.block + p % kv.block) as i32;
+            ix.seq_of_row[r] = si as i32;
+            rows.push(r as i32);
         }
-        let rows = q.want.clone().map(|r| (row + r) as i32);
+        let want = q.want.clone().map(|t| rows[t]);
         if q.argmax {
-            reduced_seq.extend(rows.clone().map(|_| si));
-            reduced.extend(rows);
+            reduced_seq.extend(want.clone().map(|_| si));
+            reduced.extend(want);
         } else {
-            ix.out_seq.extend(rows.clone().map(|_| si));
-            ix.out_rows.extend(rows);
+            ix.out_seq.extend(want.clone().map(|_| si));
+            ix.out_rows.extend(want);
         }
-        ix.max_keys = ix.max_keys.max(end);
-        row += q.tokens.len();
+        ix.max_keys = ix.max_keys.max(q.past + q.tokens.len());
     }
     ix.argmax_rows = reduced.len();
     ix.out_rows.extend(reduced);
@@ -459,6 +499,8 @@ struct Pass {
     part_o: DevBuf,
     part_ml: DevBuf,
     n: usize,
+    /// Which kernels the layers' products take for the rows.
+    split: RowSplit,
     max_keys: usize,
 }
 
@@ -498,6 +540,7 @@ impl GpuModel {
             part_o: f(ws, Slot::PartO, split.0)?,
             part_ml: f(ws, Slot::PartMl, split.1)?,
             n,
+            split: ix.split,
             max_keys: ix.max_keys,
         })
     }
@@ -542,7 +585,7 @@ impl GpuModel {
         argmax: &mut Vec<u32>,
     ) -> Result<()> {
         let c = &self.config;
-        let ix = index_batch(seqs, kv, c.vocab_size)?;
+        let ix = index_batch(seqs, kv, c.vocab_size, self.mma)?;
         let mut p = self.begin(ws, &ix)?;
         let rows = OutRows {
             whole: ix.out_rows.len() - ix.argmax_rows,
@@ -592,7 +635,9 @@ impl GpuModel {
         let out = ws.take(d, Slot::Logits, m * c.vocab_size * 4)?;
         p.mm.reset();
         let r = match &self.subset {
-            None => self.output.apply(d, &mut p.mm, &p.xn, &out, m),
+            None => self
+                .output
+                .apply(d, &mut p.mm, &p.xn, &out, RowSplit::dp4a(m)),
             Some(sub) => self.restricted(sub, ws, p, extras, &out),
         }
         .and_then(|()| self.read_rows(ws, &out, rows, logits, argmax));
@@ -695,9 +740,9 @@ impl GpuModel {
         let (d, n) = (&self.dev, p.n);
         self.rms_norm(&p.x, &layer.attn_norm, &p.xn, n)?;
         p.mm.reset();
-        layer.wq.apply(d, &mut p.mm, &p.xn, &p.q, n)?;
-        layer.wk.apply(d, &mut p.mm, &p.xn, &p.k, n)?;
-        layer.wv.apply(d, &mut p.mm, &p.xn, &p.v, n)?;
+        layer.wq.apply(d, &mut p.mm, &p.xn, &p.q, p.split)?;
+        layer.wk.apply(d, &mut p.mm, &p.xn, &p.k, p.split)?;
+        layer.wv.apply(d, &mut p.mm, &p.xn, &p.v, p.split)?;
         self.add_bias(&p.q, &layer.bq, c.q_dim(), n)?;
         self.add_bias(&p.k, &layer.bk, c.kv_dim(), n)?;
         self.add_bias(&p.v, &layer.bv, c.kv_dim(), n)?;
@@ -717,7 +762,7 @@ impl GpuModel {
         )?;
         self.attention(l, kv, p)?;
         p.mm.reset();
-        layer.wo.apply(d, &mut p.mm, &p.attn, &p.proj, n)?;
+        layer.wo.apply(d, &mut p.mm, &p.attn, &p.proj, p.split)?;
         self.add_inplace(&p.x, &p.proj, n * c.hidden_size)
     }
 
@@ -779,15 +824,17 @@ impl GpuModel {
         let (d, n, ff) = (&self.dev, p.n, c.intermediate_size);
         self.rms_norm(&p.x, &layer.ffn_norm, &p.xn, n)?;
         p.mm.reset();
-        layer.w_gate.apply(d, &mut p.mm, &p.xn, &p.gate, n)?;
-        layer.w_up.apply(d, &mut p.mm, &p.xn, &p.up, n)?;
+        layer.w_gate.apply(d, &mut p.mm, &p.xn, &p.gate, p.split)?;
+        layer.w_up.apply(d, &mut p.mm, &p.xn, &p.up, p.split)?;
         d.launch(
             "silu_mul",
             k::elementwise((n * ff) as u32),
             Args::new().buf(&p.gate).buf(&p.up).int(n * ff),
         )?;
         p.mm.reset();
-        layer.w_down.apply(d, &mut p.mm, &p.gate, &p.proj, n)?;
+        layer
+            .w_down
+            .apply(d, &mut p.mm, &p.gate, &p.proj, p.split)?;
         self.add_inplace(&p.x, &p.proj, n * c.hidden_size)
     }
 }

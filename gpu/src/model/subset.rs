@@ -8,7 +8,7 @@ use super::{upload_rows, GpuModel, Pass, Slot, Workspace, STAGING_BYTES};
 use crate::device::{Args, DevBuf};
 use crate::error::{GpuError, Result};
 use crate::kernels as k;
-use crate::matmul::Mat;
+use crate::matmul::{Mat, RowSplit};
 
 /// Rows `ids` of the output matrix, uploaded once.
 pub(super) struct Subset {
@@ -129,7 +129,8 @@ impl GpuModel {
         let rb = self.output.row_bytes();
         let ext_out = ws.take(d, Slot::ExtLogits, (m * u).max(1) * 4)?;
         let r = (|| {
-            sub.mat.apply(d, &mut p.mm, &p.xn, &sub_out, m)?;
+            sub.mat
+                .apply(d, &mut p.mm, &p.xn, &sub_out, RowSplit::dp4a(m))?;
             if u > 0 {
                 let gathered = ws.take(d, Slot::ExtRows, u * rb)?;
                 d.launch(
@@ -144,7 +145,7 @@ impl GpuModel {
                 )?;
                 let (dtype, cols) = (self.output.dtype(), self.output.cols());
                 let mat = Mat::new(gathered, dtype, u, cols, "extra rows")?;
-                let r = mat.apply(d, &mut p.mm, &p.xn, &ext_out, m);
+                let r = mat.apply(d, &mut p.mm, &p.xn, &ext_out, RowSplit::dp4a(m));
                 ws.put(Slot::ExtRows, mat.into_buf());
                 r?;
             }
