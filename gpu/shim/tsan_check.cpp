@@ -1,7 +1,7 @@
 // A ThreadSanitizer run of the shim (not part of the cargo build): gpu/shim/tsan-check builds
 // this with -fsanitize=thread and runs it. TSan sees the shim's fibers (the CUDA threads) as
 // threads through its fiber API, ordered only by the barriers and shuffles (shim.cpp). It
-// launches rms_norm, rope, mmvq_q8_0, mmq_q8_0, attention_paged, the split-K attention pair and
+// launches rms_norm, rope, mmvq_q8_0, mmq_q8_0, mmq_mma_q4_k, attention_paged, the split-K attention pair and
 // topk_rows (barriers, warp shuffles, shared memory, several blocks on several OS threads),
 // which must be race free, and then, with `--racy`, shim_test_reverse without its barrier,
 // which TSan must report.
@@ -63,6 +63,16 @@ int main(int argc, char** argv) {
         void *wp = wq.data(), *xp = xq.data();
         float* yp = y.data();
         rc |= launch("mmq_q8_0", rows / 4, ntok / 8, 128, {&wp, &xp, &yp, &rows, &cols, &ntok});
+    }
+    {
+        // The tensor-core product: staging into shared memory, barriers, warp-wide mma (two
+        // row tiles and two token tiles, the second of each partial).
+        int rows = 70, cols = 512, ntok = 40;
+        std::vector<unsigned char> wq(rows * cols / 256 * 144, 1), xq(ntok * cols / 32 * 36, 1);
+        std::vector<float> y(rows * ntok);
+        void *wp = wq.data(), *xp = xq.data();
+        float* yp = y.data();
+        rc |= launch("mmq_mma_q4_k", 2, 2, 128, {&wp, &xp, &yp, &rows, &cols, &ntok});
     }
     {
         int n_rows = 2, n_heads = 4, n_kv = 2, hd = 64, bs = 16, kps = 32, splits = 2;

@@ -165,7 +165,7 @@ impl Device {
         })
     }
 
-    /// Whether the tensor-core kernels (`mmq_mma_*`: sm_80 on) run here; the host shim runs them
+    /// Whether the tensor-core kernels (`mmq_mma_*`: sm_75 on) run here; the host shim runs them
     /// too. `CASCADE_GPU_MMA=0` turns them off (prompt rows then take the dp4a kernels).
     pub fn has_tensor_cores(&self) -> bool {
         if std::env::var("CASCADE_GPU_MMA").is_ok_and(|v| v == "0") {

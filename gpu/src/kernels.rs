@@ -181,9 +181,9 @@ pub fn mmq(rows: u32, ntok: u32) -> Launch {
 /// Rows and tokens of one tensor-core (`mmq_mma_<type>`) tile.
 pub const MMA_ROWS: u32 = 64;
 pub const MMA_TOKENS: u32 = 32;
-/// The compute capability (times 10) the tensor-core kernels need: `mma.sync` m16n8k16 on 8-bit
-/// integers.
-pub const MMA_MIN_CC: u32 = 80;
+/// The compute capability (times 10) the tensor-core kernels need: `mma.sync` on 8-bit integers
+/// (m16n8k16 from sm_80, two m8n8k16 on sm_75).
+pub const MMA_MIN_CC: u32 = 75;
 
 /// `mmq_mma_<type>`: one block of four warps per tile of 64 rows x 32 tokens.
 pub fn mmq_mma(rows: u32, ntok: u32) -> Launch {

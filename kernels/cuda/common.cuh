@@ -135,7 +135,8 @@ static __device__ __forceinline__ float warp_max(float v) {
 // ---- tensor cores -----------------------------------------------------------------------------
 //
 // d += A (16 x 16, 8-bit signed, row major) times B (16 x 8, 8-bit signed, column major), exact
-// 32-bit integer sums: one warp's mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 (sm_80 on).
+// 32-bit integer sums: one warp's mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 (sm_80 on;
+// two m8n8k16 on sm_75).
 // Fragments, per lane (g = lane / 4, t = lane % 4; four 8-bit values per int, in k order), as the
 // PTX ISA lays them out:
 //   a0 = A[g][4 t .. 4 t + 3], a1 = A[g + 8][4 t .. 4 t + 3], b = B[4 t .. 4 t + 3][g],
@@ -149,8 +150,17 @@ static __device__ __forceinline__ void mma_s8_16816(int (&d)[4], int a0, int a1,
         "{%0, %1, %2, %3};"
         : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
         : "r"(a0), "r"(a1), "r"(b));
+#elif __CUDA_ARCH__ >= 750
+    // Turing (T4): two m8n8k16, rows 0..7 then 8..15, whose fragments are the halves of the
+    // m16n8k16 ones; integer sums, so the same results bit for bit.
+    asm("mma.sync.aligned.m8n8k16.row.col.s32.s8.s8.s32 {%0, %1}, {%2}, {%3}, {%0, %1};"
+        : "+r"(d[0]), "+r"(d[1])
+        : "r"(a0), "r"(b));
+    asm("mma.sync.aligned.m8n8k16.row.col.s32.s8.s8.s32 {%0, %1}, {%2}, {%3}, {%0, %1};"
+        : "+r"(d[2]), "+r"(d[3])
+        : "r"(a1), "r"(b));
 #else
-    __trap();  // never launched below sm_80
+    __trap();  // never launched below sm_75
 #endif
 }
 #endif

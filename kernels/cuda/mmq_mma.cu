@@ -2,8 +2,8 @@
 // batches): y[t * rows + r] = W[r] . x[t], same operands and output as mmq_<type>.
 //
 // Launch: block (128, 1, 1); grid (ceil(rows / 64), ceil(ntok / 32), 1); no dynamic shared
-// memory. Needs sm_80 (mma.sync m16n8k16 on 8-bit integers); the host launches these kernels only
-// on such devices (and on the host shim).
+// memory. Needs sm_75 (mma.sync on 8-bit integers: common.cuh's mma_s8_16816); the host launches
+// these kernels only on such devices (and on the host shim).
 //
 // Block (i, j) computes rows 64 i .. 64 i + 63 for tokens 32 j .. 32 j + 31. Per step of 256
 // values along K, the block unpacks its 64 rows' quants to 8-bit integers in shared memory (with
