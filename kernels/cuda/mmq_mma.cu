@@ -33,9 +33,17 @@
 // as 8-bit integers, four per int in value order, and sub-block s's float scale and minimum.
 // A value of the row is Ds * q + Ms (before its activation), q the unpacked integer.
 
-struct MQ4_0 {
-    typedef block_q4_0 block;
+// A 32-value type whose blocks carry one f16 scale `d` and no minimum.
+template <class B>
+struct ScaleD {
+    typedef B block;
     enum { QK = 32, SUB = 32 };
+    static __device__ __forceinline__ float2 scale(const block* row, int s) {
+        return make_float2(__half2float(row[s].d), 0.0f);
+    }
+};
+
+struct MQ4_0 : ScaleD<block_q4_0> {
     static __device__ __forceinline__ void quants16(const block* row, int c, int (&q)[4]) {
         const block* b = row + c / 2;
         const int shift = 4 * (c % 2);
@@ -43,9 +51,6 @@ struct MQ4_0 {
         for (int k = 0; k < 4; ++k) {
             q[k] = __vsubss4((get_int_b2(b->qs, k) >> shift) & 0x0F0F0F0F, 0x08080808);
         }
-    }
-    static __device__ __forceinline__ float2 scale(const block* row, int s) {
-        return make_float2(__half2float(row[s].d), 0.0f);
     }
 };
 
@@ -65,9 +70,7 @@ struct MQ4_1 {
     }
 };
 
-struct MQ5_0 {
-    typedef block_q5_0 block;
-    enum { QK = 32, SUB = 32 };
+struct MQ5_0 : ScaleD<block_q5_0> {
     static __device__ __forceinline__ void quants16(const block* row, int c, int (&q)[4]) {
         const block* b = row + c / 2;
         const int half = c % 2;
@@ -81,23 +84,15 @@ struct MQ5_0 {
             q[k] = __vsubss4(lo | hi, 0x10101010);
         }
     }
-    static __device__ __forceinline__ float2 scale(const block* row, int s) {
-        return make_float2(__half2float(row[s].d), 0.0f);
-    }
 };
 
-struct MQ8_0 {
-    typedef block_q8_0 block;
-    enum { QK = 32, SUB = 32 };
+struct MQ8_0 : ScaleD<block_q8_0> {
     static __device__ __forceinline__ void quants16(const block* row, int c, int (&q)[4]) {
         const block* b = row + c / 2;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
             q[k] = get_int_b2(b->qs, 4 * (c % 2) + k);
         }
-    }
-    static __device__ __forceinline__ float2 scale(const block* row, int s) {
-        return make_float2(__half2float(row[s].d), 0.0f);
     }
 };
 
