@@ -419,12 +419,13 @@ fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize, mma: bool) -> Result<B
     for (si, q) in seqs.iter().enumerate() {
         check_seq(si, q, kv, vocab)?;
     }
-    let is_prompt = |q: &GpuSeq, t: usize| mma && q.past + t < q.prompt;
+    // A sequence's prompt rows are a prefix of its rows (positions past.. below prompt).
+    let prompt_rows = |q: &GpuSeq| match mma {
+        true => q.prompt.saturating_sub(q.past).min(q.tokens.len()),
+        false => 0,
+    };
     let n: usize = seqs.iter().map(|q| q.tokens.len()).sum();
-    let n_prompt: usize = seqs
-        .iter()
-        .map(|q| (0..q.tokens.len()).filter(|&t| is_prompt(q, t)).count())
-        .sum();
+    let n_prompt: usize = seqs.iter().map(prompt_rows).sum();
     let mut ix = BatchIndex {
         ids: vec![0; n],
         pos: vec![0; n],
@@ -447,8 +448,9 @@ fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize, mma: bool) -> Result<B
         ix.table_start.push(ix.tables.len() as i32);
         ix.tables.extend(q.table.iter().map(|&b| b as i32));
         let mut rows = Vec::with_capacity(q.tokens.len());
+        let np = prompt_rows(q);
         for (t, &id) in q.tokens.iter().enumerate() {
-            let next = if is_prompt(q, t) {
+            let next = if t < np {
                 &mut next_prompt
             } else {
                 &mut next_gen
