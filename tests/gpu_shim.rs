@@ -343,3 +343,101 @@ fn only_prompt_positions_are_reused_where_prompt_rows_take_other_kernels() {
         }
     }
 }
+
+/// Sampled requests with a top-k cut: the scheduler has their rows reduced to the top k (on a
+/// device, by the device) and draws, token for token, what whole rows give the single-request
+/// loop; batched as alone. Exact speculation drafts and verifies on reduced rows too, and gives
+/// the single-request speculative loop's tokens. On the CPU, the shim and a GPU when there is one.
+#[test]
+fn sampled_top_k_rows_reduced_by_the_scheduler_draw_what_whole_rows_draw() {
+    use cascade::engine::{
+        generate, generate_speculative, DraftLen, Engine, GenerateConfig, Mode, ModelProposer,
+        Prompt, Request, SamplingParams, SchedulerConfig, SpecConfig,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (t, d) = common::fixture_pair(dir.path());
+    let spec = SpecConfig {
+        draft_len: DraftLen::Fixed(3),
+        ..SpecConfig::default()
+    };
+    let reqs = |mode: Mode| -> Vec<Request> {
+        (0..3u32)
+            .map(|r| Request {
+                prompt: Prompt::Tokens(
+                    (0..4 + 6 * r).map(|i| 3 + (i * 41 + r * 7) % 200).collect(),
+                ),
+                mode,
+                config: GenerateConfig {
+                    max_tokens: 10,
+                    stop_at_eog: false,
+                    sampling: SamplingParams {
+                        temperature: 1.5,
+                        top_k: [12, 40, 64][r as usize],
+                        top_p: 0.97,
+                        seed: 5 + r as u64,
+                    },
+                },
+            })
+            .collect()
+    };
+    let mut places: Vec<Option<Device>> = vec![None];
+    places.extend(devices().into_iter().map(Some));
+    for dev in &places {
+        let open = |store: &WeightStore, p: &std::path::Path| {
+            let mut m = Model::load(store, p, &OpenOptions::default()).unwrap();
+            if let Some(dev) = dev {
+                m.place_on(dev).unwrap();
+            }
+            m
+        };
+        let engine = |with_draft: bool| {
+            let store = WeightStore::new();
+            let (tm, dm) = (open(&store, &t), with_draft.then(|| open(&store, &d)));
+            let sched = SchedulerConfig {
+                step_tokens: 24,
+                ..Default::default()
+            };
+            Engine::with_models(store, tm, dm, Some(2), sched).unwrap()
+        };
+        let on = if dev.is_some() { "device" } else { "CPU" };
+        let e = engine(false);
+        let [alone, batched] = tokens_of(&e, &reqs(Mode::Target));
+        assert_eq!(batched, alone, "{on}: batched against alone");
+        let rows = e.stats().logit_rows;
+        assert!(rows.top_k > 0 && rows.whole == 0, "{on}: {rows:?}");
+        for (r, req) in reqs(Mode::Target).iter().enumerate() {
+            let Prompt::Tokens(p) = &req.prompt else {
+                unreachable!()
+            };
+            let g = generate(e.target(), p, &req.config, |_| true).unwrap();
+            assert_eq!(g.tokens, alone[r], "{on}: request {r}, whole rows alone");
+        }
+        let distinct: std::collections::HashSet<_> = alone.iter().flatten().collect();
+        assert!(
+            distinct.len() > 10,
+            "{on}: sampling drew few ids: {alone:?}"
+        );
+        let e = engine(true);
+        let [spec_alone, spec_batched] = tokens_of(&e, &reqs(Mode::Speculative(spec)));
+        assert_eq!(
+            spec_batched, spec_alone,
+            "{on}: exact, batched against alone"
+        );
+        let rows = e.stats().logit_rows;
+        assert!(rows.top_k > 0 && rows.whole == 0, "{on}: exact: {rows:?}");
+        let (tm, dm) = (e.target(), e.draft().unwrap());
+        for (r, req) in reqs(Mode::Speculative(spec)).iter().enumerate() {
+            let Prompt::Tokens(p) = &req.prompt else {
+                unreachable!()
+            };
+            let mut prop = ModelProposer::new(dm, tm, 64, false);
+            let g = generate_speculative(tm, &mut [&mut prop], p, &req.config, &spec, |_| true)
+                .unwrap();
+            assert!(g.stats.drafted > 0);
+            assert_eq!(
+                g.tokens, spec_alone[r],
+                "{on}: exact request {r}, whole rows alone"
+            );
+        }
+    }
+}

@@ -66,18 +66,27 @@ impl SamplingParams {
     }
 }
 
-/// A probability distribution over the (padded) vocabulary; zero outside its support.
+/// A probability distribution over the (padded) vocabulary; zero outside its support. Read
+/// through the methods, which treat every form alike.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Distribution {
-    /// The probability of each id (empty for a point mass).
-    pub probs: Vec<f32>,
-    /// All the mass on this id, held without a vocabulary-sized vector (`probs` is then empty):
-    /// a greedy choice. Read through the methods, which treat both forms alike.
-    pub point: Option<u32>,
+pub enum Distribution {
+    /// The probability of each id.
+    Dense(Vec<f32>),
+    /// All the mass on this id, without a vocabulary-sized vector: a greedy choice.
+    Point(u32),
+    /// The ids with a nonzero probability and their probabilities, in id order: a top-k cut, made
+    /// from the k candidates alone (a device reduces a row to them, so no vocabulary-sized vector
+    /// crosses to the host or is made here).
+    Sparse(Vec<(u32, f32)>),
 }
 
+/// The id of a candidate entry past a row's valid ids (a device's top-k pads with it).
+pub const NO_CANDIDATE: u32 = u32::MAX;
+
 impl Distribution {
-    /// Shapes `logits` by `params`; ids with `valid[id] == false` get probability 0.
+    /// Shapes `logits` by `params`; ids with `valid[id] == false` get probability 0. With a top-k
+    /// cut, the distribution is made from the k candidates ([`top_candidates`]) alone, exactly as
+    /// [`Distribution::from_candidates`] makes it from a device's reduction of the row.
     pub fn from_logits(logits: &[f32], params: &SamplingParams, valid: &[bool]) -> Distribution {
         let n = logits.len();
         let is_valid = |i: usize| valid.get(i).copied().unwrap_or(false);
@@ -86,6 +95,11 @@ impl Distribution {
                 Some(best) => Distribution::point(best),
                 None => Distribution::dense(vec![0f32; n]),
             };
+        }
+        if params.top_k > 0 && params.top_k < n {
+            // (A cut at or past the vocabulary is no cut: the whole row below.)
+            let cands = top_candidates(logits, valid, params.top_k);
+            return Distribution::from_candidates(&cands, params, valid);
         }
         let mut probs = vec![0f32; n];
         let inv_t = 1.0 / params.temperature;
@@ -106,8 +120,7 @@ impl Distribution {
         }
         let inv = (1.0 / sum) as f32;
         probs.iter_mut().for_each(|p| *p *= inv);
-        let cut_k = params.top_k > 0 && params.top_k < n;
-        if cut_k || params.top_p < 1.0 {
+        if params.top_p < 1.0 {
             let keep = kept_candidates(&probs, params);
             let mut kept = vec![0f32; n];
             let mut s = 0f32;
@@ -122,81 +135,201 @@ impl Distribution {
         Distribution::dense(probs)
     }
 
+    /// Shapes a row's top candidates by `params` (temperature, the first `top_k` of them, then the
+    /// shortest prefix whose probability reaches `top_p`, as Hugging Face, vLLM and llama.cpp
+    /// order the cuts). `cands` are (id, logit) by descending logit, lowest id on ties, as
+    /// [`top_candidates`] and a device's top-k give them; entries with [`NO_CANDIDATE`], an id
+    /// not valid, or a NaN logit are left out.
+    pub fn from_candidates(
+        cands: &[(u32, f32)],
+        params: &SamplingParams,
+        valid: &[bool],
+    ) -> Distribution {
+        let k = if params.top_k > 0 {
+            params.top_k
+        } else {
+            usize::MAX
+        };
+        let kept: Vec<(u32, f32)> = cands
+            .iter()
+            .filter(|&&(id, l)| valid.get(id as usize).copied().unwrap_or(false) && !l.is_nan())
+            .take(k)
+            .copied()
+            .collect();
+        if params.is_greedy() {
+            return kept.first().map_or(Distribution::Sparse(Vec::new()), |c| {
+                Distribution::point(c.0)
+            });
+        }
+        let inv_t = 1.0 / params.temperature;
+        let max = kept
+            .iter()
+            .map(|c| c.1 * inv_t)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut probs: Vec<f32> = Vec::with_capacity(kept.len());
+        let mut sum = 0f64;
+        for c in &kept {
+            let p = ((c.1 * inv_t - max) as f64).exp();
+            probs.push(p as f32);
+            sum += p;
+        }
+        if sum == 0.0 || !sum.is_finite() {
+            return Distribution::Sparse(Vec::new());
+        }
+        let inv = (1.0 / sum) as f32;
+        probs.iter_mut().for_each(|p| *p *= inv);
+        if params.top_p < 1.0 {
+            let mut cum = 0f32;
+            let keep = probs
+                .iter()
+                .position(|&p| {
+                    cum += p;
+                    cum >= params.top_p
+                })
+                .map_or(probs.len(), |i| i + 1);
+            probs.truncate(keep);
+            let inv = 1.0 / probs.iter().sum::<f32>();
+            probs.iter_mut().for_each(|p| *p *= inv);
+        }
+        let mut support: Vec<(u32, f32)> = kept
+            .iter()
+            .zip(probs)
+            .filter(|&(_, p)| p > 0.0)
+            .map(|(c, p)| (c.0, p))
+            .collect();
+        support.sort_unstable_by_key(|&(id, _)| id);
+        Distribution::Sparse(support)
+    }
+
     /// Probabilities of each id.
     pub fn dense(probs: Vec<f32>) -> Distribution {
-        Distribution { probs, point: None }
+        Distribution::Dense(probs)
     }
 
     /// All mass on `id` (a greedy choice): no vocabulary-sized vector is made, so a greedy
     /// verification of k tokens costs k comparisons, not k passes over the vocabulary.
     pub fn point(id: u32) -> Distribution {
-        Distribution {
-            probs: Vec::new(),
-            point: Some(id),
-        }
+        Distribution::Point(id)
     }
 
     /// The largest probability.
     pub fn max_prob(&self) -> f32 {
-        match self.point {
-            Some(_) => 1.0,
-            None => self.probs.iter().copied().fold(0.0, f32::max),
+        match self {
+            Distribution::Point(_) => 1.0,
+            Distribution::Dense(p) => p.iter().copied().fold(0.0, f32::max),
+            Distribution::Sparse(s) => s.iter().map(|e| e.1).fold(0.0, f32::max),
         }
     }
 
     /// The ids with a nonzero probability, and those probabilities, in id order.
     pub fn support(&self) -> Box<dyn Iterator<Item = (u32, f32)> + '_> {
-        match self.point {
-            Some(id) => Box::new(std::iter::once((id, 1.0))),
-            None => Box::new(
-                self.probs
-                    .iter()
+        match self {
+            Distribution::Point(id) => Box::new(std::iter::once((*id, 1.0))),
+            Distribution::Dense(p) => Box::new(
+                p.iter()
                     .enumerate()
                     .filter(|(_, &p)| p > 0.0)
                     .map(|(i, &p)| (i as u32, p)),
             ),
+            Distribution::Sparse(s) => Box::new(s.iter().copied()),
+        }
+    }
+
+    /// The probabilities of ids `0..n` (zero outside the support).
+    pub fn to_dense(&self, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n];
+        for (id, p) in self.support() {
+            if let Some(o) = out.get_mut(id as usize) {
+                *o = p;
+            }
+        }
+        out
+    }
+
+    /// One past the largest id that may have a nonzero probability (what a loop over every id
+    /// must cover).
+    pub fn span(&self) -> usize {
+        match self {
+            Distribution::Point(id) => *id as usize + 1,
+            Distribution::Dense(p) => p.len(),
+            Distribution::Sparse(s) => s.last().map_or(0, |e| e.0 as usize + 1),
         }
     }
 
     /// The most probable id (lowest id on ties).
     pub fn argmax(&self) -> u32 {
-        if let Some(id) = self.point {
-            return id;
-        }
-        let mut best = 0;
-        for (i, &p) in self.probs.iter().enumerate() {
-            if p > self.probs[best] {
-                best = i;
+        match self {
+            Distribution::Point(id) => *id,
+            Distribution::Dense(p) => {
+                let mut best = 0;
+                for (i, &x) in p.iter().enumerate() {
+                    if x > p[best] {
+                        best = i;
+                    }
+                }
+                best as u32
+            }
+            Distribution::Sparse(s) => {
+                let mut best = (0, 0f32);
+                for &(id, x) in s {
+                    if x > best.1 {
+                        best = (id, x);
+                    }
+                }
+                best.0
             }
         }
-        best as u32
     }
 
     pub fn prob(&self, id: u32) -> f32 {
-        match self.point {
-            Some(p) => (p == id) as u32 as f32,
-            None => self.probs.get(id as usize).copied().unwrap_or(0.0),
+        match self {
+            Distribution::Point(p) => (*p == id) as u32 as f32,
+            Distribution::Dense(p) => p.get(id as usize).copied().unwrap_or(0.0),
+            Distribution::Sparse(s) => s.binary_search_by_key(&id, |e| e.0).map_or(0.0, |i| s[i].1),
         }
     }
 
-    /// The id at which the cumulative probability first exceeds `u` in [0, 1).
+    /// The id at which the cumulative probability first exceeds `u` in [0, 1) (in id order, so
+    /// every form of the same probabilities gives the same id).
     pub fn quantile(&self, u: f32) -> u32 {
-        if let Some(id) = self.point {
-            return id;
+        if let Distribution::Point(id) = self {
+            return *id;
         }
         let mut cum = 0f32;
         let mut last = 0;
-        for (i, &p) in self.probs.iter().enumerate() {
-            if p > 0.0 {
-                cum += p;
-                last = i;
-                if u < cum {
-                    return i as u32;
-                }
+        for (id, p) in self.support() {
+            cum += p;
+            last = id;
+            if u < cum {
+                return id;
             }
         }
-        last as u32
+        last
     }
+}
+
+/// The `k` valid ids with the largest logits, as (id, logit) by descending logit, lowest id on
+/// ties (-0 and +0 equal), NaN never taken; padded to `k` with ([`NO_CANDIDATE`], -inf). The
+/// host's form of a device's top-k reduction of a row: both give the same entries.
+pub fn top_candidates(logits: &[f32], valid: &[bool], k: usize) -> Vec<(u32, f32)> {
+    let mut c: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .filter(|&(i, l)| valid.get(i).copied().unwrap_or(false) && !l.is_nan())
+        .map(|(i, &l)| (i as u32, l))
+        .collect();
+    let order = |a: &(u32, f32), b: &(u32, f32)| {
+        b.1.partial_cmp(&a.1)
+            .expect("no NaN left")
+            .then(a.0.cmp(&b.0))
+    };
+    if k < c.len() {
+        c.select_nth_unstable_by(k - 1, order);
+        c.truncate(k);
+    }
+    c.sort_unstable_by(order);
+    c.resize(k, (NO_CANDIDATE, f32::NEG_INFINITY));
+    c
 }
 
 /// The ids top-k and top-p keep: candidates by descending probability (ties by id), the first
@@ -291,6 +424,17 @@ impl Sampler {
 
     pub fn sample(&mut self, logits: &[f32], valid: &[bool]) -> Sampled {
         let dist = Distribution::from_logits(logits, &self.params, valid);
+        self.draw(dist)
+    }
+
+    /// As [`Sampler::sample`] from a row's top candidates (a row reduced to its top k, with this
+    /// sampler's k: the same draw as from the whole row).
+    pub fn sample_candidates(&mut self, cands: &[(u32, f32)], valid: &[bool]) -> Sampled {
+        let dist = Distribution::from_candidates(cands, &self.params, valid);
+        self.draw(dist)
+    }
+
+    fn draw(&mut self, dist: Distribution) -> Sampled {
         let token = if self.params.is_greedy() {
             dist.argmax()
         } else {
@@ -329,21 +473,26 @@ mod tests {
         let valid = [true; 4];
         let d = Distribution::from_logits(&logits, &params(1.0, 0, 1.0), &valid);
         let z: f32 = logits.iter().map(|l| l.exp()).sum();
-        for (p, l) in d.probs.iter().zip(logits) {
+        for (p, l) in d.to_dense(4).iter().zip(logits) {
             assert!((p - l.exp() / z).abs() < 1e-6);
         }
-        let k2 = Distribution::from_logits(&logits, &params(1.0, 2, 1.0), &valid);
-        assert!(k2.probs[2] == 0.0 && k2.probs[3] == 0.0);
-        assert!((k2.probs[0] + k2.probs[1] - 1.0).abs() < 1e-6);
+        let k2 = Distribution::from_logits(&logits, &params(1.0, 2, 1.0), &valid).to_dense(4);
+        assert!(k2[2] == 0.0 && k2[3] == 0.0);
+        assert!((k2[0] - 1.0 / (1.0 + (-1f32).exp())).abs() < 1e-6);
+        assert!((k2[0] + k2[1] - 1.0).abs() < 1e-6);
+        // Top-p after top-k is taken on the renormalized top k (0.731, 0.269): 0.7 keeps one
+        // token, where against the whole vocabulary's mass (0.644) it would keep two.
+        let k2p7 = Distribution::from_logits(&logits, &params(1.0, 2, 0.7), &valid);
+        assert_eq!(k2p7, Distribution::Sparse(vec![(0, 1.0)]));
         // Probabilities 0.644, 0.237, 0.087, 0.032 (cumulative 0.644, 0.881, 0.968): top-p 0.5
         // keeps one token, 0.85 keeps two, 0.9 keeps three.
         let p5 = Distribution::from_logits(&logits, &params(1.0, 0, 0.5), &valid);
-        assert_eq!(p5.probs[0], 1.0);
+        assert_eq!(p5.to_dense(4)[0], 1.0);
         let p85 = Distribution::from_logits(&logits, &params(1.0, 0, 0.85), &valid);
-        assert!(p85.probs[1] > 0.0 && p85.probs[2] == 0.0);
+        assert!(p85.to_dense(4)[1] > 0.0 && p85.to_dense(4)[2] == 0.0);
         let p9 = Distribution::from_logits(&logits, &params(1.0, 0, 0.9), &valid);
-        assert!(p9.probs[2] > 0.0 && p9.probs[3] == 0.0);
-        assert!((p9.probs[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(p9.to_dense(4)[2] > 0.0 && p9.to_dense(4)[3] == 0.0);
+        assert!((p9.to_dense(4)[..3].iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 
     #[test]
@@ -393,37 +542,147 @@ mod tests {
                     },
                     &valid,
                 );
-                // Reference: full sort by probability, ties by id.
-                let mut order: Vec<u32> = (0..n as u32)
-                    .filter(|&i| base.probs[i as usize] > 0.0)
-                    .collect();
+                let probs = base.to_dense(n);
+                // Reference: full sort by probability, ties by id; the top k renormalized (in
+                // f64) before the top-p cut, as Hugging Face and vLLM cut.
+                let mut order: Vec<u32> =
+                    (0..n as u32).filter(|&i| probs[i as usize] > 0.0).collect();
                 order.sort_by(|&a, &b| {
-                    base.probs[b as usize]
-                        .total_cmp(&base.probs[a as usize])
+                    probs[b as usize]
+                        .total_cmp(&probs[a as usize])
                         .then(a.cmp(&b))
                 });
-                let mut keep = if k > 0 {
+                let keep = if k > 0 {
                     k.min(order.len())
                 } else {
                     order.len()
                 };
-                if p < 1.0 {
+                let mass: f64 = order[..keep]
+                    .iter()
+                    .map(|&i| probs[i as usize] as f64)
+                    .sum();
+                let mut cuts = vec![keep];
+                if p < 1.0 && k == 0 {
+                    // No top-k: the cut on the whole row's probabilities, summed as f32.
                     let mut cum = 0f32;
                     for (i, &id) in order[..keep].iter().enumerate() {
-                        cum += base.probs[id as usize];
+                        cum += probs[id as usize];
                         if cum >= p {
-                            keep = i + 1;
+                            cuts[0] = i + 1;
+                            break;
+                        }
+                    }
+                } else if p < 1.0 {
+                    // Where the cumulative mass meets top-p within float rounding (equal
+                    // probabilities summing to it exactly), the cut may fall on either side.
+                    let mut cum = 0f64;
+                    for (i, &id) in order[..keep].iter().enumerate() {
+                        cum += probs[id as usize] as f64 / mass;
+                        if (cum - p as f64).abs() < 1e-5 {
+                            cuts.extend([i + 1, i + 2]);
+                        }
+                        if cum >= p as f64 {
+                            cuts[0] = i + 1;
                             break;
                         }
                     }
                 }
-                let mut want = order[..keep].to_vec();
-                want.sort_unstable();
                 let got = Distribution::from_logits(&logits, &params, &valid);
-                let support: Vec<u32> = (0..n as u32)
-                    .filter(|&i| got.probs[i as usize] > 0.0)
-                    .collect();
-                assert_eq!(support, want, "n {n}, top-k {k}, top-p {p}");
+                let support: Vec<u32> = got.support().map(|(id, _)| id).collect();
+                let fits = |keep: usize| {
+                    let mut want = order[..keep.min(order.len())].to_vec();
+                    want.sort_unstable();
+                    support == want
+                };
+                assert!(
+                    cuts.iter().any(|&c| fits(c)),
+                    "n {n}, top-k {k}, top-p {p}: kept {} of cuts {cuts:?}",
+                    support.len()
+                );
+            }
+        }
+    }
+
+    /// Random rows with ties, signed zeros, infinities, NaN and invalid ids.
+    fn awkward_row(rng: &mut ChaCha8Rng, n: usize) -> (Vec<f32>, Vec<bool>) {
+        let mut logits: Vec<f32> = (0..n)
+            .map(|_| (rng.random::<f32>() * 24.0).round() / 4.0 - 3.0)
+            .collect();
+        for (i, x) in [
+            f32::NAN,
+            -0.0,
+            0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            3.0,
+            3.0,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            logits[(i * 37 + 11) % n] = x;
+        }
+        let valid = (0..n).map(|i| i % 13 != 5).collect();
+        (logits, valid)
+    }
+
+    #[test]
+    fn top_candidates_are_the_first_k_of_the_full_order() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for (n, k) in [(50, 64), (300, 1), (300, 40), (5000, 64)] {
+            let (logits, valid) = awkward_row(&mut rng, n);
+            let mut all: Vec<(u32, f32)> = (0..n)
+                .filter(|&i| valid[i] && !logits[i].is_nan())
+                .map(|i| (i as u32, logits[i]))
+                .collect();
+            all.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+            all.resize(all.len().max(k), (NO_CANDIDATE, f32::NEG_INFINITY));
+            let got = top_candidates(&logits, &valid, k);
+            let bits =
+                |v: &[(u32, f32)]| v.iter().map(|c| (c.0, c.1.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&all[..k]), "n {n}, k {k}");
+        }
+    }
+
+    /// A row reduced to its top k (as a device reduces it) gives the distribution, and the draw,
+    /// of the whole row: bitwise, for every cut.
+    #[test]
+    fn a_row_reduced_to_its_top_k_samples_as_the_whole_row() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for trial in 0..30 {
+            let n = [20, 300, 5000][trial % 3];
+            let (logits, valid) = awkward_row(&mut rng, n);
+            let finite: Vec<f32> = logits
+                .iter()
+                .map(|&l| if l.is_infinite() { 1.0 } else { l })
+                .collect();
+            for (t, k, p) in [(0.7, 1, 1.0), (0.7, 5, 1.0), (1.3, 40, 0.9), (1.0, 64, 0.5)] {
+                let params = SamplingParams {
+                    temperature: t,
+                    top_k: k,
+                    top_p: p,
+                    seed: trial as u64,
+                };
+                if k >= n {
+                    continue; // no cut: rows are reduced only below the vocabulary's size
+                }
+                for row in [&logits, &finite] {
+                    let whole = Distribution::from_logits(row, &params, &valid);
+                    let cands = top_candidates(row, &valid, k);
+                    let reduced = Distribution::from_candidates(&cands, &params, &valid);
+                    assert_eq!(whole, reduced, "trial {trial}, k {k}");
+                    let (mut a, mut b) = (Sampler::new(params), Sampler::new(params));
+                    for _ in 0..20 {
+                        assert_eq!(
+                            a.sample(row, &valid).token,
+                            b.sample_candidates(&cands, &valid).token
+                        );
+                    }
+                }
+                let d = Distribution::from_logits(&finite, &params, &valid);
+                let mass: f32 = d.support().map(|(_, p)| p).sum();
+                assert!((mass - 1.0).abs() < 1e-5, "{mass}");
+                assert!(d.support().count() <= k && d.support().all(|(id, _)| valid[id as usize]));
             }
         }
     }

@@ -94,6 +94,7 @@ pub fn is_hot(kernel: &str) -> bool {
         || kernel.starts_with("mmq_")
         || kernel.starts_with("attention_paged")
         || kernel == "rms_norm"
+        || kernel == "topk_rows"
 }
 
 /// The whole program as NVRTC compiles it: the headers, then every source, each after a `#line`
@@ -294,8 +295,17 @@ pub fn argmax_rows(n: u32) -> Launch {
     Launch::new([n, 1, 1], 256)
 }
 
-pub fn topk_rows(n: u32) -> Launch {
-    argmax_rows(n)
+/// Values one `topk_rows` block takes (256 threads x 16 in registers).
+pub const TOPK_SEG: u32 = 4096;
+
+/// `topk_rows` of `n` rows of `len` values: a block of 256 threads per (row, segment of 4096).
+pub fn topk_rows(len: u32, n: u32) -> Launch {
+    Launch::new([n, topk_segments(len), 1], 256)
+}
+
+/// The segments `topk_rows` splits a row of `len` values into (its grid's y).
+pub fn topk_segments(len: u32) -> u32 {
+    len.div_ceil(TOPK_SEG).max(1)
 }
 
 /// `gather_bytes` of `n` rows of `row_bytes`.

@@ -1237,20 +1237,7 @@ fn argmax_and_topk_are_exact_with_ties_lowest_index_first() {
         assert_eq!((midx[row], mval[row]), want, "masked argmax row {row}");
         assert_ne!(midx[row], idx[row], "the mask changed row {row}'s choice");
     }
-    let mut tidx = vec![-7i32; n * k];
-    let mut tval = vec![f32::NAN; n * k];
-    run(
-        "topk_rows",
-        kernels::topk_rows(n as u32),
-        &[
-            p(&logits),
-            i(vocab),
-            i(n),
-            i(k),
-            pm(&mut tidx),
-            pm(&mut tval),
-        ],
-    );
+    let (tidx, tval) = topk(&logits, None, vocab, n, k);
     for row in 0..n {
         let want = order_ref(&logits[row * vocab..(row + 1) * vocab]);
         assert_eq!((idx[row], val[row]), want[0], "argmax row {row}");
@@ -1263,6 +1250,112 @@ fn argmax_and_topk_are_exact_with_ties_lowest_index_first() {
             );
         }
     }
+}
+
+/// `topk_rows` as the device model runs it: segments of 4096 values, then launches over the
+/// segments' candidates until one segment is left. Returns each row's k (id, value).
+fn topk(
+    vals: &[f32],
+    valid: Option<&[u8]>,
+    len: usize,
+    n: usize,
+    k: usize,
+) -> (Vec<i32>, Vec<f32>) {
+    let (mut src_v, mut src_i): (Vec<f32>, Option<Vec<i32>>) = (vals.to_vec(), None);
+    let mut len = len;
+    loop {
+        let segs = kernels::topk_segments(len as u32) as usize;
+        let mut oi = vec![-7i32; n * segs * k];
+        let mut ov = vec![f32::NAN; n * segs * k];
+        let ids = src_i.as_ref().map_or(A::P(std::ptr::null()), |v| p(v));
+        let mask = match (&src_i, valid) {
+            (None, Some(m)) => p(m),
+            _ => A::P(std::ptr::null()),
+        };
+        run(
+            "topk_rows",
+            kernels::topk_rows(len as u32, n as u32),
+            &[
+                p(&src_v),
+                ids,
+                mask,
+                i(len),
+                i(n),
+                i(k),
+                pm(&mut oi),
+                pm(&mut ov),
+            ],
+        );
+        if segs == 1 {
+            return (oi, ov);
+        }
+        (src_v, src_i, len) = (ov, Some(oi), segs * k);
+    }
+}
+
+#[test]
+fn topk_over_segments_and_merges_is_the_exact_masked_order() {
+    // 300,000 values a row: 74 segments, 74 x 64 candidates, then one more merge (three
+    // launches); coarse values so that ties cross segment boundaries, a masked stretch with the
+    // largest values in it, a NaN and an infinity.
+    let mut r = rng(12);
+    let (len, n, k) = (300_000usize, 2usize, 64usize);
+    let mut vals: Vec<f32> = (0..len * n)
+        .map(|_| r.random_range(0..4000) as f32 * 0.01 - 20.0)
+        .collect();
+    for c in [7, 4100, 150_000, 299_999] {
+        vals[c] = 20.0; // ties at the top of row 0, in different segments
+    }
+    vals[len + 9] = f32::NAN;
+    vals[len + 77_000] = f32::INFINITY;
+    let mut valid = vec![1u8; len];
+    valid[100_000..100_500].fill(0);
+    valid[150_000] = 0; // one of row 0's maxima
+    for (row, x) in [(0usize, 30.0f32), (1, 25.0)] {
+        vals[row * len + 100_100] = x; // above everything, masked
+    }
+    assert!(kernels::topk_segments(kernels::topk_segments(len as u32) * k as u32) > 1);
+    let (ti, tv) = topk(&vals, Some(&valid), len, n, k);
+    for row in 0..n {
+        let want = order_ref(&masked_to(&vals[row * len..(row + 1) * len], &valid));
+        for j in 0..k {
+            assert_eq!(
+                (ti[row * k + j], tv[row * k + j]),
+                want[j],
+                "row {row} rank {j}"
+            );
+        }
+    }
+    assert_eq!(
+        &ti[..3],
+        &[7, 4100, 299_999],
+        "row 0's tied maxima, masked one left out"
+    );
+    // A row with fewer values than k (six valid ids, one NaN): the rest is -1 and -inf; signed
+    // zeros are equal (ties by id), as the host's order has them.
+    let small = 5000usize;
+    let mut few_vals = vals[..small].to_vec();
+    few_vals[..6].copy_from_slice(&[-0.0, 3.0, 0.0, f32::NAN, f32::NEG_INFINITY, 0.0]);
+    let mut few = vec![0u8; small];
+    few[..6].fill(1);
+    let (ti, tv) = topk(&few_vals, Some(&few), small, 1, k);
+    assert_eq!(&ti[..6], &[1, 0, 2, 5, 4, -1]);
+    let want = order_ref(&masked_to(&few_vals, &few));
+    for j in 0..k {
+        let w = want.get(j).copied().unwrap_or((-1, f32::NEG_INFINITY));
+        assert_eq!(
+            (ti[j], tv[j].to_bits()),
+            (w.0, w.1.to_bits()),
+            "short row rank {j}"
+        );
+    }
+}
+
+fn masked_to(vals: &[f32], valid: &[u8]) -> Vec<f32> {
+    vals.iter()
+        .zip(valid)
+        .map(|(&v, &ok)| if ok != 0 { v } else { f32::NAN })
+        .collect()
 }
 
 #[test]

@@ -6,12 +6,17 @@
 mod on {
     use std::sync::Mutex;
 
-    use cascade_gpu::model::{GpuKv, GpuModel, GpuSeq, LayerSource, ModelSource, Workspace};
+    use cascade_gpu::model::{
+        GpuKv, GpuModel, GpuSeq, LayerSource, ModelSource, PassOut, RowReduce, Workspace,
+    };
     use cascade_gpu::Device;
 
     use crate::error::{EngineError, Result};
     use crate::kv_cache::KvStorage;
     use crate::model::{Model, Outputs, Reduce, SeqInput};
+
+    // A device's padding of a short top-k row is the sampler's.
+    const _: () = assert!(cascade_gpu::model::NO_ID == crate::sampler::NO_CANDIDATE);
 
     /// A model's weights on a device, and the buffers its passes reuse.
     pub(crate) struct OnDevice {
@@ -123,15 +128,22 @@ mod on {
                     table: q.table,
                     past: q.past,
                     want: q.want.rows(q.tokens.len()),
-                    argmax: q.reduce == Reduce::Argmax,
+                    reduce: match q.reduce {
+                        Reduce::Logits => RowReduce::Whole,
+                        Reduce::Argmax => RowReduce::Argmax,
+                        Reduce::TopK(k) => RowReduce::TopK(k),
+                    },
                     extra: q.extra,
                     prompt: q.prompt,
                 })
                 .collect();
             let mut ws = d.ws.lock().unwrap_or_else(|e| e.into_inner());
-            let (logits, argmax) = (&mut out.logits, &mut out.argmax);
-            Ok(d.model
-                .forward_batch(&pool.0, &gseqs, &mut ws, logits, argmax)?)
+            let rows = PassOut {
+                logits: &mut out.logits,
+                argmax: &mut out.argmax,
+                top: &mut out.top,
+            };
+            Ok(d.model.forward_batch(&pool.0, &gseqs, &mut ws, rows)?)
         }
     }
 }
@@ -188,8 +200,8 @@ mod tests {
     use cascade_weights::{OpenOptions, WeightStore};
 
     use crate::fixture::{self, FixtureSpec};
-    use crate::model::{Logits, Model, Outputs, Reduce, Rows, SeqInput};
-    use crate::sampler::argmax_valid;
+    use crate::model::{Logits, Model, Outputs, Reduce, Rows, SeqInput, MAX_REDUCED_TOP_K};
+    use crate::sampler::{argmax_valid, top_candidates};
     use crate::scratch::Scratch;
 
     fn rel_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -477,6 +489,84 @@ mod tests {
         }
     }
 
+    /// Rows reduced to their top k on the device (and on the CPU) are the candidates of the same
+    /// rows returned whole, bit for bit, in a batch that mixes every kind of row and two values
+    /// of k; a mask that hides each row's best id keeps it out.
+    #[test]
+    fn rows_reduced_to_their_top_k_are_the_candidates_of_the_whole_rows() {
+        let (_dir, path) = fixture_file();
+        let load = || Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
+        let (mut cpu, mut dev) = (load(), load());
+        let a: Vec<u32> = (0..7).map(|i| (i * 29 + 5) % 256).collect();
+        let b: Vec<u32> = (0..4).map(|i| (i * 13 + 1) % 256).collect();
+        let c: Vec<u32> = (0..3).map(|i| (i * 7 + 100) % 256).collect();
+        let tables = [[0u32, 1], [2, 3], [4, 5]];
+        let batch = |r: [Reduce; 3]| {
+            [(&a, Logits::All), (&b, Logits::From(1)), (&c, Logits::Last)]
+                .into_iter()
+                .zip(&tables)
+                .zip(r)
+                .map(|(((tokens, want), table), reduce)| SeqInput {
+                    tokens,
+                    table,
+                    past: 0,
+                    want,
+                    reduce,
+                    extra: &[],
+                    prompt: 0,
+                })
+                .collect::<Vec<_>>()
+        };
+        let v = cpu.vocab_size();
+        let w = Reduce::Logits;
+        let mut out = Outputs::default();
+        let mut kv = cpu.new_storage(4, 6).unwrap();
+        let x = Reduce::Argmax;
+        cpu.forward_batch(
+            &mut kv,
+            &batch([x, x, x]),
+            &mut Scratch::default(),
+            &mut out,
+        )
+        .unwrap();
+        for &id in &out.argmax {
+            cpu.valid[id as usize] = false;
+        }
+        dev.valid = cpu.valid.clone();
+        dev.place_on(&cascade_gpu::Device::shim()).unwrap();
+        let (ka, kc) = (Reduce::TopK(5), Reduce::TopK(MAX_REDUCED_TOP_K));
+        for m in [&cpu, &dev] {
+            let mut kv = m.new_storage(4, 6).unwrap();
+            let mut s = Scratch::default();
+            let (mut whole, mut mixed) = (Outputs::default(), Outputs::default());
+            m.forward_batch(&mut kv, &batch([w, w, w]), &mut s, &mut whole)
+                .unwrap();
+            m.forward_batch(&mut kv, &batch([ka, x, kc]), &mut s, &mut mixed)
+                .unwrap();
+            assert!(mixed.logits.is_empty());
+            let parts = mixed.split([(7, ka), (3, x), (1, kc)], v);
+            let (Rows::TopK { k: 5, cands: ta }, Rows::Argmax(ib), Rows::TopK { cands: tc, .. }) =
+                (parts[0], parts[1], parts[2])
+            else {
+                panic!("a and c to their top k, b to its argmax");
+            };
+            let bits =
+                |c: &[(u32, f32)]| c.iter().map(|e| (e.0, e.1.to_bits())).collect::<Vec<_>>();
+            let row = |r: usize| &whole.logits[r * v..(r + 1) * v];
+            for r in 0..7 {
+                let want = top_candidates(row(r), &m.valid, 5);
+                assert_eq!(bits(&ta[r * 5..(r + 1) * 5]), bits(&want), "a's row {r}");
+                assert!(ta[r * 5..(r + 1) * 5].iter().all(|e| m.valid[e.0 as usize]));
+            }
+            for (r, &id) in ib.iter().enumerate() {
+                assert_eq!(Some(id), argmax_valid(row(7 + r), &m.valid), "b's row {r}");
+            }
+            let want = top_candidates(row(10), &m.valid, MAX_REDUCED_TOP_K);
+            assert_eq!(bits(tc), bits(&want), "c's row");
+            assert!(tc.windows(2).all(|p| p[0].1 >= p[1].1), "descending");
+        }
+    }
+
     /// The restricted output layer (FR-Spec) on the device: the ids outside the subset and the
     /// sequence's own context tokens are -inf exactly where the CPU's are, the rest within the
     /// 8-bit paths' error; a restriction made after placing the model reaches the device too.
@@ -534,6 +624,16 @@ mod tests {
                 |x: &[f32]| -> Vec<f32> { x.iter().copied().filter(|v| v.is_finite()).collect() };
             let diff = rel_diff(&fin(rc), &fin(rd));
             assert!(diff < 0.02, "row {r} differs by {diff}");
+        }
+        // Past the 60-odd computed ids, a top 64 takes -inf ones, lowest ids first.
+        let top = run(&dev, Reduce::TopK(MAX_REDUCED_TOP_K));
+        for (r, got) in top.top.chunks(MAX_REDUCED_TOP_K).enumerate() {
+            let row = &d.logits[r * v..(r + 1) * v];
+            let want = top_candidates(row, &dev.valid, MAX_REDUCED_TOP_K);
+            assert!(want.iter().any(|c| c.1 == f32::NEG_INFINITY));
+            let bits =
+                |c: &[(u32, f32)]| c.iter().map(|e| (e.0, e.1.to_bits())).collect::<Vec<_>>();
+            assert_eq!(bits(got), bits(&want), "top-k row {r}");
         }
         let reduced = run(&dev, Reduce::Argmax);
         assert_eq!(reduced.argmax.len(), 5, "a's five rows reduced");

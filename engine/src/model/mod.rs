@@ -12,7 +12,7 @@ use cascade_weights::{
 
 use crate::error::{EngineError, Result};
 use crate::kv_cache::{KvCache, KvStorage};
-use crate::sampler::argmax_valid;
+use crate::sampler::{argmax_valid, top_candidates};
 use crate::scratch::{sized, Scratch, SharedInput};
 
 mod gpu;
@@ -68,15 +68,25 @@ pub enum Reduce {
     /// (lowest id on ties), what a greedy sampler picks. On a device the rows are reduced there,
     /// so a greedy step copies back one id per row instead of the vocabulary's logits.
     Argmax,
+    /// The k (1 to [`MAX_REDUCED_TOP_K`]) largest valid logits, in [`Outputs::top`]: (id, logit)
+    /// by descending logit, lowest id on ties, padded with ([`crate::sampler::NO_CANDIDATE`], -inf); what a
+    /// sampler with this top-k cut draws from ([`crate::sampler::Sampler::sample_candidates`]).
+    /// On a device the rows are reduced there.
+    TopK(usize),
 }
 
+/// The largest k a row is reduced to ([`Reduce::TopK`]; a device's top-k kernel takes up to it).
+pub const MAX_REDUCED_TOP_K: usize = cascade_gpu::kernels::TOPK_MAX as usize;
+
 /// What a forward pass returns: the rows of the sequences with [`Reduce::Logits`] (each
-/// sequence's `want` rows in turn, `vocab_size` values each), and the argmax of the rows of those
-/// with [`Reduce::Argmax`], in turn.
+/// sequence's `want` rows in turn, `vocab_size` values each), the argmax of the rows of those
+/// with [`Reduce::Argmax`], and the top k of the rows of those with [`Reduce::TopK`] (k entries
+/// a row), each in turn.
 #[derive(Debug, Default)]
 pub struct Outputs {
     pub logits: Vec<f32>,
     pub argmax: Vec<u32>,
+    pub top: Vec<(u32, f32)>,
 }
 
 /// One sequence's part of a forward pass's [`Outputs`].
@@ -84,6 +94,11 @@ pub struct Outputs {
 pub(crate) enum Rows<'a> {
     Logits(&'a [f32]),
     Argmax(&'a [u32]),
+    /// Each row's k candidates in turn.
+    TopK {
+        k: usize,
+        cands: &'a [(u32, f32)],
+    },
 }
 
 impl Outputs {
@@ -94,7 +109,7 @@ impl Outputs {
         parts: impl IntoIterator<Item = (usize, Reduce)>,
         vocab: usize,
     ) -> Vec<Rows<'a>> {
-        let (mut r, mut a) = (0, 0);
+        let (mut r, mut a, mut t) = (0, 0, 0);
         parts
             .into_iter()
             .map(|(n, reduce)| match reduce {
@@ -105,6 +120,13 @@ impl Outputs {
                 Reduce::Argmax => {
                     a += n;
                     Rows::Argmax(&self.argmax[a - n..a])
+                }
+                Reduce::TopK(k) => {
+                    t += n * k;
+                    Rows::TopK {
+                        k,
+                        cands: &self.top[t - n * k..t],
+                    }
                 }
             })
             .collect()
@@ -425,7 +447,7 @@ impl Model {
         };
         let mut out = Outputs {
             logits: std::mem::take(logits),
-            argmax: Vec::new(),
+            ..Outputs::default()
         };
         let result = self.forward_batch(&mut cache.storage, &[seq], &mut scratch, &mut out);
         *logits = out.logits;
@@ -450,6 +472,14 @@ impl Model {
                     adding: n,
                     capacity: room.min(self.config.context_length),
                 });
+            }
+            if let Reduce::TopK(k) = q.reduce {
+                if k == 0 || k > MAX_REDUCED_TOP_K {
+                    return Err(EngineError::InvalidParam {
+                        name: "top-k reduction",
+                        reason: format!("{k} is outside 1..={MAX_REDUCED_TOP_K}"),
+                    });
+                }
             }
             if let Some(&b) = q.table.iter().find(|&&b| b as usize >= kv.n_blocks()) {
                 return Err(EngineError::InvalidParam {
@@ -528,10 +558,12 @@ impl Model {
         Ok(())
     }
 
-    /// Replaces the logit rows of the sequences with [`Reduce::Argmax`] by their greedy choice
-    /// (the device path reduces them on the device).
+    /// Replaces the logit rows of the sequences with [`Reduce::Argmax`] by their greedy choice,
+    /// and those with [`Reduce::TopK`] by their top k (the device path reduces them on the
+    /// device).
     fn reduce_rows(&self, seqs: &[SeqInput], out: &mut Outputs) {
         out.argmax.clear();
+        out.top.clear();
         if seqs.iter().all(|q| q.reduce == Reduce::Logits) {
             return;
         }
@@ -543,6 +575,10 @@ impl Model {
                     Reduce::Argmax => {
                         let row = &out.logits[src * v..(src + 1) * v];
                         out.argmax.push(argmax_valid(row, &self.valid).unwrap_or(0));
+                    }
+                    Reduce::TopK(k) => {
+                        let row = &out.logits[src * v..(src + 1) * v];
+                        out.top.extend(top_candidates(row, &self.valid, k));
                     }
                     Reduce::Logits => {
                         out.logits.copy_within(src * v..(src + 1) * v, dst * v);

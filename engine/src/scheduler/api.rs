@@ -207,4 +207,32 @@ pub struct SchedulerStats {
     /// Blocks that hold a cached prompt prefix no running sequence uses (reclaimable).
     pub kv_blocks_cached: usize,
     pub steps: u64,
+    /// Logit rows the forwards returned, by how they came back.
+    pub logit_rows: LogitRows,
+}
+
+/// Logit rows by how a forward returned them: whole, or reduced to their argmax or top k (on a
+/// device reduced there, so such a row copies back one id or k pairs, not the vocabulary).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct LogitRows {
+    pub whole: u64,
+    pub argmax: u64,
+    pub top_k: u64,
+}
+
+impl LogitRows {
+    /// Counts `n` rows reduced as `r`.
+    pub(crate) fn count(&mut self, n: usize, r: crate::model::Reduce) {
+        use crate::model::Reduce;
+        if n == 0 {
+            return;
+        }
+        let (c, kind) = match r {
+            Reduce::Logits => (&mut self.whole, "whole"),
+            Reduce::Argmax => (&mut self.argmax, "argmax"),
+            Reduce::TopK(_) => (&mut self.top_k, "top_k"),
+        };
+        *c += n as u64;
+        metrics::counter!(super::metrics::LOGIT_ROWS, "kind" => kind).increment(n as u64);
+    }
 }

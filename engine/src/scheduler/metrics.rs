@@ -34,6 +34,10 @@ pub const SPEC_DRAFT_TOKENS: &str = "vllm:spec_decode_num_draft_tokens";
 pub const SPEC_ACCEPTED_TOKENS: &str = "vllm:spec_decode_num_accepted_tokens";
 pub const SPEC_ACCEPTED_PER_POS: &str = "vllm:spec_decode_num_accepted_tokens_per_pos";
 
+/// Counter, label `kind` (`whole`, `argmax`, `top_k`): logit rows the forwards returned, by how
+/// they came back (reduced rows copy back a few values from a device, not the vocabulary).
+pub const LOGIT_ROWS: &str = "cascade:logit_rows_total";
+
 /// Histogram buckets (seconds) for the latency histograms, for an exporter to install.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -58,6 +62,11 @@ pub fn describe() {
     describe_histogram!(ITL, Unit::Seconds, "Time between a stream's tokens.");
     describe_histogram!(E2E, Unit::Seconds, "Request latency, submission to end.");
     describe_histogram!(BATCH_SEQUENCES, "Sequences per scheduler step.");
+    describe_counter!(
+        LOGIT_ROWS,
+        Unit::Count,
+        "Logit rows returned, by kind (whole, argmax, top_k)."
+    );
     describe_histogram!(BATCH_ROWS, "Rows of a step's target forward.");
     describe_gauge!(KV_BLOCKS_USED, "KV blocks held by running sequences.");
     describe_gauge!(KV_BLOCKS_FREE, "KV blocks free (cached prefixes included).");

@@ -377,9 +377,10 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
     let mut depth = 0;
     while !feeds.is_empty() {
         let t = Instant::now();
+        let top_k = l.draft_top_k;
         let rows = forward_feeds(
             pool,
-            model,
+            (model, top_k),
             &mut l.running,
             &feeds,
             &mut l.bufs.scratch_d,
@@ -389,12 +390,15 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
         depth += 1;
         let mut next = Vec::new();
         let running = &l.running;
-        let parts = l.bufs.out_d.split(
-            feeds
-                .iter()
-                .map(|(i, t, w)| (w.rows(t.len()).len(), running[*i].reduce())),
-            model.vocab_size(),
-        );
+        let shapes: Vec<_> = feeds
+            .iter()
+            .map(|(i, t, w)| {
+                let reduce = running[*i].reduce(model.vocab_size(), top_k);
+                (w.rows(t.len()).len(), reduce)
+            })
+            .collect();
+        shapes.iter().for_each(|&(n, r)| l.logit_rows.count(n, r));
+        let parts = l.bufs.out_d.split(shapes, model.vocab_size());
         for ((i, toks, logits), part) in feeds.iter().zip(parts) {
             let s = &mut l.running[*i];
             s.stats.draft_tokens += toks.len();
@@ -438,6 +442,13 @@ fn draft_token(s: &mut Seq, row: Rows, valid: &[bool], proposal: &mut Proposal) 
             proposal.tokens.push(tok);
             return Some(tok);
         }
+        Rows::TopK { cands, .. } => {
+            // Sampled exact drafting (cascades take whole rows): q is the candidates' shaping.
+            let sampled = s.sampler.sample_candidates(cands, valid);
+            proposal.probs.push(DraftProbs::Dense(sampled.dist));
+            proposal.tokens.push(sampled.token);
+            return Some(sampled.token);
+        }
     };
     let greedy = s.sampler.params.is_greedy();
     let sampled = s.sampler.sample(row, valid);
@@ -462,7 +473,7 @@ fn draft_token(s: &mut Seq, row: Rows, valid: &[bool], proposal: &mut Proposal) 
 /// Returns the rows run.
 fn forward_feeds(
     pool: &mut BlockPool,
-    model: &Model,
+    (model, top_k): (&Model, bool),
     running: &mut [Seq],
     feeds: &[Feed],
     scratch: &mut crate::scratch::Scratch,
@@ -481,7 +492,7 @@ fn forward_feeds(
                 table: &d.blocks.table,
                 past: d.blocks.len,
                 want: *want,
-                reduce: running[*i].reduce(),
+                reduce: running[*i].reduce(model.vocab_size(), top_k),
                 extra: &d.vocab,
                 prompt: running[*i].prompt_len,
             }
@@ -551,7 +562,7 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
             table: &l.running[*i].kv.table,
             past: l.running[*i].kv.len,
             want: *want,
-            reduce: l.running[*i].reduce(),
+            reduce: l.running[*i].reduce(model.vocab_size(), true),
             extra: &[],
             prompt: l.running[*i].prompt_len,
         })
@@ -566,12 +577,12 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
     if role == Role::Target {
         l.costs.target.observe(rows, t.elapsed().as_secs_f64());
     }
-    let parts = out.split(
-        inputs
-            .iter()
-            .map(|q| (q.want.rows(q.tokens.len()).len(), q.reduce)),
-        model.vocab_size(),
-    );
+    let shapes: Vec<_> = inputs
+        .iter()
+        .map(|q| (q.want.rows(q.tokens.len()).len(), q.reduce))
+        .collect();
+    shapes.iter().for_each(|&(n, r)| l.logit_rows.count(n, r));
+    let parts = out.split(shapes, model.vocab_size());
     drop(inputs);
     for ((i, t, _), part) in batch.iter().zip(parts) {
         let w = std::mem::replace(&mut work[*i], Work::Wait);
@@ -586,6 +597,7 @@ fn next_token(s: &mut Seq, model: &Model, row: Rows) -> u32 {
     match row {
         Rows::Logits(l) => s.sampler.sample(l, model.valid_mask()).token,
         Rows::Argmax(ids) => ids[0],
+        Rows::TopK { cands, .. } => s.sampler.sample_candidates(cands, model.valid_mask()).token,
     }
 }
 
@@ -639,6 +651,11 @@ fn accept(
         Rows::Logits(logits) => judge.targets(logits, proposal, &mut s.stats),
         // Greedy exact verification: each position's target is a point on its argmax.
         Rows::Argmax(ids) => ids.iter().map(|&id| Distribution::point(id)).collect(),
+        // Sampled exact verification: each position's target made from its candidates.
+        Rows::TopK { k, cands } => cands
+            .chunks_exact(k)
+            .map(|c| Distribution::from_candidates(c, &judge.sampling, model.valid_mask()))
+            .collect(),
     };
     let v = verify(&p, &proposal.probs, &proposal.tokens, s.sampler.rng());
     s.kv.len = base + 1 + v.accepted;

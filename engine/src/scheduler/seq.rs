@@ -8,7 +8,7 @@ use cascade_weights::StreamDecoder;
 
 use crate::engine::{Completion, Mode, Role};
 use crate::generate::{GenerateStats, StopReason};
-use crate::model::{Model, Reduce};
+use crate::model::{Model, Reduce, MAX_REDUCED_TOP_K};
 use crate::sampler::Sampler;
 use crate::speculative::{finish_stats, Cascade, Controller, Counters, NgramProposer, SpecConfig};
 
@@ -73,13 +73,21 @@ impl Seq {
         self.job.req.config.max_tokens
     }
 
-    /// How this sequence's logit rows come back from a forward: greedy decoding and exact
-    /// verification need only each row's argmax (reduced on a device, so a GPU step copies back
-    /// one id per row); sampling and cascade rules need the whole rows.
-    pub fn reduce(&self) -> Reduce {
+    /// How this sequence's logit rows come back from a forward of a model of `vocab` ids: greedy
+    /// decoding and exact verification need only each row's argmax, sampling with a top-k cut
+    /// (up to [`MAX_REDUCED_TOP_K`]) only the row's k candidates (both reduced on a device, so a
+    /// GPU step copies back one id, or k pairs, per row); other sampling and cascade rules need
+    /// the whole rows. `top_k`: whether the model's valid ids are those the rows are sampled on
+    /// (not so for a draft with ids the target lacks: its candidates would be the wrong ones).
+    pub fn reduce(&self, vocab: usize, top_k: bool) -> Reduce {
         let cascade = self.spec.as_ref().is_some_and(|sp| sp.cascade.is_some());
-        if self.sampler.params.is_greedy() && !cascade {
+        let p = &self.sampler.params;
+        if cascade {
+            Reduce::Logits
+        } else if p.is_greedy() {
             Reduce::Argmax
+        } else if top_k && p.top_k > 0 && p.top_k <= MAX_REDUCED_TOP_K && p.top_k < vocab {
+            Reduce::TopK(p.top_k)
         } else {
             Reduce::Logits
         }

@@ -23,6 +23,7 @@ use crate::model::{Model, Outputs};
 use crate::scratch::Scratch;
 use crate::speculative::{PassCosts, MAX_DRAFT_LEN};
 
+use super::api::LogitRows;
 use super::kv::BlockPool;
 use super::memory::Memory;
 use super::round::Round;
@@ -46,6 +47,11 @@ pub(crate) struct StepLoop {
     pub memory: Memory,
     /// Ids both models may propose (a padded row of either vocabulary is never drafted).
     pub both_valid: Vec<bool>,
+    /// Whether the draft's rows may be reduced to their top k: its own valid ids are
+    /// `both_valid` (else its candidates could hold ids a proposal may not take).
+    pub draft_top_k: bool,
+    /// Logit rows returned so far, by kind.
+    pub logit_rows: LogitRows,
     steps: u64,
 }
 
@@ -95,6 +101,10 @@ impl StepLoop {
                 .collect(),
             None => Vec::new(),
         };
+        let draft_top_k = shared
+            .draft
+            .as_ref()
+            .is_some_and(|d| d.valid_mask() == both_valid.as_slice());
         Ok(StepLoop {
             shared,
             cfg,
@@ -113,6 +123,8 @@ impl StepLoop {
             },
             memory: Memory::default(),
             both_valid,
+            draft_top_k,
+            logit_rows: LogitRows::default(),
             steps: 0,
         })
     }
@@ -347,6 +359,7 @@ impl StepLoop {
             kv_blocks_used: self.target.used(),
             kv_blocks_cached: self.target.idle(),
             steps: self.steps,
+            logit_rows: self.logit_rows,
         };
         metrics::gauge!(m::REQUESTS_RUNNING).set(st.running as f64);
         metrics::gauge!(m::REQUESTS_WAITING).set(st.waiting as f64);

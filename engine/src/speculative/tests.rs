@@ -223,14 +223,14 @@ fn second_token_marginal(target: &Model, prompt: &[u32], params: &SamplingParams
     let l = target.forward(prompt, &mut cache, Logits::Last).unwrap();
     let p1 = Distribution::from_logits(&l, params, valid);
     let mut out = vec![0f64; target.vocab_size()];
-    for (t1, &w) in p1.probs.iter().enumerate() {
+    for (t1, &w) in p1.to_dense(target.vocab_size()).iter().enumerate() {
         if w > 0.0 {
             cache.rollback_to(prompt.len()).unwrap();
             let l = target
                 .forward(&[t1 as u32], &mut cache, Logits::Last)
                 .unwrap();
             let p2 = Distribution::from_logits(&l, params, valid);
-            for (o, &p) in out.iter_mut().zip(&p2.probs) {
+            for (o, &p) in out.iter_mut().zip(&p2.to_dense(target.vocab_size())) {
                 *o += w as f64 * p as f64;
             }
         }
@@ -467,7 +467,7 @@ fn greedy_cascades_emit_the_target_argmax_or_what_the_rule_allows() {
             let pt = along(&p.target, &prompt, &g.tokens);
             for (j, &t) in g.tokens.iter().enumerate() {
                 let d = &pt[j];
-                let max = d.probs.iter().copied().fold(0.0, f32::max);
+                let max = d.max_prob();
                 assert!(
                     t == d.argmax() || d.prob(t) >= (1.0 - alpha) * max,
                     "token rule α {alpha}: position {j} token {t} has p {} of max {max}",
@@ -485,7 +485,7 @@ fn greedy_cascades_emit_the_target_argmax_or_what_the_rule_allows() {
             let pt = along(&p.target, &prompt, &g.tokens);
             let qd = along(&p.draft, &prompt, &g.tokens);
             for (j, &t) in g.tokens.iter().enumerate() {
-                let max_q = qd[j].probs.iter().copied().fold(0.0, f32::max);
+                let max_q = qd[j].max_prob();
                 assert!(
                     t == pt[j].argmax() || (t == qd[j].argmax() && max_q >= 1.0 - alpha),
                     "chow α {alpha}: position {j}"

@@ -115,14 +115,14 @@ fn sample_residual<R: Rng + ?Sized>(
     drafted: u32,
     rng: &mut R,
 ) -> u32 {
-    if let Some(id) = p.point {
+    if let Distribution::Point(id) = p {
         // p's whole mass is on one id: the residual's support is that id or empty (then p).
-        return id;
+        return *id;
     }
-    let residual = |id: usize| (p.probs[id] - q.prob(drafted, id as u32)).max(0.0);
-    let (mut total, mut support, mut only) = (0f64, 0usize, 0usize);
-    for id in 0..p.probs.len() {
-        let r = residual(id);
+    // The residual is zero wherever p is: only p's support is visited (in id order).
+    let residual = |(id, pv): (u32, f32)| (id, (pv - q.prob(drafted, id)).max(0.0));
+    let (mut total, mut support, mut only) = (0f64, 0usize, 0u32);
+    for (id, r) in p.support().map(residual) {
         if r > 0.0 {
             total += r as f64;
             support += 1;
@@ -135,21 +135,20 @@ fn sample_residual<R: Rng + ?Sized>(
         return sample(p, rng);
     }
     if support == 1 {
-        return only as u32;
+        return only;
     }
     let u = rng.random::<f64>() * total;
     let mut cum = 0f64;
-    for id in 0..p.probs.len() {
-        let r = residual(id);
+    for (id, r) in p.support().map(residual) {
         if r > 0.0 {
             cum += r as f64;
             only = id;
             if u < cum {
-                return id as u32;
+                return id;
             }
         }
     }
-    only as u32
+    only
 }
 
 #[cfg(test)]
@@ -241,6 +240,59 @@ mod tests {
         for (c, e) in counts.iter().zip([0.2, 0.3, 0.5]) {
             assert!((*c as f64 / n as f64 - e).abs() < 0.01, "{counts:?}");
         }
+    }
+
+    /// Targets and drafts held sparsely (rows reduced to their top k) give the verdicts, and
+    /// consume the random source, exactly as the same distributions held densely, in rounds that
+    /// end at the first drafted position, the second, and later.
+    #[test]
+    fn sparse_distributions_verify_as_their_dense_form() {
+        let n = 12;
+        let mut r = ChaCha8Rng::seed_from_u64(8);
+        let mut random_dist = |support: usize| {
+            let mut p = vec![0f32; n];
+            for _ in 0..support {
+                p[r.random_range(0..n)] += r.random::<f32>() + 0.05;
+            }
+            let s: f32 = p.iter().sum();
+            p.iter_mut().for_each(|x| *x /= s);
+            p
+        };
+        let sparse = |p: &[f32]| {
+            Distribution::Sparse(
+                p.iter()
+                    .enumerate()
+                    .filter(|(_, &x)| x > 0.0)
+                    .map(|(i, &x)| (i as u32, x))
+                    .collect(),
+            )
+        };
+        let mut outcomes = [0usize; 3];
+        for trial in 0..300u64 {
+            let mut ps: Vec<Vec<f32>> = (0..4).map(|_| random_dist(4)).collect();
+            let qs: Vec<Vec<f32>> = (0..3).map(|_| random_dist(3)).collect();
+            if trial % 3 == 0 {
+                // The target agrees with the draft at the first two positions: deeper rounds.
+                ps[..2].clone_from_slice(&qs[..2]);
+            }
+            let drafted: Vec<u32> = qs.iter().map(|q| dist(q).argmax()).collect();
+            let run = |p: Vec<Distribution>, q: Vec<DraftProbs>| {
+                let mut rng = ChaCha8Rng::seed_from_u64(trial);
+                let v = verify(&p, &q, &drafted, &mut rng);
+                (v, rng.random::<u64>())
+            };
+            let dense = run(
+                ps.iter().map(|p| dist(p)).collect(),
+                qs.iter().map(|q| DraftProbs::Dense(dist(q))).collect(),
+            );
+            let held = run(
+                ps.iter().map(|p| sparse(p)).collect(),
+                qs.iter().map(|q| DraftProbs::Dense(sparse(q))).collect(),
+            );
+            assert_eq!(dense, held, "trial {trial}");
+            outcomes[dense.0.accepted.min(2)] += 1;
+        }
+        assert!(outcomes.iter().all(|&c| c > 10), "{outcomes:?}");
     }
 
     /// Targets held as points (greedy rows reduced to their argmax) give the verdicts, and

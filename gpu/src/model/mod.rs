@@ -11,8 +11,11 @@ use crate::error::{GpuError, Result};
 use crate::kernels as k;
 use crate::matmul::{Mat, Matmul, RowSplit};
 
+mod select;
 mod subset;
 
+use select::OutRows;
+pub use select::{PassOut, RowReduce, NO_ID};
 use subset::Subset;
 
 /// What one layer of the engine's model hands over for upload.
@@ -118,15 +121,15 @@ impl GpuKv {
 }
 
 /// One sequence of a batch: `tokens` at positions `past..`, its blocks `table`, and the rows
-/// of its new tokens that want logits; with `argmax`, those rows come back as the greedy choice
-/// alone (one id, reduced on the device) instead of `vocab_size` logits.
+/// of its new tokens that want logits, which come back as `reduce` says: whole, or reduced on the
+/// device to their greedy choice or their top k.
 #[derive(Debug, Clone)]
 pub struct GpuSeq<'a> {
     pub tokens: &'a [u32],
     pub table: &'a [u32],
     pub past: usize,
     pub want: Range<usize>,
-    pub argmax: bool,
+    pub reduce: RowReduce,
     /// Tokens whose logits this sequence also needs when the output layer is restricted
     /// ([`GpuModel::restrict_output`]): its context's tokens.
     pub extra: &'a [u32],
@@ -166,6 +169,10 @@ enum Slot {
     PartMl,
     ArgIdx,
     ArgVal,
+    TopIdx,
+    TopVal,
+    TopIdx2,
+    TopVal2,
     SubLogits,
     ExtRows,
     ExtLogits,
@@ -175,14 +182,6 @@ enum Slot {
 }
 
 const N_SLOTS: usize = Slot::RowExt as usize + 1;
-
-/// The rows of a pass's output layer: `whole` copied back as logits, then `reduced` copied back
-/// as their argmax.
-#[derive(Clone, Copy)]
-struct OutRows {
-    whole: usize,
-    reduced: usize,
-}
 
 impl Workspace {
     fn take(&mut self, dev: &Device, slot: Slot, bytes: usize) -> Result<DevBuf> {
@@ -370,10 +369,11 @@ struct BatchIndex {
     tables: Vec<i32>,
     table_start: Vec<i32>,
     seq_of_row: Vec<i32>,
-    /// Rows that want logits: those copied back whole first, then those reduced to an argmax.
+    /// Rows that want logits: those copied back whole first, then those reduced to an argmax,
+    /// then those reduced to their top k.
     out_rows: Vec<i32>,
-    /// How many of `out_rows` are reduced to an argmax (the last ones).
-    argmax_rows: usize,
+    /// How many of `out_rows` are of each kind.
+    rows: OutRows,
     /// The sequence of each of `out_rows`.
     out_seq: Vec<usize>,
     /// Keys of the longest row (its position + 1).
@@ -418,6 +418,7 @@ fn check_seq(si: usize, q: &GpuSeq, kv: &GpuKv, vocab: usize) -> Result<()> {
 fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize, mma: bool) -> Result<BatchIndex> {
     for (si, q) in seqs.iter().enumerate() {
         check_seq(si, q, kv, vocab)?;
+        select::check_k(si, q.reduce)?;
     }
     // A sequence's prompt rows are a prefix of its rows (positions past.. below prompt).
     let prompt_rows = |q: &GpuSeq| match mma {
@@ -434,7 +435,7 @@ fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize, mma: bool) -> Result<B
         table_start: vec![],
         seq_of_row: vec![0; n],
         out_rows: vec![],
-        argmax_rows: 0,
+        rows: OutRows::default(),
         out_seq: vec![],
         max_keys: 0,
         split: RowSplit {
@@ -442,7 +443,8 @@ fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize, mma: bool) -> Result<B
             mma: n_prompt,
         },
     };
-    let (mut reduced, mut reduced_seq) = (Vec::new(), Vec::new());
+    // Argmax rows, then top-k rows, after the whole ones: (row, sequence, k).
+    let (mut reduced, mut top) = (Vec::new(), Vec::new());
     let (mut next_gen, mut next_prompt) = (0, n - n_prompt);
     for (si, q) in seqs.iter().enumerate() {
         ix.table_start.push(ix.tables.len() as i32);
@@ -464,18 +466,27 @@ fn index_batch(seqs: &[GpuSeq], kv: &GpuKv, vocab: usize, mma: bool) -> Result<B
             rows.push(r as i32);
         }
         let want = q.want.clone().map(|t| rows[t]);
-        if q.argmax {
-            reduced_seq.extend(want.clone().map(|_| si));
-            reduced.extend(want);
-        } else {
-            ix.out_seq.extend(want.clone().map(|_| si));
-            ix.out_rows.extend(want);
+        match q.reduce {
+            RowReduce::Whole => {
+                ix.out_seq.extend(want.clone().map(|_| si));
+                ix.out_rows.extend(want);
+            }
+            RowReduce::Argmax => reduced.extend(want.map(|r| (r, si))),
+            RowReduce::TopK(kk) => top.extend(want.map(|r| (r, si, kk))),
         }
         ix.max_keys = ix.max_keys.max(q.past + q.tokens.len());
     }
-    ix.argmax_rows = reduced.len();
-    ix.out_rows.extend(reduced);
-    ix.out_seq.extend(reduced_seq);
+    ix.rows.whole = ix.out_rows.len();
+    ix.rows.argmax = reduced.len();
+    for (r, si) in reduced {
+        ix.out_rows.push(r);
+        ix.out_seq.push(si);
+    }
+    for (r, si, kk) in top {
+        ix.out_rows.push(r);
+        ix.out_seq.push(si);
+        ix.rows.top_k.push(kk);
+    }
     Ok(ix)
 }
 
@@ -574,27 +585,22 @@ impl GpuModel {
     }
 
     /// One forward pass over a ragged batch (the CPU engine's `forward_batch`): writes the new
-    /// tokens' keys and values into their blocks of `kv` and returns logits
-    /// `[rows][vocab_size]` for the `want` rows of each sequence without `argmax` in turn, and
-    /// in `argmax` the greedy choice (the largest valid logit, lowest id on ties) of the `want`
-    /// rows of each sequence with it, in turn.
+    /// tokens' keys and values into their blocks of `kv` and puts the `want` rows of each
+    /// sequence in `out` as its `reduce` says: logits `[rows][vocab_size]` in `out.logits`, the
+    /// greedy choice (the largest valid logit, lowest id on ties) in `out.argmax`, the k largest
+    /// valid logits in `out.top`; each kind in the order of its sequences.
     pub fn forward_batch(
         &self,
         kv: &GpuKv,
         seqs: &[GpuSeq],
         ws: &mut Workspace,
-        logits: &mut Vec<f32>,
-        argmax: &mut Vec<u32>,
+        out: PassOut,
     ) -> Result<()> {
         let c = &self.config;
         let ix = index_batch(seqs, kv, c.vocab_size, self.mma)?;
         let mut p = self.begin(ws, &ix)?;
-        let rows = OutRows {
-            whole: ix.out_rows.len() - ix.argmax_rows,
-            reduced: ix.argmax_rows,
-        };
         let extras: Vec<&[u32]> = ix.out_seq.iter().map(|&s| seqs[s].extra).collect();
-        let result = self.run(kv, &mut p, ws, (rows, &extras), logits, argmax);
+        let result = self.run(kv, &mut p, ws, (&ix.rows, &extras), out);
         Self::end(ws, p);
         result
     }
@@ -604,9 +610,8 @@ impl GpuModel {
         kv: &GpuKv,
         p: &mut Pass,
         ws: &mut Workspace,
-        (rows, extras): (OutRows, &[&[u32]]),
-        logits: &mut Vec<f32>,
-        argmax: &mut Vec<u32>,
+        (rows, extras): (&OutRows, &[&[u32]]),
+        out: PassOut,
     ) -> Result<()> {
         let c = &self.config;
         let h = c.hidden_size;
@@ -615,9 +620,10 @@ impl GpuModel {
             self.attention_block(l, layer, kv, p)?;
             self.mlp_block(layer, p)?;
         }
-        logits.clear();
-        argmax.clear();
-        let m = rows.whole + rows.reduced;
+        out.logits.clear();
+        out.argmax.clear();
+        out.top.clear();
+        let m = rows.len();
         if m == 0 {
             return Ok(());
         }
@@ -634,58 +640,17 @@ impl GpuModel {
                 .int(m),
         )?;
         self.rms_norm(&p.proj, &self.output_norm, &p.xn, m)?;
-        let out = ws.take(d, Slot::Logits, m * c.vocab_size * 4)?;
+        let logits = ws.take(d, Slot::Logits, m * c.vocab_size * 4)?;
         p.mm.reset();
         let r = match &self.subset {
             None => self
                 .output
-                .apply(d, &mut p.mm, &p.xn, &out, RowSplit::dp4a(m)),
-            Some(sub) => self.restricted(sub, ws, p, extras, &out),
+                .apply(d, &mut p.mm, &p.xn, &logits, RowSplit::dp4a(m)),
+            Some(sub) => self.restricted(sub, ws, p, extras, &logits),
         }
-        .and_then(|()| self.read_rows(ws, &out, rows, logits, argmax));
-        ws.put(Slot::Logits, out);
+        .and_then(|()| self.read_rows(ws, &logits, rows, out));
+        ws.put(Slot::Logits, logits);
         r
-    }
-
-    /// Copies back the first `rows.whole` rows of logits `out`, and the argmax of each of the
-    /// `rows.reduced` after them, reduced on the device.
-    fn read_rows(
-        &self,
-        ws: &mut Workspace,
-        out: &DevBuf,
-        rows: OutRows,
-        logits: &mut Vec<f32>,
-        argmax: &mut Vec<u32>,
-    ) -> Result<()> {
-        let (d, vocab) = (&self.dev, self.config.vocab_size);
-        logits.resize(rows.whole * vocab, 0.0);
-        d.read(out, 0, &mut logits[..])?;
-        if rows.reduced == 0 {
-            return Ok(());
-        }
-        let n = rows.reduced;
-        let idx = ws.take(d, Slot::ArgIdx, n * 4)?;
-        let val = ws.take(d, Slot::ArgVal, n * 4)?;
-        let mut ids = vec![0i32; n];
-        let r = d
-            .launch(
-                "argmax_rows",
-                k::argmax_rows(n as u32),
-                Args::new()
-                    .buf_at(out, rows.whole * vocab * 4)
-                    .buf(&self.valid)
-                    .int(vocab)
-                    .int(n)
-                    .buf(&idx)
-                    .buf(&val),
-            )
-            .and_then(|()| d.read(&idx, 0, &mut ids));
-        ws.put(Slot::ArgIdx, idx);
-        ws.put(Slot::ArgVal, val);
-        r?;
-        // No valid id at all (-1): id 0, as the CPU sampler's empty distribution gives.
-        argmax.extend(ids.iter().map(|&i| i.max(0) as u32));
-        Ok(())
     }
 
     fn rms_norm(&self, x: &DevBuf, w: &DevBuf, y: &DevBuf, n: usize) -> Result<()> {
