@@ -312,21 +312,36 @@ impl Distribution {
 /// ties (-0 and +0 equal), NaN never taken; padded to `k` with ([`NO_CANDIDATE`], -inf). The
 /// host's form of a device's top-k reduction of a row: both give the same entries.
 pub fn top_candidates(logits: &[f32], valid: &[bool], k: usize) -> Vec<(u32, f32)> {
-    let mut c: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .filter(|&(i, l)| valid.get(i).copied().unwrap_or(false) && !l.is_nan())
-        .map(|(i, &l)| (i as u32, l))
-        .collect();
+    if k == 0 {
+        return Vec::new();
+    }
     let order = |a: &(u32, f32), b: &(u32, f32)| {
         b.1.partial_cmp(&a.1)
-            .expect("no NaN left")
+            .expect("no NaN is kept")
             .then(a.0.cmp(&b.0))
     };
-    if k < c.len() {
-        c.select_nth_unstable_by(k - 1, order);
-        c.truncate(k);
+    // One pass in id order, keeping what could still be among the k best: once the buffer has
+    // been cut to its k best, a later (higher) id must beat the k-th value strictly.
+    let cap = (4 * k).max(64);
+    let mut c: Vec<(u32, f32)> = Vec::with_capacity(cap + 1);
+    let mut floor: Option<f32> = None;
+    let cut = |c: &mut Vec<(u32, f32)>| {
+        if k < c.len() {
+            c.select_nth_unstable_by(k - 1, order);
+            c.truncate(k);
+        }
+    };
+    for (i, &l) in logits.iter().enumerate() {
+        let ok = valid.get(i).copied().unwrap_or(false) && !l.is_nan();
+        if ok && floor.is_none_or(|f| l > f) {
+            c.push((i as u32, l));
+            if c.len() > cap {
+                cut(&mut c);
+                floor = c.iter().map(|e| e.1).reduce(f32::min);
+            }
+        }
     }
+    cut(&mut c);
     c.sort_unstable_by(order);
     c.resize(k, (NO_CANDIDATE, f32::NEG_INFINITY));
     c
@@ -629,7 +644,7 @@ mod tests {
     #[test]
     fn top_candidates_are_the_first_k_of_the_full_order() {
         let mut rng = ChaCha8Rng::seed_from_u64(9);
-        for (n, k) in [(50, 64), (300, 1), (300, 40), (5000, 64)] {
+        for (n, k) in [(50, 64), (300, 1), (300, 40), (5000, 64), (9, 0)] {
             let (logits, valid) = awkward_row(&mut rng, n);
             let mut all: Vec<(u32, f32)> = (0..n)
                 .filter(|&i| valid[i] && !logits[i].is_nan())
