@@ -38,7 +38,10 @@ fn bench(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("sample_151936");
     g.sample_size(30);
-    for (name, k) in [("whole_row/top_k40_top_p0.95", 40), ("whole_row/top_p0.95", 0)] {
+    for (name, k) in [
+        ("whole_row/top_k40_top_p0.95", 40),
+        ("whole_row/top_p0.95", 0),
+    ] {
         let mut s = Sampler::new(params(k));
         g.bench_function(name, |b| b.iter(|| s.sample(&logits, &valid).token));
     }

@@ -1,5 +1,7 @@
 //! A CUDA device through the driver API: its primary context, the kernel module NVRTC compiled
-//! for its architecture, memory and launches on the context's default stream (in order).
+//! for its architecture, and one stream (non-blocking, so that no other thread's use of the
+//! legacy default stream can disturb a graph capture on it) on which every copy, launch and
+//! graph runs in order. Copies wait for their stream, so host buffers are free on return.
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -9,6 +11,7 @@ use cudarc::driver::{result, sys};
 
 use crate::device::Launch;
 use crate::error::{GpuError, Result};
+use crate::graph::Recorded;
 
 fn drv(what: &str) -> impl Fn(result::DriverError) -> GpuError + '_ {
     move |e| GpuError::Driver(format!("{what}: {e}"))
@@ -19,6 +22,7 @@ pub(crate) struct CudaDevice {
     pub(crate) capability: u32,
     dev: sys::CUdevice,
     ctx: sys::CUcontext,
+    stream: sys::CUstream,
     module: sys::CUmodule,
     functions: Mutex<HashMap<String, usize>>,
     /// The pinned host buffer uploads are staged through (allocated at the first, grown to the
@@ -58,6 +62,8 @@ impl CudaDevice {
         // the call (the driver copies what it loads).
         let module = unsafe { result::module::load_data(compiled.cubin.as_ptr() as *const c_void) }
             .map_err(drv("load kernel module"))?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(drv("create stream"))?;
         tracing::info!(
             "cuda:{index}: {} (sm_{}{}), kernels loaded",
             info.name,
@@ -68,6 +74,7 @@ impl CudaDevice {
             capability: major * 10 + minor,
             dev,
             ctx,
+            stream,
             module,
             functions: Mutex::new(HashMap::new()),
             staging: Mutex::new(None),
@@ -89,17 +96,28 @@ impl CudaDevice {
     }
 
     pub(crate) fn free(&self, ptr: u64) {
-        if self.current().is_ok() {
-            // SAFETY: `ptr` came from `alloc` on this context and DevBuf frees it once.
+        // Work queued on the stream may still use the memory: it finishes first.
+        if self.current().is_ok() && self.wait().is_ok() {
+            // SAFETY: `ptr` came from `alloc` on this context, DevBuf frees it once, and nothing
+            // queued uses it any more (the stream is idle; graphs only run on it).
             let _ = unsafe { result::free_sync(ptr) };
         }
+    }
+
+    /// Waits for everything queued on the stream.
+    fn wait(&self) -> Result<()> {
+        // SAFETY: the stream this device created and has not destroyed.
+        unsafe { result::stream::synchronize(self.stream) }.map_err(drv("synchronize stream"))
     }
 
     pub(crate) fn htod<T: Copy>(&self, dst: u64, src: &[T]) -> Result<()> {
         self.current()?;
         // SAFETY: the caller checked that `dst..dst + size_of_val(src)` lies in a live
-        // allocation of this context.
-        unsafe { result::memcpy_htod_sync(dst, src) }.map_err(drv("copy to device"))
+        // allocation of this context; `src` is read before the wait below returns, after which
+        // the caller may reuse it.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(drv("copy to device"))?;
+        self.wait()
     }
 
     /// Fills `dst..dst + len` `step` bytes at a time through the pinned staging buffer (see
@@ -159,8 +177,11 @@ impl CudaDevice {
     pub(crate) fn dtoh<T: Copy>(&self, dst: &mut [T], src: u64) -> Result<()> {
         self.current()?;
         // SAFETY: the caller checked the source range against a live allocation; `T` is a plain
-        // value type for which any bytes are valid (f32, i32, u8).
-        unsafe { result::memcpy_dtoh_sync(dst, src) }.map_err(drv("copy from device"))
+        // value type for which any bytes are valid (f32, i32, u8); `dst` is written before the
+        // wait below returns.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }
+            .map_err(drv("copy from device"))?;
+        self.wait()
     }
 
     fn function(&self, name: &str) -> Result<sys::CUfunction> {
@@ -190,7 +211,7 @@ impl CudaDevice {
                 (g[0], g[1], g[2]),
                 (b[0], b[1], b[2]),
                 l.shared,
-                std::ptr::null_mut(),
+                self.stream,
                 params,
             )
         }
@@ -201,14 +222,94 @@ impl CudaDevice {
         self.current()?;
         result::ctx::synchronize().map_err(drv("synchronize"))
     }
+
+    /// The graph of `list`: its launches captured on the stream (relaxed mode: the capture does
+    /// not forbid other threads' calls, and nothing here copies or waits while it runs).
+    fn capture(&self, list: &[Recorded]) -> Result<sys::CUgraph> {
+        self.current()?;
+        use sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED as RELAXED;
+        // SAFETY: the device's own stream, not capturing (captures are not nested: the recorder
+        // refuses it, and every capture below ends before this returns).
+        unsafe { result::stream::begin_capture(self.stream, RELAXED) }
+            .map_err(drv("begin graph capture"))?;
+        let mut launched = Ok(());
+        for r in list {
+            let mut slots = r.args.clone();
+            let mut params: Vec<*mut c_void> = slots
+                .iter_mut()
+                .map(|s| s as *mut u64 as *mut c_void)
+                .collect();
+            launched = self.launch(&r.name, r.launch, &mut params);
+            if launched.is_err() {
+                break;
+            }
+        }
+        // SAFETY: ends the capture begun above on the same stream, whatever happened.
+        let graph = unsafe { result::stream::end_capture(self.stream) }
+            .map_err(drv("end graph capture"))?;
+        if let Err(e) = launched {
+            // SAFETY: the graph the capture just made, destroyed once.
+            let _ = unsafe { result::graph::destroy(graph) };
+            return Err(e);
+        }
+        Ok(graph)
+    }
+
+    /// Captures `list` and instantiates its graph.
+    pub(crate) fn instantiate(&self, list: &[Recorded]) -> Result<sys::CUgraphExec> {
+        let graph = self.capture(list)?;
+        // SAFETY: a graph just captured; it is destroyed once, after instantiation (the
+        // executable graph does not refer to it).
+        unsafe {
+            let exec = result::graph::instantiate(graph, sys::CUgraphInstantiate_flags(0));
+            let _ = result::graph::destroy(graph);
+            exec.map_err(drv("instantiate graph"))
+        }
+    }
+
+    /// Captures `list` and updates `exec` to it in place; false when the driver refuses (the
+    /// graph's shape differs), `exec` then unchanged.
+    pub(crate) fn update(&self, exec: sys::CUgraphExec, list: &[Recorded]) -> Result<bool> {
+        let graph = self.capture(list)?;
+        let mut info = std::mem::MaybeUninit::<sys::CUgraphExecUpdateResultInfo>::zeroed();
+        // SAFETY: `exec` is an executable graph of this context not running on another stream
+        // (graphs only run on this device's stream, in order), `graph` the one just captured,
+        // destroyed once after the update; `info` is written by the call.
+        let r = unsafe {
+            let r = sys::cuGraphExecUpdate_v2(exec, graph, info.as_mut_ptr());
+            let _ = result::graph::destroy(graph);
+            r
+        };
+        match r {
+            sys::CUresult::CUDA_SUCCESS => Ok(true),
+            sys::CUresult::CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE => Ok(false),
+            e => Err(GpuError::Driver(format!("update graph: {e:?}"))),
+        }
+    }
+
+    pub(crate) fn launch_graph(&self, exec: sys::CUgraphExec) -> Result<()> {
+        self.current()?;
+        // SAFETY: an executable graph of this context, launched on this device's stream.
+        unsafe { result::graph::launch(exec, self.stream) }.map_err(drv("launch graph"))
+    }
+
+    pub(crate) fn destroy_exec(&self, exec: sys::CUgraphExec) {
+        if self.current().is_ok() && self.wait().is_ok() {
+            // SAFETY: an executable graph of this context, not running (the stream is idle),
+            // destroyed once (its owner's drop).
+            let _ = unsafe { result::graph::exec_destroy(exec) };
+        }
+    }
 }
 
 impl Drop for CudaDevice {
     fn drop(&mut self) {
         if self.current().is_ok() {
-            // SAFETY: the module loaded in `open`, unloaded once; the primary context retained
-            // there, released once.
+            // SAFETY: the stream created in `open`, drained and destroyed once; the module loaded
+            // there, unloaded once; the primary context retained there, released once.
             unsafe {
+                let _ = result::stream::synchronize(self.stream);
+                let _ = result::stream::destroy(self.stream);
                 if let Some(p) = self.staging.get_mut().ok().and_then(|s| s.take()) {
                     let _ = result::free_host(p.ptr as *mut c_void);
                 }

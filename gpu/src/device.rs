@@ -7,6 +7,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use crate::error::{GpuError, Result};
+use crate::graph::Recorded;
 
 pub use crate::kernels::Launch;
 
@@ -14,7 +15,7 @@ pub use crate::kernels::Launch;
 /// from the slot's first four bytes, as the driver reads `kernelParams`).
 #[derive(Debug, Default)]
 pub struct Args {
-    slots: Vec<u64>,
+    pub(crate) slots: Vec<u64>,
 }
 
 impl Args {
@@ -229,6 +230,7 @@ impl Device {
     pub fn write<T: Copy>(&self, buf: &DevBuf, offset: usize, data: &[T]) -> Result<()> {
         let bytes = std::mem::size_of_val(data);
         check_range(buf, offset, bytes)?;
+        crate::graph::refuse_while_recording("a copy to the device")?;
         match &*self.inner {
             #[cfg(feature = "cuda")]
             Inner::Cuda(d) => d.htod(buf.ptr + offset as u64, data),
@@ -253,6 +255,7 @@ impl Device {
     pub fn read<T: Copy>(&self, buf: &DevBuf, offset: usize, out: &mut [T]) -> Result<()> {
         let bytes = std::mem::size_of_val(out);
         check_range(buf, offset, bytes)?;
+        crate::graph::refuse_while_recording("a copy from the device")?;
         match &*self.inner {
             #[cfg(feature = "cuda")]
             Inner::Cuda(d) => d.dtoh(out, buf.ptr + offset as u64),
@@ -275,7 +278,11 @@ impl Device {
 
     /// Runs kernel `name` (the arguments must match its parameter list: the kernels' contract
     /// in `kernels/cuda/`, which the launchers in this crate keep).
+    /// While this thread records a graph ([`Device::run_graph`]), the launch is recorded.
     pub fn launch(&self, name: &str, l: Launch, mut args: Args) -> Result<()> {
+        if crate::graph::record(name, l, &args.slots) {
+            return Ok(());
+        }
         let mut params = args.params();
         match &*self.inner {
             #[cfg(feature = "cuda")]
@@ -287,11 +294,99 @@ impl Device {
 
     /// Waits for the queued work.
     pub fn sync(&self) -> Result<()> {
+        crate::graph::refuse_while_recording("a wait")?;
         match &*self.inner {
             #[cfg(feature = "cuda")]
             Inner::Cuda(d) => d.sync(),
             #[cfg(feature = "shim")]
             Inner::Shim => Ok(()),
+        }
+    }
+}
+
+/// An instantiated CUDA graph (`cuGraphExec`), destroyed on drop; it keeps its device alive.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) struct GraphExec {
+    #[cfg(feature = "cuda")]
+    exec: cudarc::driver::sys::CUgraphExec,
+    dev: Arc<Inner>,
+}
+
+// SAFETY: an executable graph is a driver object any thread may launch or destroy once its
+// context is current there, which every use makes it (`CudaDevice::current`); one owner (a
+// workspace behind its model's mutex) uses it at a time.
+unsafe impl Send for GraphExec {}
+
+impl Drop for GraphExec {
+    fn drop(&mut self) {
+        match &*self.dev {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.destroy_exec(self.exec),
+            #[cfg(feature = "shim")]
+            Inner::Shim => {}
+        }
+    }
+}
+
+impl Device {
+    /// A graph of `list`, instantiated (none on the shim, which replays the list).
+    pub(crate) fn instantiate_graph(&self, list: &[Recorded]) -> Result<Option<GraphExec>> {
+        match &*self.inner {
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => Ok(Some(GraphExec {
+                exec: d.instantiate(list)?,
+                dev: self.inner.clone(),
+            })),
+            #[cfg(feature = "shim")]
+            Inner::Shim => {
+                let _ = list;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Updates `exec` in place to run `list` (same kernels, other arguments or grids); false
+    /// when the driver cannot (then a new graph is instantiated).
+    pub(crate) fn update_graph(
+        &self,
+        exec: Option<&mut GraphExec>,
+        list: &[Recorded],
+    ) -> Result<bool> {
+        match (&*self.inner, exec) {
+            #[cfg(feature = "cuda")]
+            (Inner::Cuda(d), Some(e)) => d.update(e.exec, list),
+            #[cfg(feature = "shim")]
+            (Inner::Shim, _) => Ok(true),
+            #[cfg(feature = "cuda")]
+            _ => Ok(false),
+        }
+    }
+
+    /// Runs the graph of `list` (on the shim: the recorded launches, in order).
+    pub(crate) fn launch_graph(&self, exec: Option<&GraphExec>, list: &[Recorded]) -> Result<()> {
+        match (&*self.inner, exec) {
+            #[cfg(feature = "cuda")]
+            (Inner::Cuda(d), Some(e)) => {
+                let _ = list; // the graph holds it
+                d.launch_graph(e.exec)
+            }
+            #[cfg(feature = "shim")]
+            (Inner::Shim, _) => {
+                for r in list {
+                    let mut slots = r.args.clone();
+                    let mut params: Vec<*mut c_void> = slots
+                        .iter_mut()
+                        .map(|s| s as *mut u64 as *mut c_void)
+                        .collect();
+                    let l = r.launch;
+                    crate::shim::launch(&r.name, l.grid, l.block, l.shared, &mut params)?;
+                }
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            _ => Err(GpuError::Driver(
+                "a graph that was never instantiated".into(),
+            )),
         }
     }
 }

@@ -9,6 +9,8 @@ pub mod device;
 #[cfg(feature = "cuda")]
 pub mod driver;
 pub mod error;
+#[cfg(any(feature = "cuda", feature = "shim"))]
+pub mod graph;
 pub mod kernels;
 #[cfg(any(feature = "cuda", feature = "shim"))]
 pub mod matmul;

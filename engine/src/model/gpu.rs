@@ -100,6 +100,20 @@ mod on {
                 .is_some_and(|d| d.model.prompt_kernels_differ())
         }
 
+        /// What the CUDA graphs of this model's passes on its device did (`None` on the CPU).
+        pub fn device_graph_stats(&self) -> Option<cascade_gpu::graph::GraphStats> {
+            let d = self.device.as_ref()?;
+            Some(d.ws.lock().unwrap_or_else(|e| e.into_inner()).graph_stats())
+        }
+
+        /// Turns CUDA graphs on or off for this model's small passes on its device (on unless
+        /// `CASCADE_GPU_GRAPHS=0`).
+        pub fn set_device_graphs(&mut self, on: bool) {
+            if let Some(d) = self.device.as_mut() {
+                d.model.set_graphs(on);
+            }
+        }
+
         /// Gives `kv` its device pool when this model runs on a device.
         pub(crate) fn attach_device_kv(&self, kv: &mut KvStorage) -> Result<()> {
             if let Some(d) = &self.device {
@@ -487,6 +501,56 @@ mod tests {
             }
             assert!(moved > 0, "the mask never mattered: the test cannot tell");
         }
+    }
+
+    /// Decode steps as CUDA graphs give bitwise the logits of the same steps launched kernel by
+    /// kernel: the graph of a decode step is reused while its shapes hold, updated in place when
+    /// the attention's key splits grow (past 256 keys), and a prompt's large pass runs directly.
+    #[test]
+    fn decode_steps_as_graphs_are_bitwise_the_steps_launched_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let spec = FixtureSpec {
+            weight_scale: 0.1,
+            context_length: 512,
+            ..FixtureSpec::default()
+        };
+        fixture::write(&spec, &path).unwrap();
+        let load = || {
+            let mut m = Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
+            m.place_on(&cascade_gpu::Device::shim()).unwrap();
+            m
+        };
+        let (mut direct, graphs) = (load(), load());
+        direct.set_device_graphs(false);
+        let prompt: Vec<u32> = (0..250).map(|i| (i * 31 + 7) % 256).collect();
+        let steps = 12;
+        let run = |m: &Model| {
+            let mut cache = m.new_cache(prompt.len() + steps + 1);
+            let mut rows = vec![m.forward_prompt(&prompt, &mut cache, Logits::Last).unwrap()];
+            for t in 0..steps {
+                let tok = [(t as u32 * 17 + 3) % 256];
+                rows.push(m.forward(&tok, &mut cache, Logits::Last).unwrap());
+            }
+            rows
+        };
+        let (a, b) = (run(&direct), run(&graphs));
+        for (t, (x, y)) in a.iter().zip(&b).enumerate() {
+            let same = x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(same, "step {t} differs with graphs");
+        }
+        let none = direct.device_graph_stats().unwrap();
+        assert_eq!(none.reused + none.updated + none.instantiated, 0);
+        let g = graphs.device_graph_stats().unwrap();
+        println!("graphs: {g:?}");
+        assert_eq!(g.instantiated, 1, "{g:?}");
+        assert!(g.updated >= 1, "the split change updates the graph: {g:?}");
+        assert_eq!(
+            g.reused + g.updated + 1,
+            steps as u64,
+            "every decode step: {g:?}"
+        );
+        assert!(g.reused >= steps as u64 - 3, "{g:?}");
     }
 
     /// Rows reduced to their top k on the device (and on the CPU) are the candidates of the same

@@ -8,6 +8,7 @@ use cascade_weights::{Layout, ModelConfig, RopeStyle, TensorView};
 
 use crate::device::{Args, DevBuf, Device};
 use crate::error::{GpuError, Result};
+use crate::graph::{GraphStats, Graphs};
 use crate::kernels as k;
 use crate::matmul::{Mat, Matmul, RowSplit};
 
@@ -74,6 +75,8 @@ pub struct GpuModel {
     subset: Option<Subset>,
     /// Whether prompt rows take the tensor-core products ([`RowSplit`]).
     mma: bool,
+    /// Whether passes of up to [`GRAPH_MAX_ROWS`] rows run their layers as one CUDA graph.
+    graphs: bool,
     /// Bytes of device memory the weights take.
     pub weight_bytes: usize,
 }
@@ -138,11 +141,18 @@ pub struct GpuSeq<'a> {
     pub prompt: usize,
 }
 
-/// Device buffers of one pass, grown as needed and kept between passes.
+/// Device buffers of one pass, grown as needed and kept between passes, and the graphs of the
+/// passes that ran as graphs.
 #[derive(Default)]
 pub struct Workspace {
     bufs: Vec<Option<DevBuf>>,
+    graphs: Graphs,
 }
+
+/// Passes of up to this many rows (decode steps and verification windows of a batch) run their
+/// layers as one CUDA graph: there the launches, several hundred a pass, cost the host more than
+/// the kernels cost the GPU. Larger passes launch their kernels directly.
+pub const GRAPH_MAX_ROWS: usize = 32;
 
 /// The workspace's buffers by role.
 #[derive(Clone, Copy)]
@@ -184,6 +194,11 @@ enum Slot {
 const N_SLOTS: usize = Slot::RowExt as usize + 1;
 
 impl Workspace {
+    /// What the graphs of this workspace's passes did.
+    pub fn graph_stats(&self) -> GraphStats {
+        self.graphs.stats
+    }
+
     fn take(&mut self, dev: &Device, slot: Slot, bytes: usize) -> Result<DevBuf> {
         if self.bufs.len() < N_SLOTS {
             self.bufs.resize_with(N_SLOTS, || None);
@@ -308,6 +323,7 @@ impl GpuModel {
             valid: dev.upload(&valid)?,
             subset: None,
             mma: dev.has_tensor_cores(),
+            graphs: std::env::var("CASCADE_GPU_GRAPHS").map_or(true, |v| v != "0"),
             weight_bytes: 0,
         };
         m.weight_bytes = m.count_bytes();
@@ -615,10 +631,11 @@ impl GpuModel {
     ) -> Result<()> {
         let c = &self.config;
         let h = c.hidden_size;
-        self.embd.get_rows(&self.dev, &p.ids, &p.x, p.n)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            self.attention_block(l, layer, kv, p)?;
-            self.mlp_block(layer, p)?;
+        if self.graphs && p.n <= GRAPH_MAX_ROWS {
+            self.dev
+                .run_graph(&mut ws.graphs, || self.layers_of(kv, p))?;
+        } else {
+            self.layers_of(kv, p)?;
         }
         out.logits.clear();
         out.argmax.clear();
@@ -651,6 +668,21 @@ impl GpuModel {
         .and_then(|()| self.read_rows(ws, &logits, rows, out));
         ws.put(Slot::Logits, logits);
         r
+    }
+
+    /// The embedding and every layer: launches only (what a graph holds).
+    fn layers_of(&self, kv: &GpuKv, p: &mut Pass) -> Result<()> {
+        self.embd.get_rows(&self.dev, &p.ids, &p.x, p.n)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            self.attention_block(l, layer, kv, p)?;
+            self.mlp_block(layer, p)?;
+        }
+        Ok(())
+    }
+
+    /// Turns graphs on or off for this model's passes (on unless `CASCADE_GPU_GRAPHS=0`).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs = on;
     }
 
     fn rms_norm(&self, x: &DevBuf, w: &DevBuf, y: &DevBuf, n: usize) -> Result<()> {
