@@ -1,7 +1,8 @@
 //! A CUDA device through the driver API: its primary context, the kernel module NVRTC compiled
 //! for its architecture, and one stream (non-blocking, so that no other thread's use of the
 //! legacy default stream can disturb a graph capture on it) on which every copy, launch and
-//! graph runs in order. Copies wait for their stream, so host buffers are free on return.
+//! graph runs in order. A copy returns with its host buffer free again (pageable memory is
+//! staged by the driver; the pinned staging buffer and reads are waited for).
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -110,11 +111,22 @@ impl CudaDevice {
         unsafe { result::stream::synchronize(self.stream) }.map_err(drv("synchronize stream"))
     }
 
+    /// Copies pageable host memory to the device, in stream order. The driver stages pageable
+    /// memory before the call returns (no wait is needed for `src` to be free again: CUDA's
+    /// "API synchronization behavior"), so a pass's index arrays cost one call each, not a wait.
     pub(crate) fn htod<T: Copy>(&self, dst: u64, src: &[T]) -> Result<()> {
         self.current()?;
         // SAFETY: the caller checked that `dst..dst + size_of_val(src)` lies in a live
-        // allocation of this context; `src` is read before the wait below returns, after which
-        // the caller may reuse it.
+        // allocation of this context; `src` is pageable memory (a Rust slice; the one pinned
+        // buffer goes through `htod_pinned`), copied to staging before the call returns.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }.map_err(drv("copy to device"))
+    }
+
+    /// Copies from the pinned staging buffer, and waits: the DMA reads it after the call, so it
+    /// may be refilled only then.
+    fn htod_pinned(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.current()?;
+        // SAFETY: as `htod`; `src` (pinned) is not touched until the wait below returns.
         unsafe { result::memcpy_htod_async(dst, src, self.stream) }
             .map_err(drv("copy to device"))?;
         self.wait()
@@ -156,12 +168,12 @@ impl CudaDevice {
         }
         let pinned = staging.as_ref().expect("allocated above");
         // SAFETY: `pinned` holds `pinned.len >= step` bytes, owned by this device and guarded by
-        // the lock; no copy from it is in flight (the copies are synchronous).
+        // the lock; no copy from it is in flight (each is waited for).
         let buf = unsafe { std::slice::from_raw_parts_mut(pinned.ptr, step) };
         self.htod_chunks(dst, len, buf, fill)
     }
 
-    /// Fills `dst..dst + len` through `buf`, a chunk at a time, each copy synchronous.
+    /// Fills `dst..dst + len` through `buf`, a chunk at a time, each copy waited for.
     fn htod_chunks(
         &self,
         dst: u64,
@@ -170,7 +182,7 @@ impl CudaDevice {
         fill: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>,
     ) -> Result<()> {
         crate::device::in_chunks(len, buf, fill, |off, part| {
-            self.htod(dst + off as u64, part)
+            self.htod_pinned(dst + off as u64, part)
         })
     }
 

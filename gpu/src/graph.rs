@@ -89,8 +89,9 @@ pub struct GraphStats {
     pub kernels: u64,
 }
 
-/// Graphs kept at once (shapes of passes seen recently: a decode batch, its verification).
-const KEEP: usize = 4;
+/// Graphs kept at once (shapes of passes seen recently: decode batches of a few sizes, their
+/// verification windows).
+const KEEP: usize = 8;
 
 struct Entry {
     list: Vec<Recorded>,
