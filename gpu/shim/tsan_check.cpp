@@ -95,18 +95,21 @@ int main(int argc, char** argv) {
                      {&pop, &pmp, &pp, &op, &n_rows, &n_heads, &hd, &kps, &splits});
     }
     {
-        int vocab = 1000, n = 3, k = 5;
+        // Two segments of 4096 values a row, then the merge over their candidates.
+        int vocab = 5000, n = 3, k = 5, segs = 2;
         std::vector<float> logits(vocab * n);
         for (int i = 0; i < vocab * n; ++i) logits[i] = (float)((i * 37) % 101);
-        std::vector<int> idx(n * k);
-        std::vector<float> val(n * k);
-        float *lp = logits.data(), *vp = val.data();
-        int* ip = idx.data();
-        rc |= launch("topk_rows", n, 1, 256, {&lp, &vocab, &n, &k, &ip, &vp});
+        std::vector<int> idx(n * segs * k), idx2(n * k);
+        std::vector<float> val(n * segs * k), val2(n * k);
         std::vector<unsigned char> valid(vocab, 1);
         valid[37] = 0;
-        unsigned char* validp = valid.data();
-        rc |= launch("argmax_rows", n, 1, 256, {&lp, &validp, &vocab, &n, &ip, &vp});
+        float *lp = logits.data(), *vp = val.data(), *vp2 = val2.data();
+        int *ip = idx.data(), *ip2 = idx2.data(), *no_ids = nullptr;
+        unsigned char *validp = valid.data(), *all = nullptr;
+        int merged = segs * k;
+        rc |= launch("topk_rows", n, segs, 256, {&lp, &no_ids, &validp, &vocab, &n, &k, &ip, &vp});
+        rc |= launch("topk_rows", n, 1, 256, {&vp, &ip, &all, &merged, &n, &k, &ip2, &vp2});
+        rc |= launch("argmax_rows", n, 1, 256, {&lp, &validp, &vocab, &n, &ip2, &vp2});
     }
     {
         // The restricted output layer's scatter: a fill, a barrier, then the subset and each

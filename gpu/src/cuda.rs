@@ -230,9 +230,11 @@ impl CudaDevice {
         .map_err(|e| GpuError::Driver(format!("launch {name}: {e}")))
     }
 
+    /// Waits for this device's work: its stream (all of it runs there). Not the whole context,
+    /// which another model's graph capture may be using.
     pub(crate) fn sync(&self) -> Result<()> {
         self.current()?;
-        result::ctx::synchronize().map_err(drv("synchronize"))
+        self.wait()
     }
 
     /// The graph of `list`: its launches captured on the stream (relaxed mode: the capture does
