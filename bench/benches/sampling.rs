@@ -30,22 +30,23 @@ fn row() -> Vec<f32> {
 fn bench(c: &mut Criterion) {
     let logits = row();
     let valid = vec![true; VOCAB];
-    let params = |top_k| SamplingParams {
+    let params = |top_k, top_p| SamplingParams {
         temperature: 0.8,
         top_k,
-        top_p: 0.95,
+        top_p,
         seed: 7,
     };
     let mut g = c.benchmark_group("sample_151936");
     g.sample_size(30);
-    for (name, k) in [
-        ("whole_row/top_k40_top_p0.95", 40),
-        ("whole_row/top_p0.95", 0),
+    for (name, k, p) in [
+        ("whole_row/top_k40_top_p0.95", 40, 0.95),
+        ("whole_row/top_p0.95", 0, 0.95),
+        ("whole_row/temperature_only", 0, 1.0),
     ] {
-        let mut s = Sampler::new(params(k));
+        let mut s = Sampler::new(params(k, p));
         g.bench_function(name, |b| b.iter(|| s.sample(&logits, &valid).token));
     }
-    reduced(&mut g, &logits, &valid, params(40));
+    reduced(&mut g, &logits, &valid, params(40, 0.95));
     g.finish();
 }
 

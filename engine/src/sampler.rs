@@ -89,7 +89,6 @@ impl Distribution {
     /// [`Distribution::from_candidates`] makes it from a device's reduction of the row.
     pub fn from_logits(logits: &[f32], params: &SamplingParams, valid: &[bool]) -> Distribution {
         let n = logits.len();
-        let is_valid = |i: usize| valid.get(i).copied().unwrap_or(false);
         if params.is_greedy() {
             return match argmax_valid(logits, valid) {
                 Some(best) => Distribution::point(best),
@@ -101,25 +100,10 @@ impl Distribution {
             let cands = top_candidates(logits, valid, params.top_k);
             return Distribution::from_candidates(&cands, params, valid);
         }
-        let mut probs = vec![0f32; n];
         let inv_t = 1.0 / params.temperature;
-        let max = (0..n)
-            .filter(|&i| is_valid(i))
-            .map(|i| logits[i] * inv_t)
-            .fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f64;
-        for i in 0..n {
-            if is_valid(i) {
-                let p = ((logits[i] * inv_t - max) as f64).exp();
-                probs[i] = p as f32;
-                sum += p;
-            }
-        }
-        if sum == 0.0 || !sum.is_finite() {
-            return Distribution::dense(probs);
-        }
-        let inv = (1.0 / sum) as f32;
-        probs.iter_mut().for_each(|p| *p *= inv);
+        let Some(mut probs) = dense_softmax(logits, valid, inv_t) else {
+            return Distribution::dense(vec![0f32; n]);
+        };
         if params.top_p < 1.0 {
             let keep = kept_candidates(&probs, params);
             let mut kept = vec![0f32; n];
@@ -169,7 +153,8 @@ impl Distribution {
         let mut probs: Vec<f32> = Vec::with_capacity(kept.len());
         let mut sum = 0f64;
         for c in &kept {
-            let p = ((c.1 * inv_t - max) as f64).exp();
+            let s = c.1 * inv_t;
+            let p = (if s == max { 0.0 } else { (s - max) as f64 }).exp();
             probs.push(p as f32);
             sum += p;
         }
@@ -308,10 +293,72 @@ impl Distribution {
     }
 }
 
+/// The softmax of `logits * inv_t` over the valid ids (zero elsewhere, and for NaN), `None` when
+/// no id has a probability. Made to vectorize, as it runs over a whole vocabulary per sampled
+/// token: the exponentials are `ops::exp` (f32, within 2 ulp; below e^-87 they are 0, so an id at
+/// -inf, as one outside a restricted output layer, stays at 0), summed in f64 over eight fixed
+/// lanes; ids at +inf share the mass equally.
+fn dense_softmax(logits: &[f32], valid: &[bool], inv_t: f32) -> Option<Vec<f32>> {
+    let (full, n) = (logits.len(), logits.len().min(valid.len()));
+    let (logits, valid) = (&logits[..n], &valid[..n]);
+    let scaled = |l: f32, ok: bool| {
+        if ok && !l.is_nan() {
+            l * inv_t
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    let max = logits
+        .iter()
+        .zip(valid)
+        .map(|(&l, &ok)| scaled(l, ok))
+        .fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return None;
+    }
+    // A plain loop over slices with selects, not branches (the exponential is computed for
+    // every id and dropped where it does not apply), so that it vectorizes.
+    let mut probs = vec![0f32; full];
+    for ((p, &l), &ok) in probs.iter_mut().zip(logits).zip(valid) {
+        let s = scaled(l, ok);
+        // s == max: exactly 1, also where max is +inf (where s - max would be NaN).
+        let d = if s == max { 0.0 } else { s - max };
+        let e = cascade_kernels::ops::exp(d);
+        *p = if d < -87.0 { 0.0 } else { e };
+    }
+    let mut lanes = [0f64; 8];
+    let mut chunks = probs.chunks_exact(8);
+    for c in &mut chunks {
+        for (acc, &p) in lanes.iter_mut().zip(c) {
+            *acc += p as f64;
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&p| p as f64).sum();
+    let sum = lanes.iter().sum::<f64>() + tail;
+    if !(sum > 0.0 && sum.is_finite()) {
+        return None;
+    }
+    let inv = (1.0 / sum) as f32;
+    probs.iter_mut().for_each(|p| *p *= inv);
+    Some(probs)
+}
+
 /// The `k` valid ids with the largest logits, as (id, logit) by descending logit, lowest id on
 /// ties (-0 and +0 equal), NaN never taken; padded to `k` with ([`NO_CANDIDATE`], -inf). The
 /// host's form of a device's top-k reduction of a row: both give the same entries.
 pub fn top_candidates(logits: &[f32], valid: &[bool], k: usize) -> Vec<(u32, f32)> {
+    let mut c = top_of(logits, k, |i, l| {
+        valid.get(i).copied().unwrap_or(false) && !l.is_nan()
+    });
+    c.resize(k, (NO_CANDIDATE, f32::NEG_INFINITY));
+    c
+}
+
+/// The (up to) `k` largest `values` among the ids `ok` takes (never a NaN), as (id, value) by
+/// descending value, lowest id on ties (-0 and +0 equal). One pass in id order keeps what could
+/// still be among the k best: once the buffer has been cut to its k best, a later (higher) id
+/// must beat the k-th value strictly; so the cost is a pass over the values, not a sort.
+fn top_of(values: &[f32], k: usize, ok: impl Fn(usize, f32) -> bool) -> Vec<(u32, f32)> {
     if k == 0 {
         return Vec::new();
     }
@@ -320,8 +367,6 @@ pub fn top_candidates(logits: &[f32], valid: &[bool], k: usize) -> Vec<(u32, f32
             .expect("no NaN is kept")
             .then(a.0.cmp(&b.0))
     };
-    // One pass in id order, keeping what could still be among the k best: once the buffer has
-    // been cut to its k best, a later (higher) id must beat the k-th value strictly.
     let cap = (4 * k).max(64);
     let mut c: Vec<(u32, f32)> = Vec::with_capacity(cap + 1);
     let mut floor: Option<f32> = None;
@@ -331,10 +376,9 @@ pub fn top_candidates(logits: &[f32], valid: &[bool], k: usize) -> Vec<(u32, f32
             c.truncate(k);
         }
     };
-    for (i, &l) in logits.iter().enumerate() {
-        let ok = valid.get(i).copied().unwrap_or(false) && !l.is_nan();
-        if ok && floor.is_none_or(|f| l > f) {
-            c.push((i as u32, l));
+    for (i, &v) in values.iter().enumerate() {
+        if floor.is_none_or(|f| v > f) && ok(i, v) {
+            c.push((i as u32, v));
             if c.len() > cap {
                 cut(&mut c);
                 floor = c.iter().map(|e| e.1).reduce(f32::min);
@@ -343,41 +387,30 @@ pub fn top_candidates(logits: &[f32], valid: &[bool], k: usize) -> Vec<(u32, f32
     }
     cut(&mut c);
     c.sort_unstable_by(order);
-    c.resize(k, (NO_CANDIDATE, f32::NEG_INFINITY));
     c
 }
 
 /// The ids top-k and top-p keep: candidates by descending probability (ties by id), the first
 /// `top_k`, then the shortest prefix whose probability reaches `top_p`. Only as many candidates
-/// as needed are sorted (a selection finds the largest 64, then 256, ...), since a full sort of a
-/// 150k-token vocabulary per position would cost more than the sampling is worth; the result is
-/// the same prefix a full sort gives.
+/// as needed are found (the largest 64, then 256, ..., each a pass of [`top_of`]), since a full
+/// sort of a 150k-token vocabulary per position would cost more than the sampling is worth; the
+/// result is the same prefix a full sort gives.
 fn kept_candidates(probs: &[f32], params: &SamplingParams) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..probs.len() as u32)
-        .filter(|&i| probs[i as usize] > 0.0)
-        .collect();
-    let by_prob = |a: &u32, b: &u32| {
-        probs[*b as usize]
-            .total_cmp(&probs[*a as usize])
-            .then(a.cmp(b))
-    };
+    let positive = probs.iter().filter(|&&p| p > 0.0).count();
     let limit = if params.top_k > 0 {
-        params.top_k.min(order.len())
+        params.top_k.min(positive)
     } else {
-        order.len()
+        positive
     };
     let mut m = 64.min(limit);
     loop {
-        if m < order.len() {
-            order.select_nth_unstable_by(m - 1, by_prob);
-        }
-        order[..m].sort_by(by_prob);
-        let mut keep = m;
+        let top = top_of(probs, m, |_, p| p > 0.0);
+        let mut keep = top.len();
         let mut reached = params.top_p >= 1.0 && m == limit;
         if params.top_p < 1.0 {
             let mut cum = 0f32;
-            for (i, &id) in order[..m].iter().enumerate() {
-                cum += probs[id as usize];
+            for (i, &(_, p)) in top.iter().enumerate() {
+                cum += p;
                 if cum >= params.top_p {
                     keep = i + 1;
                     reached = true;
@@ -386,8 +419,7 @@ fn kept_candidates(probs: &[f32], params: &SamplingParams) -> Vec<u32> {
             }
         }
         if reached || m == limit {
-            order.truncate(keep);
-            return order;
+            return top[..keep].iter().map(|e| e.0).collect();
         }
         m = (m * 4).min(limit);
     }
@@ -700,6 +732,53 @@ mod tests {
                 assert!(d.support().count() <= k && d.support().all(|(id, _)| valid[id as usize]));
             }
         }
+    }
+
+    /// The whole row's softmax (f32 exponentials summed in f64 lanes) against an f64 reference;
+    /// ids at -inf (outside a restricted layer), NaN or invalid get exactly 0; ids at +inf share
+    /// the mass.
+    #[test]
+    fn the_whole_rows_softmax_matches_f64_and_keeps_the_excluded_at_zero() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let n = 151_936;
+        let mut logits: Vec<f32> = (0..n).map(|_| rng.random::<f32>() * 30.0 - 20.0).collect();
+        let mut valid = vec![true; n];
+        for i in (0..n).step_by(7) {
+            logits[i] = f32::NEG_INFINITY;
+        }
+        logits[5] = f32::NAN;
+        valid[n - 100..].fill(false);
+        let t = 0.7f32;
+        let d = Distribution::from_logits(&logits, &params(t, 0, 1.0), &valid).to_dense(n);
+        let ok = |i: usize| valid[i] && logits[i].is_finite();
+        let max = (0..n)
+            .filter(|&i| ok(i))
+            .map(|i| (logits[i] * (1.0 / t)) as f64)
+            .fold(f64::MIN, f64::max);
+        let z: f64 = (0..n)
+            .filter(|&i| ok(i))
+            .map(|i| ((logits[i] * (1.0 / t)) as f64 - max).exp())
+            .sum();
+        let mut worst = 0f64;
+        for i in 0..n {
+            if !ok(i) {
+                assert_eq!(d[i], 0.0, "id {i}");
+                continue;
+            }
+            let want = ((logits[i] * (1.0 / t)) as f64 - max).exp() / z;
+            worst = worst.max((d[i] as f64 - want).abs() / want.max(1e-30));
+        }
+        assert!(worst < 1e-5, "worst relative error {worst}");
+        assert!((d.iter().map(|&p| p as f64).sum::<f64>() - 1.0).abs() < 1e-5);
+        logits[10] = f32::INFINITY;
+        logits[20] = f32::INFINITY;
+        let inf = Distribution::from_logits(&logits, &params(t, 0, 1.0), &valid);
+        assert_eq!(
+            inf.support().collect::<Vec<_>>(),
+            vec![(10, 0.5), (20, 0.5)]
+        );
+        let none = Distribution::from_logits(&[f32::NAN; 4], &params(t, 0, 1.0), &[true; 4]);
+        assert_eq!(none.support().count(), 0);
     }
 
     #[test]
