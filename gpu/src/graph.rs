@@ -52,7 +52,7 @@ pub(crate) fn record(name: &str, launch: Launch, args: &[u64]) -> bool {
 /// An error when this thread is recording: `what` (a copy, a wait) cannot be part of a graph.
 pub(crate) fn refuse_while_recording(what: &str) -> Result<()> {
     match RECORDING.with(|r| r.borrow().is_some()) {
-        true => Err(GpuError::Driver(format!(
+        true => Err(GpuError::Unsupported(format!(
             "{what} while recording a CUDA graph (only launches may be recorded)"
         ))),
         false => Ok(()),
@@ -64,7 +64,7 @@ fn recorded(f: impl FnOnce() -> Result<()>) -> Result<Vec<Recorded>> {
     RECORDING.with(|r| {
         let mut r = r.borrow_mut();
         if r.is_some() {
-            return Err(GpuError::Driver("graphs do not nest".into()));
+            return Err(GpuError::Unsupported("graphs do not nest".into()));
         }
         *r = Some(Vec::new());
         Ok(())

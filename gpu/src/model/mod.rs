@@ -3,6 +3,7 @@
 //! pass over a ragged batch that mirrors the CPU engine's layer by layer.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use cascade_weights::{Layout, ModelConfig, RopeStyle, TensorView};
 
@@ -75,8 +76,9 @@ pub struct GpuModel {
     subset: Option<Subset>,
     /// Whether prompt rows take the tensor-core products ([`RowSplit`]).
     mma: bool,
-    /// Whether passes of up to [`GRAPH_MAX_ROWS`] rows run their layers as one CUDA graph.
-    graphs: bool,
+    /// Whether passes of up to [`GRAPH_MAX_ROWS`] rows run their layers as one CUDA graph
+    /// (turned off for good, with a warning, if a graph ever fails to capture or run).
+    graphs: AtomicBool,
     /// Bytes of device memory the weights take.
     pub weight_bytes: usize,
 }
@@ -323,7 +325,7 @@ impl GpuModel {
             valid: dev.upload(&valid)?,
             subset: None,
             mma: dev.has_tensor_cores(),
-            graphs: std::env::var("CASCADE_GPU_GRAPHS").map_or(true, |v| v != "0"),
+            graphs: AtomicBool::new(std::env::var("CASCADE_GPU_GRAPHS").map_or(true, |v| v != "0")),
             weight_bytes: 0,
         };
         m.weight_bytes = m.count_bytes();
@@ -631,12 +633,7 @@ impl GpuModel {
     ) -> Result<()> {
         let c = &self.config;
         let h = c.hidden_size;
-        if self.graphs && p.n <= GRAPH_MAX_ROWS {
-            self.dev
-                .run_graph(&mut ws.graphs, || self.layers_of(kv, p))?;
-        } else {
-            self.layers_of(kv, p)?;
-        }
+        self.layers_as_graph(kv, p, ws)?;
         out.logits.clear();
         out.argmax.clear();
         out.top.clear();
@@ -680,9 +677,27 @@ impl GpuModel {
         Ok(())
     }
 
+    /// The embedding and the layers, as one graph where the pass is small. A graph that fails
+    /// (to capture, instantiate or launch: nothing of the pass has run then, and every kernel of
+    /// it writes what it would write again) turns graphs off for this model, with a warning, and
+    /// the pass runs kernel by kernel.
+    fn layers_as_graph(&self, kv: &GpuKv, p: &mut Pass, ws: &mut Workspace) -> Result<()> {
+        if !self.graphs.load(Ordering::Relaxed) || p.n > GRAPH_MAX_ROWS {
+            return self.layers_of(kv, p);
+        }
+        match self.dev.run_graph(&mut ws.graphs, || self.layers_of(kv, p)) {
+            Err(e @ GpuError::Driver(_)) => {
+                tracing::warn!("CUDA graphs off for this model: {e}");
+                self.graphs.store(false, Ordering::Relaxed);
+                self.layers_of(kv, p)
+            }
+            r => r,
+        }
+    }
+
     /// Turns graphs on or off for this model's passes (on unless `CASCADE_GPU_GRAPHS=0`).
     pub fn set_graphs(&mut self, on: bool) {
-        self.graphs = on;
+        self.graphs.store(on, Ordering::Relaxed);
     }
 
     fn rms_norm(&self, x: &DevBuf, w: &DevBuf, y: &DevBuf, n: usize) -> Result<()> {
