@@ -248,12 +248,7 @@ impl CudaDevice {
             .map_err(drv("begin graph capture"))?;
         let mut launched = Ok(());
         for r in list {
-            let mut slots = r.args.clone();
-            let mut params: Vec<*mut c_void> = slots
-                .iter_mut()
-                .map(|s| s as *mut u64 as *mut c_void)
-                .collect();
-            launched = self.launch(&r.name, r.launch, &mut params);
+            launched = r.with_params(|params| self.launch(&r.name, r.launch, params));
             if launched.is_err() {
                 break;
             }

@@ -373,13 +373,8 @@ impl Device {
             #[cfg(feature = "shim")]
             (Inner::Shim, _) => {
                 for r in list {
-                    let mut slots = r.args.clone();
-                    let mut params: Vec<*mut c_void> = slots
-                        .iter_mut()
-                        .map(|s| s as *mut u64 as *mut c_void)
-                        .collect();
                     let l = r.launch;
-                    crate::shim::launch(&r.name, l.grid, l.block, l.shared, &mut params)?;
+                    r.with_params(|p| crate::shim::launch(&r.name, l.grid, l.block, l.shared, p))?;
                 }
                 Ok(())
             }

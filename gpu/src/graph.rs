@@ -29,6 +29,19 @@ pub(crate) struct Recorded {
     pub(crate) args: Vec<u64>,
 }
 
+impl Recorded {
+    /// Calls `f` with the launch's `kernelParams` (one pointer per argument slot, valid during
+    /// the call), as `cuLaunchKernel` and the shim take them.
+    pub(crate) fn with_params<R>(&self, f: impl FnOnce(&mut [*mut std::ffi::c_void]) -> R) -> R {
+        let mut slots = self.args.clone();
+        let mut params: Vec<*mut std::ffi::c_void> = slots
+            .iter_mut()
+            .map(|s| s as *mut u64 as *mut std::ffi::c_void)
+            .collect();
+        f(&mut params)
+    }
+}
+
 thread_local! {
     /// The launches of the pass this thread is recording, if it is.
     static RECORDING: RefCell<Option<Vec<Recorded>>> = const { RefCell::new(None) };
