@@ -234,6 +234,18 @@ fn scheduler_on(dev: &Device) {
         "every request runs to max_tokens"
     );
     assert_eq!(batched, alone, "target-only, batched against alone");
+    // The steps ran as CUDA graphs (kept while a batch's shapes hold, updated as they change);
+    // kernel by kernel they give the same tokens.
+    let g = target_only.target().device_graph_stats().unwrap();
+    assert!(g.reused > 0 && g.updated + g.instantiated > 1, "{g:?}");
+    let direct = {
+        let store = WeightStore::new();
+        let mut tm = open(&store, &t, true);
+        tm.set_device_graphs(false);
+        Engine::with_models(store, tm, None, Some(2), sched).unwrap()
+    };
+    assert_eq!(tokens_of(&direct, &reqs(Mode::Target)), [alone.clone(), alone.clone()]);
+    assert_eq!(direct.target().device_graph_stats().unwrap().kernels, 0);
     // The device's argmax is the greedy choice of the logits the same model returns whole.
     let m = target_only.target();
     let Prompt::Tokens(p0) = &reqs(Mode::Target)[0].prompt else {
