@@ -244,7 +244,10 @@ fn scheduler_on(dev: &Device) {
         tm.set_device_graphs(false);
         Engine::with_models(store, tm, None, Some(2), sched).unwrap()
     };
-    assert_eq!(tokens_of(&direct, &reqs(Mode::Target)), [alone.clone(), alone.clone()]);
+    assert_eq!(
+        tokens_of(&direct, &reqs(Mode::Target)),
+        [alone.clone(), alone.clone()]
+    );
     assert_eq!(direct.target().device_graph_stats().unwrap().kernels, 0);
     // The device's argmax is the greedy choice of the logits the same model returns whole.
     let m = target_only.target();

@@ -39,6 +39,9 @@ pub struct ForwardBench {
     /// The new tokens are a prompt's (`Model::forward_prompt`), not generated ones. The context
     /// is always a prompt.
     pub as_prompt: bool,
+    /// Each row reduced to its greedy choice (`Model::forward_greedy`: what greedy decoding and
+    /// exact greedy verification take; on a device one id a row comes back) instead of whole.
+    pub argmax: bool,
 }
 
 /// Deterministic valid token ids (content does not affect the cost of a forward pass).
@@ -74,7 +77,7 @@ pub fn run(model: &Model, b: &ForwardBench) -> Result<Vec<ForwardResult>> {
     let inputs: Vec<Vec<u32>> = b.tokens.iter().map(|&k| filler(model, k, 1)).collect();
     let mut times = vec![Vec::with_capacity(b.repeat); b.tokens.len()];
     // One logits buffer, as a decode loop keeps (`Model::forward_into`).
-    let mut logits = Vec::new();
+    let (mut logits, mut ids) = (Vec::new(), Vec::new());
     for round in 0..=b.repeat {
         for (e, new) in inputs.iter().enumerate() {
             cache.rollback();
@@ -84,9 +87,13 @@ pub fn run(model: &Model, b: &ForwardBench) -> Result<Vec<ForwardResult>> {
             } else {
                 0
             };
-            model.forward_rows(new, &mut cache, b.logits, prompt, &mut logits)?;
+            if b.argmax {
+                model.forward_greedy(new, &mut cache, b.logits, prompt, &mut ids)?;
+            } else {
+                model.forward_rows(new, &mut cache, b.logits, prompt, &mut logits)?;
+            }
             let dt = t0.elapsed().as_secs_f64();
-            std::hint::black_box(&logits);
+            std::hint::black_box((&logits, &ids));
             if round > 0 {
                 times[e].push(dt);
             }

@@ -68,6 +68,10 @@ pub struct ForwardArgs {
     /// tensor-core products) instead of generated ones (decode, verification).
     #[arg(long)]
     pub as_prompt: bool,
+    /// Reduce each row to its greedy choice (what greedy decoding and exact verification take;
+    /// on a GPU one id a row is copied back) instead of returning the whole rows.
+    #[arg(long)]
+    pub argmax: bool,
     #[arg(long, value_enum, default_value_t = PrecisionArg::Int8)]
     pub precision: PrecisionArg,
     #[command(flatten)]
@@ -167,6 +171,7 @@ fn run_forward(a: ForwardArgs) -> Result<(), CliError> {
             LogitsArg::Last => Logits::Last,
         },
         as_prompt: a.as_prompt,
+        argmax: a.argmax,
     };
     let results = pool.install(|| forward::run(&model, &cfg))?;
     let floors = if a.floors {

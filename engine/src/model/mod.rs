@@ -434,6 +434,44 @@ impl Model {
         prompt: usize,
         logits: &mut Vec<f32>,
     ) -> Result<()> {
+        let mut out = Outputs {
+            logits: std::mem::take(logits),
+            ..Outputs::default()
+        };
+        let result = self.forward_one(tokens, cache, (want, Reduce::Logits), prompt, &mut out);
+        *logits = out.logits;
+        result
+    }
+
+    /// [`Model::forward_rows`] with each row reduced to its greedy choice (the valid id with the
+    /// largest logit, lowest on ties) in `ids`: on a device reduced there, so a row copies back
+    /// one id. What greedy decoding and exact greedy verification take.
+    pub fn forward_greedy(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        want: Logits,
+        prompt: usize,
+        ids: &mut Vec<u32>,
+    ) -> Result<()> {
+        let mut out = Outputs {
+            argmax: std::mem::take(ids),
+            ..Outputs::default()
+        };
+        let result = self.forward_one(tokens, cache, (want, Reduce::Argmax), prompt, &mut out);
+        *ids = out.argmax;
+        result
+    }
+
+    /// One sequence's forward over its cache, rows reduced as asked.
+    fn forward_one(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        (want, reduce): (Logits, Reduce),
+        prompt: usize,
+        out: &mut Outputs,
+    ) -> Result<()> {
         cache.reserve(tokens.len())?;
         let mut scratch = std::mem::take(&mut cache.scratch);
         let seq = SeqInput {
@@ -441,16 +479,11 @@ impl Model {
             table: &cache.table,
             past: cache.len(),
             want,
-            reduce: Reduce::Logits,
+            reduce,
             extra: &[],
             prompt,
         };
-        let mut out = Outputs {
-            logits: std::mem::take(logits),
-            ..Outputs::default()
-        };
-        let result = self.forward_batch(&mut cache.storage, &[seq], &mut scratch, &mut out);
-        *logits = out.logits;
+        let result = self.forward_batch(&mut cache.storage, &[seq], &mut scratch, out);
         cache.scratch = scratch;
         if result.is_ok() {
             cache.advance(tokens.len());

@@ -1,4 +1,5 @@
-//! The restricted output layer's context extras, through `forward_batch`.
+//! Forward passes of one model: the restricted output layer's context extras and rows reduced to
+//! their argmax, through `forward_batch` and the one-sequence wrappers.
 
 use cascade_weights::{OpenOptions, WeightStore};
 
@@ -120,4 +121,33 @@ fn reduced_rows_are_the_argmax_of_the_restricted_rows() {
     let both = run(Reduce::Argmax, Reduce::Argmax);
     assert!(both.logits.is_empty());
     assert_eq!(both.argmax[1..], mixed.argmax[..], "a's choices after b's");
+}
+
+/// `forward_greedy` gives each row's greedy choice of the rows `forward_rows` returns whole, and
+/// leaves the cache where `forward_rows` leaves it.
+#[test]
+fn forward_greedy_is_the_argmax_of_the_whole_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    fixture::write(&FixtureSpec::default(), &path).unwrap();
+    let m = Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
+    let (prompt, next) = ([3u32, 40, 41, 99, 7], [12u32, 200, 5]);
+    let v = m.vocab_size();
+    let (mut a, mut b) = (m.new_cache(16), m.new_cache(16));
+    let (mut logits, mut ids) = (Vec::new(), Vec::new());
+    m.forward_rows(&prompt, &mut a, Logits::Last, 5, &mut logits)
+        .unwrap();
+    m.forward_greedy(&prompt, &mut b, Logits::Last, 5, &mut ids)
+        .unwrap();
+    assert_eq!(ids, [argmax_valid(&logits, m.valid_mask()).unwrap()]);
+    m.forward_rows(&next, &mut a, Logits::All, 0, &mut logits)
+        .unwrap();
+    m.forward_greedy(&next, &mut b, Logits::All, 0, &mut ids)
+        .unwrap();
+    let want: Vec<u32> = logits
+        .chunks(v)
+        .map(|row| argmax_valid(row, m.valid_mask()).unwrap())
+        .collect();
+    assert_eq!((ids.len(), ids), (3, want));
+    assert_eq!(a.len(), b.len());
 }
