@@ -279,10 +279,10 @@ impl Device {
     /// Runs kernel `name` (the arguments must match its parameter list: the kernels' contract
     /// in `kernels/cuda/`, which the launchers in this crate keep).
     /// While this thread records a graph ([`Device::run_graph`]), the launch is recorded.
-    pub fn launch(&self, name: &str, l: Launch, mut args: Args) -> Result<()> {
-        if crate::graph::record(name, l, &args.slots) {
+    pub fn launch(&self, name: &str, l: Launch, args: Args) -> Result<()> {
+        let Some(mut args) = crate::graph::record(name, l, args) else {
             return Ok(());
-        }
+        };
         let mut params = args.params();
         match &*self.inner {
             #[cfg(feature = "cuda")]

@@ -18,7 +18,7 @@
 
 use std::cell::RefCell;
 
-use crate::device::{Device, GraphExec, Launch};
+use crate::device::{Args, Device, GraphExec, Launch};
 use crate::error::{GpuError, Result};
 
 /// One recorded launch.
@@ -47,18 +47,18 @@ thread_local! {
     static RECORDING: RefCell<Option<Vec<Recorded>>> = const { RefCell::new(None) };
 }
 
-/// Records the launch when this thread is recording a graph (and says so).
-pub(crate) fn record(name: &str, launch: Launch, args: &[u64]) -> bool {
+/// Records the launch when this thread is recording a graph; else hands `args` back.
+pub(crate) fn record(name: &str, launch: Launch, args: Args) -> Option<Args> {
     RECORDING.with(|r| match r.borrow_mut().as_mut() {
         Some(list) => {
             list.push(Recorded {
                 name: name.to_string(),
                 launch,
-                args: args.to_vec(),
+                args: args.slots,
             });
-            true
+            None
         }
-        None => false,
+        None => Some(args),
     })
 }
 
@@ -188,7 +188,6 @@ impl Device {
 #[cfg(all(test, feature = "shim"))]
 mod tests {
     use super::*;
-    use crate::device::Args;
     use crate::kernels as k;
 
     /// `y[i] += x[i]` `times` times, each a launch.
