@@ -248,7 +248,7 @@ impl CudaDevice {
             .map_err(drv("begin graph capture"))?;
         let mut launched = Ok(());
         for r in list {
-            launched = r.with_params(|params| self.launch(&r.name, r.launch, params));
+            launched = r.with_params(|params| self.launch(r.name, r.launch, params));
             if launched.is_err() {
                 break;
             }

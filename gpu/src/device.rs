@@ -279,7 +279,7 @@ impl Device {
     /// Runs kernel `name` (the arguments must match its parameter list: the kernels' contract
     /// in `kernels/cuda/`, which the launchers in this crate keep).
     /// While this thread records a graph ([`Device::run_graph`]), the launch is recorded.
-    pub fn launch(&self, name: &str, l: Launch, args: Args) -> Result<()> {
+    pub fn launch(&self, name: &'static str, l: Launch, args: Args) -> Result<()> {
         let Some(mut args) = crate::graph::record(name, l, args) else {
             return Ok(());
         };
@@ -374,7 +374,7 @@ impl Device {
             (Inner::Shim, _) => {
                 for r in list {
                     let l = r.launch;
-                    r.with_params(|p| crate::shim::launch(&r.name, l.grid, l.block, l.shared, p))?;
+                    r.with_params(|p| crate::shim::launch(r.name, l.grid, l.block, l.shared, p))?;
                 }
                 Ok(())
             }

@@ -24,7 +24,7 @@ use crate::error::{GpuError, Result};
 /// One recorded launch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recorded {
-    pub(crate) name: String,
+    pub(crate) name: &'static str,
     pub(crate) launch: Launch,
     pub(crate) args: Vec<u64>,
 }
@@ -48,11 +48,11 @@ thread_local! {
 }
 
 /// Records the launch when this thread is recording a graph; else hands `args` back.
-pub(crate) fn record(name: &str, launch: Launch, args: Args) -> Option<Args> {
+pub(crate) fn record(name: &'static str, launch: Launch, args: Args) -> Option<Args> {
     RECORDING.with(|r| match r.borrow_mut().as_mut() {
         Some(list) => {
             list.push(Recorded {
-                name: name.to_string(),
+                name,
                 launch,
                 args: args.slots,
             });

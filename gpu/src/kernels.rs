@@ -345,9 +345,9 @@ pub fn is_quantized(dtype: DType) -> bool {
 }
 
 /// `mmvq_<type>`, `mmq_<type>` (quantized types), or `mv_<type>` (float types) for `dtype`.
-pub fn matmul_kernel(dtype: DType, many_tokens: bool) -> Option<String> {
+pub fn matmul_kernel(dtype: DType, many_tokens: bool) -> Option<&'static str> {
     let s = suffix(dtype)?;
-    Some(if !is_quantized(dtype) {
+    named(&if !is_quantized(dtype) {
         format!("mv_{s}")
     } else if many_tokens {
         format!("mmq_{s}")
@@ -357,14 +357,21 @@ pub fn matmul_kernel(dtype: DType, many_tokens: bool) -> Option<String> {
 }
 
 /// `mmq_mma_<type>`, the tensor-core product, for a quantized `dtype`.
-pub fn mma_kernel(dtype: DType) -> Option<String> {
+pub fn mma_kernel(dtype: DType) -> Option<&'static str> {
     let s = suffix(dtype)?;
-    is_quantized(dtype).then(|| format!("mmq_mma_{s}"))
+    is_quantized(dtype)
+        .then(|| named(&format!("mmq_mma_{s}")))
+        .flatten()
 }
 
 /// `get_rows_<type>` for `dtype`.
-pub fn get_rows_kernel(dtype: DType) -> Option<String> {
-    suffix(dtype).map(|s| format!("get_rows_{s}"))
+pub fn get_rows_kernel(dtype: DType) -> Option<&'static str> {
+    named(&format!("get_rows_{}", suffix(dtype)?))
+}
+
+/// The kernel of [`KERNELS`] called `name` (its `'static` name: launches keep names, not copies).
+fn named(name: &str) -> Option<&'static str> {
+    KERNELS.iter().find(|&&k| k == name).copied()
 }
 
 #[cfg(test)]
@@ -410,5 +417,15 @@ mod tests {
         assert_eq!(matmul_kernel(DType::Q4K, true).unwrap(), "mmq_q4_k");
         assert_eq!(matmul_kernel(DType::BF16, true).unwrap(), "mv_bf16");
         assert!(matmul_kernel(DType::Q5K, false).is_none());
+        // Every type the shipped models use has its products and row gather among KERNELS.
+        use DType::*;
+        for d in [F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4K, Q6K] {
+            assert!(
+                matmul_kernel(d, false).is_some() && matmul_kernel(d, true).is_some(),
+                "{d:?}"
+            );
+            assert!(get_rows_kernel(d).is_some(), "{d:?}");
+            assert_eq!(mma_kernel(d).is_some(), is_quantized(d), "{d:?}");
+        }
     }
 }

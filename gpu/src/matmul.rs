@@ -42,11 +42,11 @@ pub struct Mat {
     cols: usize,
     /// Kernel names, made once: the product for up to [`MMVQ_MAX_ROWS`] rows, above, and the
     /// row gather.
-    few: String,
-    many: String,
+    few: &'static str,
+    many: &'static str,
     /// The tensor-core product (quantized types).
-    mma: Option<String>,
-    gather: String,
+    mma: Option<&'static str>,
+    gather: &'static str,
 }
 
 impl Mat {
@@ -118,7 +118,7 @@ impl Mat {
         let nrows = self.rows as u32;
         if !kernels::is_quantized(self.dtype) {
             return d.launch(
-                &self.few,
+                self.few,
                 kernels::mv(nrows, n as u32),
                 self.args(x, 0, y, 0, n),
             );
@@ -127,14 +127,14 @@ impl Mat {
         let g = rows.dp4a;
         if g > 0 {
             let (name, l) = if g <= MMVQ_MAX_ROWS {
-                (&self.few, kernels::mmvq(nrows, g as u32))
+                (self.few, kernels::mmvq(nrows, g as u32))
             } else {
-                (&self.many, kernels::mmq(nrows, g as u32))
+                (self.many, kernels::mmq(nrows, g as u32))
             };
             d.launch(name, l, self.args(&mm.acts, 0, y, 0, g))?;
         }
         if rows.mma > 0 {
-            let name = self.mma.as_ref().ok_or_else(|| {
+            let name = self.mma.ok_or_else(|| {
                 GpuError::Unsupported(format!("no tensor-core kernel for {:?}", self.dtype))
             })?;
             let at = (Matmul::acts_bytes(g, self.cols), g * self.rows * 4);
@@ -158,7 +158,7 @@ impl Mat {
     /// Embedding rows: `out[i] = W[ids[i]]` dequantized to f32.
     pub fn get_rows(&self, d: &Device, ids: &DevBuf, out: &DevBuf, n: usize) -> Result<()> {
         d.launch(
-            &self.gather,
+            self.gather,
             kernels::get_rows(self.cols as u32, n as u32),
             Args::new()
                 .buf(&self.buf)

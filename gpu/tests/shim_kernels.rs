@@ -543,7 +543,7 @@ fn run_mma(
     let wp = w.bytes()[r0 * dtype.bytes_for(cols)..].as_ptr();
     let xp = xq.bytes()[t0 * cols / 32 * 36..].as_ptr();
     run(
-        &kernels::mma_kernel(dtype).unwrap(),
+        kernels::mma_kernel(dtype).unwrap(),
         kernels::mmq_mma(rows as u32, ntok as u32),
         &[
             A::P(wp as *const c_void),
@@ -844,7 +844,7 @@ fn get_rows_is_bitwise_dequantize_for_every_type() {
         let mut got = vec![f32::NAN; ids.len() * cols];
         let name = kernels::get_rows_kernel(dtype).unwrap();
         run(
-            &name,
+            name,
             kernels::get_rows(cols as u32, ids.len() as u32),
             &[ta.arg(), p(&ids), pm(&mut got), i(cols), i(ids.len())],
         );
