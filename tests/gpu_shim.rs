@@ -365,94 +365,122 @@ fn only_prompt_positions_are_reused_where_prompt_rows_take_other_kernels() {
 /// the single-request speculative loop's tokens. On the CPU, the shim and a GPU when there is one.
 #[test]
 fn sampled_top_k_rows_reduced_by_the_scheduler_draw_what_whole_rows_draw() {
-    use cascade::engine::{
-        generate, generate_speculative, DraftLen, Engine, GenerateConfig, Mode, ModelProposer,
-        Prompt, Request, SamplingParams, SchedulerConfig, SpecConfig,
-    };
     let dir = tempfile::tempdir().unwrap();
-    let (t, d) = common::fixture_pair(dir.path());
+    let pair = common::fixture_pair(dir.path());
+    let mut places: Vec<Option<Device>> = vec![None];
+    places.extend(devices().into_iter().map(Some));
+    for dev in &places {
+        let on = if dev.is_some() { "device" } else { "CPU" };
+        let engine = |with_draft: bool| sampling_engine(&pair, dev.as_ref(), with_draft);
+        sampled_plain(&engine(false), on);
+        sampled_exact(&engine(true), on);
+    }
+}
+
+use cascade::engine::{Engine, Mode, Prompt, Request, SpecConfig};
+
+/// The fixture pair's target (and draft) on `dev` (the CPU when none), under the scheduler.
+fn sampling_engine(
+    (t, d): &(std::path::PathBuf, std::path::PathBuf),
+    dev: Option<&Device>,
+    with_draft: bool,
+) -> Engine {
+    let open = |store: &WeightStore, p: &std::path::Path| {
+        let mut m = Model::load(store, p, &OpenOptions::default()).unwrap();
+        if let Some(dev) = dev {
+            m.place_on(dev).unwrap();
+        }
+        m
+    };
+    let store = WeightStore::new();
+    let (tm, dm) = (open(&store, t), with_draft.then(|| open(&store, d)));
+    let sched = cascade::engine::SchedulerConfig {
+        step_tokens: 24,
+        ..Default::default()
+    };
+    Engine::with_models(store, tm, dm, Some(2), sched).unwrap()
+}
+
+/// Three sampled requests with top-k cuts of 12, 40 and 64.
+fn sampled_requests(mode: Mode) -> Vec<Request> {
+    use cascade::engine::{GenerateConfig, SamplingParams};
+    (0..3u32)
+        .map(|r| Request {
+            prompt: Prompt::Tokens((0..4 + 6 * r).map(|i| 3 + (i * 41 + r * 7) % 200).collect()),
+            mode,
+            config: GenerateConfig {
+                max_tokens: 10,
+                stop_at_eog: false,
+                sampling: SamplingParams {
+                    temperature: 1.5,
+                    top_k: [12, 40, 64][r as usize],
+                    top_p: 0.97,
+                    seed: 5 + r as u64,
+                },
+            },
+        })
+        .collect()
+}
+
+fn prompt_of(req: &Request) -> &[u32] {
+    match &req.prompt {
+        Prompt::Tokens(p) => p,
+        _ => unreachable!("token prompts"),
+    }
+}
+
+/// Target-only: reduced rows, batched as alone, and the single-request loop's tokens on whole
+/// rows.
+fn sampled_plain(e: &Engine, on: &str) {
+    let reqs = sampled_requests(Mode::Target);
+    let [alone, batched] = tokens_of(e, &reqs);
+    assert_eq!(batched, alone, "{on}: batched against alone");
+    let rows = e.stats().logit_rows;
+    assert!(rows.top_k > 0 && rows.whole == 0, "{on}: {rows:?}");
+    for (r, req) in reqs.iter().enumerate() {
+        let g =
+            cascade::engine::generate(e.target(), prompt_of(req), &req.config, |_| true).unwrap();
+        assert_eq!(g.tokens, alone[r], "{on}: request {r}, whole rows alone");
+    }
+    let distinct: std::collections::HashSet<_> = alone.iter().flatten().collect();
+    assert!(
+        distinct.len() > 10,
+        "{on}: sampling drew few ids: {alone:?}"
+    );
+}
+
+/// Exact speculation with a fixed draft length: reduced rows (the draft's too), batched as
+/// alone, and the single-request speculative loop's tokens on whole rows.
+fn sampled_exact(e: &Engine, on: &str) {
+    use cascade::engine::{generate_speculative, DraftLen, ModelProposer};
     let spec = SpecConfig {
         draft_len: DraftLen::Fixed(3),
         ..SpecConfig::default()
     };
-    let reqs = |mode: Mode| -> Vec<Request> {
-        (0..3u32)
-            .map(|r| Request {
-                prompt: Prompt::Tokens(
-                    (0..4 + 6 * r).map(|i| 3 + (i * 41 + r * 7) % 200).collect(),
-                ),
-                mode,
-                config: GenerateConfig {
-                    max_tokens: 10,
-                    stop_at_eog: false,
-                    sampling: SamplingParams {
-                        temperature: 1.5,
-                        top_k: [12, 40, 64][r as usize],
-                        top_p: 0.97,
-                        seed: 5 + r as u64,
-                    },
-                },
-            })
-            .collect()
-    };
-    let mut places: Vec<Option<Device>> = vec![None];
-    places.extend(devices().into_iter().map(Some));
-    for dev in &places {
-        let open = |store: &WeightStore, p: &std::path::Path| {
-            let mut m = Model::load(store, p, &OpenOptions::default()).unwrap();
-            if let Some(dev) = dev {
-                m.place_on(dev).unwrap();
-            }
-            m
-        };
-        let engine = |with_draft: bool| {
-            let store = WeightStore::new();
-            let (tm, dm) = (open(&store, &t), with_draft.then(|| open(&store, &d)));
-            let sched = SchedulerConfig {
-                step_tokens: 24,
-                ..Default::default()
-            };
-            Engine::with_models(store, tm, dm, Some(2), sched).unwrap()
-        };
-        let on = if dev.is_some() { "device" } else { "CPU" };
-        let e = engine(false);
-        let [alone, batched] = tokens_of(&e, &reqs(Mode::Target));
-        assert_eq!(batched, alone, "{on}: batched against alone");
-        let rows = e.stats().logit_rows;
-        assert!(rows.top_k > 0 && rows.whole == 0, "{on}: {rows:?}");
-        for (r, req) in reqs(Mode::Target).iter().enumerate() {
-            let Prompt::Tokens(p) = &req.prompt else {
-                unreachable!()
-            };
-            let g = generate(e.target(), p, &req.config, |_| true).unwrap();
-            assert_eq!(g.tokens, alone[r], "{on}: request {r}, whole rows alone");
-        }
-        let distinct: std::collections::HashSet<_> = alone.iter().flatten().collect();
-        assert!(
-            distinct.len() > 10,
-            "{on}: sampling drew few ids: {alone:?}"
-        );
-        let e = engine(true);
-        let [spec_alone, spec_batched] = tokens_of(&e, &reqs(Mode::Speculative(spec)));
+    let reqs = sampled_requests(Mode::Speculative(spec));
+    let [spec_alone, spec_batched] = tokens_of(e, &reqs);
+    assert_eq!(
+        spec_batched, spec_alone,
+        "{on}: exact, batched against alone"
+    );
+    let rows = e.stats().logit_rows;
+    assert!(rows.top_k > 0 && rows.whole == 0, "{on}: exact: {rows:?}");
+    let (tm, dm) = (e.target(), e.draft().unwrap());
+    for (r, req) in reqs.iter().enumerate() {
+        let mut prop = ModelProposer::new(dm, tm, 64, false);
+        let g = generate_speculative(
+            tm,
+            &mut [&mut prop],
+            prompt_of(req),
+            &req.config,
+            &spec,
+            |_| true,
+        )
+        .unwrap();
+        assert!(g.stats.drafted > 0);
         assert_eq!(
-            spec_batched, spec_alone,
-            "{on}: exact, batched against alone"
+            g.tokens, spec_alone[r],
+            "{on}: exact request {r}, whole rows alone"
         );
-        let rows = e.stats().logit_rows;
-        assert!(rows.top_k > 0 && rows.whole == 0, "{on}: exact: {rows:?}");
-        let (tm, dm) = (e.target(), e.draft().unwrap());
-        for (r, req) in reqs(Mode::Speculative(spec)).iter().enumerate() {
-            let Prompt::Tokens(p) = &req.prompt else {
-                unreachable!()
-            };
-            let mut prop = ModelProposer::new(dm, tm, 64, false);
-            let g = generate_speculative(tm, &mut [&mut prop], p, &req.config, &spec, |_| true)
-                .unwrap();
-            assert!(g.stats.drafted > 0);
-            assert_eq!(
-                g.tokens, spec_alone[r],
-                "{on}: exact request {r}, whole rows alone"
-            );
-        }
     }
 }

@@ -730,6 +730,37 @@ mod tests {
                 let mass: f32 = d.support().map(|(_, p)| p).sum();
                 assert!((mass - 1.0).abs() < 1e-5, "{mass}");
                 assert!(d.support().count() <= k && d.support().all(|(id, _)| valid[id as usize]));
+                // Against an f64 reference made apart: the first k valid ids by (logit, id),
+                // their softmax, and the kept set a prefix whose mass just reaches top-p.
+                let mut order: Vec<usize> = (0..n)
+                    .filter(|&i| valid[i] && !finite[i].is_nan())
+                    .collect();
+                order.sort_by(|&a, &b| finite[b].partial_cmp(&finite[a]).unwrap().then(a.cmp(&b)));
+                order.truncate(k);
+                let e: Vec<f64> = order
+                    .iter()
+                    .map(|&i| ((finite[i] - finite[order[0]]) as f64 / t as f64).exp())
+                    .collect();
+                let z: f64 = e.iter().sum();
+                let kept = d.support().count();
+                let cum = |m: usize| e[..m].iter().sum::<f64>() / z;
+                assert!(
+                    cum(kept) >= p as f64 - 1e-5,
+                    "trial {trial}, k {k}: too few kept"
+                );
+                assert!(
+                    kept == 1 || cum(kept - 1) < p as f64 + 1e-5,
+                    "trial {trial}: too many"
+                );
+                let zk = cum(kept) * z;
+                for (j, &i) in order[..kept].iter().enumerate() {
+                    let want = e[j] / zk;
+                    let got = d.prob(i as u32) as f64;
+                    assert!(
+                        (got - want).abs() <= 1e-5 * want,
+                        "id {i}: {got} against {want}"
+                    );
+                }
             }
         }
     }
