@@ -150,6 +150,31 @@ fn batched_greedy_output_is_bitwise_each_request_alone() {
         assert_eq!(got[i].0, alone[i], "fixed-length exact request {i}");
         assert!(got[i].1 > 0, "request {i} drafted nothing");
     }
+    // Answer mode is phases of the same sequences: the draft writes each answer in the step's
+    // draft forwards, the target scores it in chunks. Batched with target-only streams (odd
+    // requests) and with each other, every request gives the target's tokens.
+    let answer = Mode::Speculative(SpecConfig {
+        answer: true,
+        ..SpecConfig::default()
+    });
+    let mixed_reqs: Vec<Request> = ps
+        .iter()
+        .enumerate()
+        .map(|(i, (p, n))| request(p, *n, if i % 2 == 0 { answer } else { Mode::Target }))
+        .collect();
+    let got = run_staggered(&e, &mixed_reqs, &mixed);
+    for i in 0..16 {
+        assert_eq!(got[i].0, alone[i], "answer-mode batch, request {i}");
+        if i % 2 == 0 {
+            assert!(got[i].1 > 0, "answer request {i} drafted no answer");
+        }
+    }
+    let answer_alone = e
+        .generate(&request(&ps[5].0, ps[5].1, answer), |_| {})
+        .unwrap();
+    assert_eq!(answer_alone.tokens, alone[5], "answer mode alone");
+    assert!(answer_alone.stats.answer_drafted > 0);
+    assert!(answer_alone.stats.answer_kept <= answer_alone.stats.answer_drafted);
     // Another engine: no prefix cache, another step budget and block size.
     let dir2 = tempfile::tempdir().unwrap();
     let e2 = engine(
@@ -164,6 +189,10 @@ fn batched_greedy_output_is_bitwise_each_request_alone() {
     let got = run_staggered(&e2, &exact_reqs, &backward);
     for i in 0..16 {
         assert_eq!(got[i].0, alone[i], "exact request {i}, second engine");
+    }
+    let got = run_staggered(&e2, &mixed_reqs, &forward);
+    for i in 0..16 {
+        assert_eq!(got[i].0, alone[i], "answer-mode batch {i}, second engine");
     }
 }
 

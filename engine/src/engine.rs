@@ -2,24 +2,23 @@
 //! (both mapped through the one store), and a thread pool sized by the caller.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use cascade_gpu::DeviceSpec;
-use cascade_weights::{OpenOptions, StreamDecoder, WeightStore};
+use cascade_weights::{OpenOptions, WeightStore};
 
 use crate::chat::{self, Message};
 use crate::error::{EngineError, Result};
 use crate::fastcopy::RepackPolicy;
-use crate::generate::{generate, GenerateConfig, GenerateStats, StopReason};
+use crate::generate::{GenerateConfig, GenerateStats, StopReason};
 use crate::model::{Model, Precision};
 use crate::perplexity::{perplexity, PerplexityResult};
 use crate::scheduler::{
     CancelToken, EventSink, RequestHandle, Scheduler, SchedulerConfig, SchedulerStats,
 };
-use crate::speculative::{
-    generate_speculative_with, Cascade, ModelProposer, Proposer, Rule, SpecConfig, SpecMemory,
-};
+use crate::speculative::{verify, Cascade, Rule, SpecConfig, VerifyFn};
+use rand_chacha::ChaCha8Rng;
 
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
@@ -204,7 +203,8 @@ pub(crate) struct Shared {
     pub(crate) pool: rayon::ThreadPool,
     /// What the draft-length controllers of this engine's speculative requests learned (pass
     /// costs, acceptance): each request resumes from it.
-    pub(crate) spec_memory: Mutex<SpecMemory>,
+    /// The verifier every round and answer accepts with (tests substitute a broken one).
+    pub(crate) verify: VerifyFn,
 }
 
 /// A draft must share the target's tokenizer; when the two are identical one copy is kept.
@@ -301,6 +301,29 @@ impl Engine {
         threads: Option<usize>,
         scheduler: SchedulerConfig,
     ) -> Result<Engine> {
+        let verify: VerifyFn = verify::<ChaCha8Rng>;
+        Engine::build(store, (target, draft), threads, scheduler, verify)
+    }
+
+    /// [`Engine::with_models`] whose rounds accept with `verify` (tests: a broken verifier
+    /// must fail the distribution test).
+    #[cfg(test)]
+    pub(crate) fn with_verifier(
+        store: WeightStore,
+        (target, draft): (Model, Option<Model>),
+        scheduler: SchedulerConfig,
+        verify: VerifyFn,
+    ) -> Result<Engine> {
+        Engine::build(store, (target, draft), Some(2), scheduler, verify)
+    }
+
+    fn build(
+        store: WeightStore,
+        (target, draft): (Model, Option<Model>),
+        threads: Option<usize>,
+        scheduler: SchedulerConfig,
+        verify: VerifyFn,
+    ) -> Result<Engine> {
         let mut draft = draft;
         if let Some(d) = draft.as_mut() {
             check_pair(&target, d)?;
@@ -314,7 +337,7 @@ impl Engine {
             target,
             draft,
             pool,
-            spec_memory: Mutex::new(SpecMemory::default()),
+            verify,
         });
         let scheduler = Scheduler::start(shared.clone(), scheduler)?;
         Ok(Engine {
@@ -424,11 +447,6 @@ pub fn prompt_byte_limit(context: usize) -> usize {
 }
 
 impl Shared {
-    /// Runs `f` on the engine's thread pool (inline when already on it).
-    pub(crate) fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
-    }
-
     pub(crate) fn model(&self, role: Role) -> Result<&Model> {
         match role {
             Role::Target => Ok(&self.target),
@@ -475,105 +493,6 @@ impl Shared {
             return Err(EngineError::EmptyPrompt);
         }
         Ok(ids)
-    }
-
-    /// One request decoded alone on the calling thread (answer mode's path under the scheduler).
-    /// `on_text` receives the text as it becomes complete UTF-8 and returns false to stop.
-    pub(crate) fn run_one(
-        &self,
-        req: &Request,
-        prompt: &[u32],
-        mut on_text: impl FnMut(&[u32], &str) -> bool + Send,
-    ) -> Result<Completion> {
-        let role = req.mode.role();
-        let model = self.model(role)?;
-        let prompt = prompt.to_vec();
-        let tok = &model.tokenizer;
-        let mut text = String::new();
-        let mut stream = StreamDecoder::new();
-        let on_token = |id| {
-            let mut piece = String::new();
-            if !(req.config.stop_at_eog && tok.is_eog(id)) {
-                piece = stream.push(tok, id);
-                text.push_str(&piece);
-            }
-            on_text(&[id], &piece)
-        };
-        let gen = match &req.mode {
-            Mode::Target => self.install(|| generate(model, &prompt, &req.config, on_token))?,
-            Mode::Draft => {
-                let mut g = self.install(|| generate(model, &prompt, &req.config, on_token))?;
-                // The same decoding, charged to the draft.
-                let s = &mut g.stats;
-                s.draft_passes = std::mem::take(&mut s.target_passes);
-                s.draft_tokens = std::mem::take(&mut s.target_tokens);
-                s.draft_s = std::mem::take(&mut s.target_s);
-                s.verify_s = 0.0;
-                g
-            }
-            Mode::Speculative(spec) => {
-                spec.validate()?;
-                let cfg = &req.config;
-                let mut lookup = spec.lookup;
-                let mut draft = match (spec.draft_model, self.draft.as_ref()) {
-                    (false, _) => None,
-                    (true, None) => return Err(EngineError::NoDraft),
-                    // Room for the prompt, the output and one round's drafts.
-                    (true, Some(d)) => Some(
-                        ModelProposer::new(
-                            d,
-                            model,
-                            prompt.len() + cfg.max_tokens + spec.draft_len.max() + 1,
-                            cfg.stop_at_eog,
-                        )
-                        .with_judging(spec.cascade.is_some()),
-                    ),
-                };
-                let mut proposers: Vec<&mut dyn Proposer> = Vec::new();
-                if let Some(l) = lookup.as_mut() {
-                    proposers.push(l);
-                }
-                if let Some(d) = draft.as_mut() {
-                    proposers.push(d);
-                }
-                // Concurrent requests each start from the memory as it was; each leaves its own
-                // settings' measurements (a poisoned lock only means a request panicked).
-                let mut memory = self
-                    .spec_memory
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let g = self.install(|| {
-                    generate_speculative_with(
-                        model,
-                        &mut proposers,
-                        &prompt,
-                        cfg,
-                        spec,
-                        &mut memory,
-                        on_token,
-                    )
-                })?;
-                self.spec_memory
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .absorb(&memory, spec, cfg.sampling);
-                g
-            }
-        };
-        let rest = stream.finish();
-        if !rest.is_empty() {
-            on_text(&[], &rest);
-            text.push_str(&rest);
-        }
-        Ok(Completion {
-            text,
-            tokens: gen.tokens,
-            prompt_tokens: prompt.len(),
-            cached_tokens: 0,
-            stop: gen.stop,
-            stats: gen.stats,
-        })
     }
 }
 

@@ -33,7 +33,4 @@ pub use scheduler::{
     CancelGuard, CancelToken, Event, EventSink, RecvTimeoutError, RequestHandle, SchedulerConfig,
     SchedulerStats,
 };
-pub use speculative::{
-    generate_speculative, generate_speculative_with, Cascade, DraftLen, ModelProposer,
-    NgramProposer, Proposer, Rule, SpecConfig, SpecMemory, MAX_DRAFT_LEN,
-};
+pub use speculative::{Cascade, DraftLen, NgramProposer, Rule, SpecConfig, MAX_DRAFT_LEN};

@@ -5,10 +5,10 @@ use cascade_weights::StreamDecoder;
 use crate::engine::{Mode, Role};
 use crate::generate::GenerateStats;
 use crate::sampler::Sampler;
-use crate::speculative::Counters;
+use crate::speculative::{Counters, Proposal};
 
 use super::kv::SeqBlocks;
-use super::seq::{DraftKv, Seq, SpecState};
+use super::seq::{AnswerPhase, DraftKv, Seq, SpecState};
 use super::step::StepLoop;
 use super::{metrics as m, Job};
 
@@ -44,6 +44,10 @@ pub(crate) fn new_seq(
                 probing: false,
                 probe_due: false,
                 counters: Counters::new(kmax),
+                answer: cfg.answer.then(|| AnswerPhase::Writing {
+                    answer: Proposal::default(),
+                    done: false,
+                }),
             })
         }
         _ => None,

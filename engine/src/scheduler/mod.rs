@@ -1,6 +1,7 @@
 //! The scheduler: requests enter through a bounded queue and one thread runs them.
 
 mod admit;
+mod answer;
 mod api;
 mod kv;
 mod memory;

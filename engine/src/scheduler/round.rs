@@ -5,11 +5,13 @@ use std::time::Instant;
 
 use crate::engine::Role;
 use crate::error::Result;
-use crate::model::{Logits, Model, Outputs, Rows, SeqInput};
+use crate::generate::GenerateStats;
+use crate::model::{Logits, Model, Outputs, Reduce, Rows, SeqInput};
 use crate::sampler::Distribution;
 use crate::sampler::SamplingParams;
-use crate::speculative::{verify, DraftLen, DraftProbs, Judge, Proposal};
+use crate::speculative::{DraftLen, DraftProbs, Judge, Proposal, VerifyFn};
 
+use super::answer::{self, TargetWork};
 use super::kv::BlockPool;
 use super::metrics as m;
 use super::plan::{plan, Candidate, StepCosts};
@@ -67,6 +69,8 @@ enum Work {
         source: Source,
         warm: usize,
     },
+    /// Answer mode: positions `start..end` of the prompt and the answer, scored.
+    Score { start: usize, end: usize },
     /// Nothing this step (a prompt waiting for budget).
     Wait,
 }
@@ -211,7 +215,20 @@ fn plan_work(l: &mut StepLoop) -> Vec<Work> {
         };
     }
     let mut budget = prefill_budget(l, decoding, used);
-    for (s, w) in l.running.iter().zip(&mut work) {
+    let vocab = l.shared.target.vocab_size();
+    for (s, w) in l.running.iter_mut().zip(&mut work) {
+        if s.answering() {
+            let whole = s.reduce(vocab, true) == Reduce::Logits;
+            *w = match answer::target_work(s, budget, whole) {
+                Some(TargetWork::Prefill { start, end }) => Work::Prefill { start, end },
+                Some(TargetWork::Score { start, end }) => Work::Score { start, end },
+                None => Work::Wait,
+            };
+            if let Work::Prefill { start, end } | Work::Score { start, end } = w {
+                budget -= *end - *start;
+            }
+            continue;
+        }
         if s.prefilling() && budget > 0 {
             let start = s.kv.len;
             let end = s.prompt_len.min(start + budget);
@@ -333,80 +350,44 @@ fn keep(fed: &[u32], context: &[u32]) -> usize {
 }
 
 /// The draft model's part of the step: every drafting sequence's catch-up (and the chunks of
-/// sequences warming up) in the first forward, then one forward per further drafted position
-/// over every sequence still drafting.
+/// sequences warming up, and of answers being written) in the first forward, then one forward
+/// per further drafted position over every sequence still drafting.
 fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
     let shared = l.shared.clone();
-    let (Some(model), Some(pool)) = (shared.draft.as_ref(), l.draft.as_mut()) else {
+    let (Some(model), Some(_)) = (shared.draft.as_ref(), l.draft.as_ref()) else {
         return Ok(());
     };
-    let mut want: Vec<usize> = vec![0; work.len()];
-    let mut feeds: Vec<Feed> = Vec::new();
-    for (i, (s, w)) in l.running.iter_mut().zip(work.iter()).enumerate() {
-        let Some(d) = s.spec.as_mut().and_then(|sp| sp.draft.as_mut()) else {
-            continue;
-        };
-        let Work::Round {
-            proposal,
-            source,
-            warm,
-        } = w
-        else {
-            continue;
-        };
-        if *source != Source::Model && *warm == 0 {
-            continue;
-        }
-        let kp = keep(&d.fed, &s.context);
-        d.fed.truncate(kp);
-        d.blocks.len = kp;
-        if model.output_tokens() < model.vocab_size() {
-            d.vocab.clear();
-            d.vocab.extend_from_slice(&s.context);
-            d.vocab.sort_unstable();
-            d.vocab.dedup();
-        }
-        if *warm > 0 {
-            let end = (kp + warm).min(s.context.len() - 1);
-            feeds.push((i, s.context[kp..end].to_vec(), Logits::None));
-        } else {
-            want[i] = proposal.catch_up;
-            feeds.push((i, s.context[kp..].to_vec(), Logits::Last));
-        }
-    }
+    let mut d = DraftStep::gather(l, work, model);
+    let mut feeds = std::mem::take(&mut d.feeds);
     let mut depth = 0;
     while !feeds.is_empty() {
         let t = Instant::now();
         let top_k = l.draft_top_k;
-        let rows = forward_feeds(
-            pool,
-            (model, top_k),
-            &mut l.running,
-            &feeds,
-            &mut l.bufs.scratch_d,
-            &mut l.bufs.out_d,
-        )?;
+        let pool = l.draft.as_mut().expect("checked above");
+        let bufs = (&mut l.bufs.scratch_d, &mut l.bufs.out_d);
+        let rows = forward_feeds(pool, (model, top_k), &mut l.running, &feeds, bufs)?;
         l.costs.draft.observe(rows, t.elapsed().as_secs_f64());
         depth += 1;
-        let mut next = Vec::new();
-        let running = &l.running;
         let shapes: Vec<_> = feeds
             .iter()
             .map(|(i, t, w)| {
-                let reduce = running[*i].reduce(model.vocab_size(), top_k);
+                let reduce = l.running[*i].reduce(model.vocab_size(), top_k);
                 (w.rows(t.len()).len(), reduce)
             })
             .collect();
         shapes.iter().for_each(|&(n, r)| l.logit_rows.count(n, r));
         let parts = l.bufs.out_d.split(shapes, model.vocab_size());
+        let mut next = Vec::new();
         for ((i, toks, logits), part) in feeds.iter().zip(parts) {
             let s = &mut l.running[*i];
             s.stats.draft_tokens += toks.len();
             if *logits == Logits::None {
                 continue;
             }
-            let Work::Round { proposal, .. } = &mut work[*i] else {
-                continue;
+            let proposal = match (d.writers[*i].as_mut(), &mut work[*i]) {
+                (Some((answer, _)), _) => answer,
+                (None, Work::Round { proposal, .. }) => proposal,
+                _ => continue,
             };
             if depth == 1 {
                 proposal.catch_up = toks.len();
@@ -415,16 +396,121 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
                 proposal.computed += 1;
             }
             let Some(tok) = draft_token(s, part, &l.both_valid, proposal) else {
+                d.ended[*i] = true;
                 continue;
             };
             let eog = s.job.req.config.stop_at_eog && model.tokenizer.is_eog(tok);
-            if proposal.len() < want[*i] && !eog {
+            d.eog[*i] = eog;
+            if proposal.len() < d.want[*i] && !eog {
                 next.push((*i, vec![tok], Logits::Last));
             }
         }
         feeds = next;
     }
+    d.put_back(l);
     Ok(())
+}
+
+/// The draft forwards' plan for one step: the first forward's feeds, the tokens each sequence
+/// wants drafted, and the answers being written (taken out of their sequences meanwhile).
+struct DraftStep {
+    feeds: Vec<Feed>,
+    want: Vec<usize>,
+    /// Per sequence: the answer it is writing and its room.
+    writers: Vec<Option<(Proposal, usize)>>,
+    /// The newest drafted token ended the generation; a drafted token could not be taken.
+    eog: Vec<bool>,
+    ended: Vec<bool>,
+}
+
+impl DraftStep {
+    fn gather(l: &mut StepLoop, work: &[Work], model: &Model) -> DraftStep {
+        let n = work.len();
+        let mut d = DraftStep {
+            feeds: Vec::new(),
+            want: vec![0; n],
+            writers: (0..n).map(|_| None).collect(),
+            eog: vec![false; n],
+            ended: vec![false; n],
+        };
+        let streams = l.running.iter().any(|s| !s.prefilling());
+        let deepest = work
+            .iter()
+            .filter_map(|w| match w {
+                Work::Round {
+                    proposal,
+                    source: Source::Model,
+                    ..
+                } => Some(proposal.catch_up),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        // Beside streams an answer grows as deep as the others draft (at least a token), and
+        // its prompt goes in warm-up chunks; alone it writes in bursts.
+        let (burst, chunk) = if streams {
+            (deepest.max(1), WARM_CHUNK)
+        } else {
+            (answer::ANSWER_BURST, l.cfg.step_tokens)
+        };
+        let (block, ctx) = (l.cfg.block_size, l.shared.target.config.context_length);
+        for (i, (s, w)) in l.running.iter_mut().zip(work).enumerate() {
+            let room = answer::writer_room(s, block, ctx);
+            if let Some((toks, last, answer, want)) =
+                answer::writer_feed(s, model, (burst, chunk, room))
+            {
+                let logits = if last { Logits::Last } else { Logits::None };
+                d.feeds.push((i, toks, logits));
+                d.want[i] = want;
+                d.writers[i] = Some((answer, room));
+                continue;
+            }
+            if let Some(feed) = round_feed(s, w, model) {
+                if let Work::Round { proposal, .. } = w {
+                    d.want[i] = proposal.catch_up;
+                }
+                d.feeds.push((i, feed.0, feed.1));
+            }
+        }
+        d
+    }
+
+    /// Hands every written answer back to its sequence.
+    fn put_back(self, l: &mut StepLoop) {
+        for (i, w) in self.writers.into_iter().enumerate() {
+            if let Some((answer, room)) = w {
+                let s = &mut l.running[i];
+                answer::writer_done(s, answer, room, self.eog[i], self.ended[i]);
+            }
+        }
+    }
+}
+
+/// A drafting (or warming) sequence's first draft feed: its draft blocks rolled back to what
+/// the context still shares, then the rest of the context (a warm-up chunk without logits).
+fn round_feed(s: &mut Seq, w: &Work, model: &Model) -> Option<(Vec<u32>, Logits)> {
+    let d = s.spec.as_mut().and_then(|sp| sp.draft.as_mut())?;
+    let Work::Round { source, warm, .. } = w else {
+        return None;
+    };
+    if *source != Source::Model && *warm == 0 {
+        return None;
+    }
+    let kp = keep(&d.fed, &s.context);
+    d.fed.truncate(kp);
+    d.blocks.len = kp;
+    if model.output_tokens() < model.vocab_size() {
+        d.vocab.clear();
+        d.vocab.extend_from_slice(&s.context);
+        d.vocab.sort_unstable();
+        d.vocab.dedup();
+    }
+    Some(if *warm > 0 {
+        let end = (kp + warm).min(s.context.len() - 1);
+        (s.context[kp..end].to_vec(), Logits::None)
+    } else {
+        (s.context[kp..].to_vec(), Logits::Last)
+    })
 }
 
 /// Draws one drafted token from the draft's output `row`, recording the distribution it came
@@ -476,8 +562,7 @@ fn forward_feeds(
     (model, top_k): (&Model, bool),
     running: &mut [Seq],
     feeds: &[Feed],
-    scratch: &mut crate::scratch::Scratch,
-    out: &mut Outputs,
+    (scratch, out): (&mut crate::scratch::Scratch, &mut Outputs),
 ) -> Result<usize> {
     let inputs: Vec<SeqInput> = feeds
         .iter()
@@ -535,6 +620,9 @@ fn gather_rows(running: &[Seq], work: &[Work], role: Role) -> Vec<Feed> {
                 t.extend_from_slice(&proposal.tokens);
                 rows.push((i, t, Logits::All));
             }
+            Work::Score { start, end } => {
+                rows.push((i, answer::score_tokens(s, *start, *end), Logits::All));
+            }
             Work::Wait => {}
         }
     }
@@ -544,6 +632,7 @@ fn gather_rows(running: &[Seq], work: &[Work], role: Role) -> Vec<Feed> {
 /// The forward of `role`'s model over its sequences' rows (prompt chunks, decode and
 /// verification rows), then sampling or verification and emission. Returns the rows run.
 fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) -> Result<usize> {
+    let verify = l.shared.verify;
     let pool = match role {
         Role::Target => &mut l.target,
         Role::Draft => match l.draft.as_mut() {
@@ -586,7 +675,7 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
     drop(inputs);
     for ((i, t, _), part) in batch.iter().zip(parts) {
         let w = std::mem::replace(&mut work[*i], Work::Wait);
-        apply(&mut l.running[*i], pool, model, w, t.len(), part);
+        apply(&mut l.running[*i], (pool, verify), model, w, t.len(), part);
     }
     Ok(rows)
 }
@@ -603,7 +692,14 @@ fn next_token(s: &mut Seq, model: &Model, row: Rows) -> u32 {
 
 /// One sequence's part of a forward: its blocks now hold `n` more positions; a finished prompt
 /// samples its first token, a round samples or verifies; the new tokens are emitted.
-fn apply(s: &mut Seq, pool: &mut BlockPool, model: &Model, w: Work, n: usize, rows: Rows) {
+fn apply(
+    s: &mut Seq,
+    (pool, verify): (&mut BlockPool, VerifyFn),
+    model: &Model,
+    w: Work,
+    n: usize,
+    rows: Rows,
+) {
     s.stats.target_tokens += n;
     let base = s.kv.len;
     s.kv.len += n;
@@ -620,11 +716,15 @@ fn apply(s: &mut Seq, pool: &mut BlockPool, model: &Model, w: Work, n: usize, ro
             if s.spec.is_none() {
                 vec![next_token(s, model, rows)]
             } else {
-                accept(s, model, rows, &proposal, source, base)
+                accept(s, (model, verify), rows, &proposal, source, base)
             }
         }
+        Work::Score { start, .. } => answer::score(s, model, rows, start, n),
         Work::Wait => return,
     };
+    if new.is_empty() {
+        return;
+    }
     let cap = (s.kv.table.len() * pool.block()).min(model.config.context_length);
     if !s.emit(model, &new, cap) {
         s.stop = Some(crate::generate::StopReason::Cancelled);
@@ -635,7 +735,7 @@ fn apply(s: &mut Seq, pool: &mut BlockPool, model: &Model, w: Work, n: usize, ro
 /// against the proposal, the blocks rolled back to what was kept; returns the tokens to emit.
 fn accept(
     s: &mut Seq,
-    model: &Model,
+    (model, verify): (&Model, VerifyFn),
     rows: Rows,
     proposal: &Proposal,
     source: Source,
@@ -647,16 +747,14 @@ fn accept(
         cascade: sp.cascade,
         sampling: s.job.req.config.sampling,
     };
-    let p = match rows {
-        Rows::Logits(logits) => judge.targets(logits, proposal, &mut s.stats),
-        // Greedy exact verification: each position's target is a point on its argmax.
-        Rows::Argmax(ids) => ids.iter().map(|&id| Distribution::point(id)).collect(),
-        // Sampled exact verification: each position's target made from its candidates.
-        Rows::TopK { k, cands } => cands
-            .chunks_exact(k)
-            .map(|c| Distribution::from_candidates(c, &judge.sampling, model.valid_mask()))
-            .collect(),
-    };
+    let p = target_dists(
+        rows,
+        &judge,
+        model,
+        &proposal.tokens,
+        &proposal.judge,
+        &mut s.stats,
+    );
     let v = verify(&p, &proposal.probs, &proposal.tokens, s.sampler.rng());
     s.kv.len = base + 1 + v.accepted;
     let d = proposal.len();
@@ -688,4 +786,26 @@ fn accept(
     let mut new = proposal.tokens[..v.accepted].to_vec();
     new.push(v.next);
     new
+}
+
+/// The distributions a verification accepts against, one per row: the target's p (or the
+/// cascade rule's π, judging `tokens[i]` with the draft's `q_judge[i]`) from whole rows, a point
+/// on each argmax (greedy exact), or p made from each row's candidates (sampled exact with a
+/// top-k cut).
+pub(crate) fn target_dists(
+    rows: Rows,
+    judge: &Judge,
+    model: &Model,
+    tokens: &[u32],
+    q_judge: &[Distribution],
+    stats: &mut GenerateStats,
+) -> Vec<Distribution> {
+    match rows {
+        Rows::Logits(logits) => judge.targets(logits, tokens, q_judge, stats),
+        Rows::Argmax(ids) => ids.iter().map(|&id| Distribution::point(id)).collect(),
+        Rows::TopK { k, cands } => cands
+            .chunks_exact(k)
+            .map(|c| Distribution::from_candidates(c, &judge.sampling, model.valid_mask()))
+            .collect(),
+    }
 }

@@ -10,7 +10,9 @@ use crate::engine::{Completion, Mode, Role};
 use crate::generate::{GenerateStats, StopReason};
 use crate::model::{Model, Reduce, MAX_REDUCED_TOP_K};
 use crate::sampler::Sampler;
-use crate::speculative::{finish_stats, Cascade, Controller, Counters, NgramProposer, SpecConfig};
+use crate::speculative::{
+    finish_stats, Cascade, Controller, Counters, NgramProposer, Proposal, SpecConfig,
+};
 
 use super::kv::SeqBlocks;
 use super::{metrics as m, Event, Job};
@@ -34,6 +36,30 @@ pub(crate) struct SpecState {
     /// A probe is due (it warmed the draft up and drafts next).
     pub probe_due: bool,
     pub counters: Counters,
+    /// Answer mode's phases, before the sequence decodes as an ordinary speculative one.
+    pub answer: Option<AnswerPhase>,
+}
+
+/// Answer mode: the draft writes the whole answer in ordinary batched draft steps (a few tokens
+/// a step, cancellable at every step, in its pool's blocks) while the target computes every
+/// prompt position but the last; then the target scores the prompt's last position and the
+/// answer as prompt-like chunks under the step's budget, and each chunk's kept tokens are
+/// emitted as soon as they are verified. The first rejection (or the bonus after a whole answer)
+/// ends the phases: the sequence goes on from there like any other.
+pub(crate) enum AnswerPhase {
+    /// The answer so far (`done`: complete: an end of generation, the room, or a token the
+    /// target cannot take).
+    Writing { answer: Proposal, done: bool },
+    /// Chunks of the answer are being verified; every token before the target's position is.
+    Scoring { answer: Proposal },
+}
+
+impl AnswerPhase {
+    pub fn answer(&self) -> &Proposal {
+        match self {
+            AnswerPhase::Writing { answer, .. } | AnswerPhase::Scoring { answer } => answer,
+        }
+    }
 }
 
 pub(crate) struct DraftKv {
@@ -64,9 +90,14 @@ pub(crate) struct Seq {
 }
 
 impl Seq {
-    /// Whether the prompt is still being computed.
+    /// Whether the prompt is still being computed (in answer mode: until its answer is scored).
     pub fn prefilling(&self) -> bool {
-        self.tokens.is_empty()
+        self.tokens.is_empty() || self.answering()
+    }
+
+    /// Whether the sequence is in answer mode's phases.
+    pub fn answering(&self) -> bool {
+        self.spec.as_ref().is_some_and(|sp| sp.answer.is_some())
     }
 
     pub fn max_tokens(&self) -> usize {

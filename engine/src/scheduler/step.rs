@@ -79,8 +79,6 @@ enum Admit {
     /// Not enough free blocks yet: it waits.
     NoRoom(Job),
     Failed(Job, EngineError),
-    /// It ran to its end already (answer mode).
-    Done,
 }
 
 impl StepLoop {
@@ -207,7 +205,6 @@ impl StepLoop {
                     self.waiting.push_front(job);
                     break;
                 }
-                Admit::Done => {}
                 Admit::Failed(mut job, e) => {
                     metrics::counter!(m::REQUESTS_FINISHED, "finished_reason" => "error")
                         .increment(1);
@@ -227,12 +224,6 @@ impl StepLoop {
     }
 
     fn start(&mut self, job: Job) -> Admit {
-        if let Mode::Speculative(s) = &job.req.mode {
-            if s.answer {
-                self.run_solo(job);
-                return Admit::Done;
-            }
-        }
         let role = job.req.mode.role();
         let shared = self.shared.clone();
         let model = match shared.model(role) {
@@ -276,27 +267,6 @@ impl StepLoop {
         };
         let seq = super::admit::new_seq(self, job, role, kv, draft_kv);
         Admit::Started(Box::new(seq))
-    }
-
-    /// Answer mode: the draft writes the whole answer before the target sees it, which does not
-    /// fit a step; it runs alone on this thread (the other sequences wait for it).
-    fn run_solo(&mut self, mut job: Job) {
-        let cancel = job.cancel.clone();
-        let sink = &mut job.sink;
-        let shared = &self.shared;
-        let out = shared.pool.install(|| {
-            shared.run_one(&job.req, &job.prompt, |ids, text| {
-                let ok = sink.send(Event::Tokens {
-                    ids: ids.to_vec(),
-                    text: text.to_string(),
-                });
-                ok && !cancel.is_cancelled()
-            })
-        });
-        match out {
-            Ok(c) => job.sink.send(Event::Done(Box::new(c))),
-            Err(e) => job.sink.send(Event::Failed(e)),
-        };
     }
 
     /// Sends the final event of every stopped sequence and gives its blocks back (keeping its

@@ -1,69 +1,82 @@
-//! Speculative decoding on fixture models: greedy output equals the target's own bitwise, and
-//! sampled output follows the target's distribution (chi-squared against the exact marginals),
-//! while a verifier that accepts every draft fails the same test.
+//! Every speculative mode through the scheduler's decoder, on fixture models: greedy output
+//! equals the target's own (the plain single-sequence loop, an independent oracle) bitwise for
+//! every proposer, draft length and thread count; sampled exact output follows the target's
+//! distribution (chi-squared against the exact marginals), while a verifier that accepts every
+//! draft fails the same test; cascades emit only what their rule allows; answer mode is exact
+//! without a rule.
 
 use rand::Rng;
-use rayon::prelude::*;
+use rand_chacha::ChaCha8Rng;
 
 use super::*;
+use crate::engine::{Completion, Engine, Mode, Prompt, Request};
+use crate::error::EngineError;
 use crate::fixture::{self, FixtureSpec};
-use crate::generate::generate;
+use crate::generate::{generate, GenerateConfig, StopReason};
+use crate::model::Logits;
 use crate::sampler::SamplingParams;
+use crate::scheduler::{Event, SchedulerConfig};
 use cascade_weights::{DType, OpenOptions, WeightStore};
 
+/// A target and a draft with other random weights (files); the draft pads its vocabulary further
+/// (as Qwen models of different sizes do). `small` makes both one-layer models, for tests that
+/// run them a hundred thousand times.
 struct Pair {
-    _dir: tempfile::TempDir,
-    target: Model,
-    draft: Model,
+    dir: tempfile::TempDir,
 }
 
-fn load(dir: &std::path::Path, name: &str, spec: &FixtureSpec) -> Model {
-    let path = dir.join(name);
-    fixture::write(spec, &path).unwrap();
-    Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap()
-}
-
-/// A target and a draft with other random weights; the draft pads its vocabulary further (as
-/// Qwen models of different sizes do). `small` makes both one-layer models, for tests that run
-/// them hundreds of thousands of times.
-fn pair(embd: DType, small: bool) -> Pair {
-    let dir = tempfile::tempdir().unwrap();
-    let t = FixtureSpec {
-        embd_dtype: embd,
-        seed: 7,
-        ..Default::default()
-    };
-    let t = if small {
-        FixtureSpec {
+impl Pair {
+    fn new(embd: DType, small: bool) -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let t = FixtureSpec {
+            embd_dtype: embd,
+            seed: 7,
+            ..Default::default()
+        };
+        let t = if small {
+            FixtureSpec {
+                hidden: 32,
+                n_heads: 2,
+                n_kv_heads: 1,
+                ffn: 64,
+                n_layers: 1,
+                ..t
+            }
+        } else {
+            t
+        };
+        let d = FixtureSpec {
             hidden: 32,
             n_heads: 2,
             n_kv_heads: 1,
             ffn: 64,
-            n_layers: 1,
-            ..t
-        }
-    } else {
-        t
-    };
-    let d = FixtureSpec {
-        hidden: 32,
-        n_heads: 2,
-        n_kv_heads: 1,
-        ffn: 64,
-        n_layers: if small { 1 } else { 2 },
-        pad_vocab: 24,
-        embd_dtype: embd,
-        seed: 8,
-        ..Default::default()
-    };
-    let target = load(dir.path(), "t.gguf", &t);
-    let draft = load(dir.path(), "d.gguf", &d);
-    assert_eq!(target.tokenizer.first_difference(&draft.tokenizer), None);
-    assert_ne!(target.vocab_size(), draft.vocab_size());
-    Pair {
-        _dir: dir,
-        target,
-        draft,
+            n_layers: if small { 1 } else { 2 },
+            pad_vocab: 24,
+            embd_dtype: embd,
+            seed: 8,
+            ..Default::default()
+        };
+        fixture::write(&t, &dir.path().join("t.gguf")).unwrap();
+        fixture::write(&d, &dir.path().join("d.gguf")).unwrap();
+        Pair { dir }
+    }
+
+    fn load(&self, store: &WeightStore, name: &str) -> Model {
+        let path = self.dir.path().join(name);
+        Model::load(store, &path, &OpenOptions::default()).unwrap()
+    }
+
+    fn target(&self) -> Model {
+        self.load(&WeightStore::new(), "t.gguf")
+    }
+
+    /// An engine over the target and a draft: the other model, or the target itself (`self`:
+    /// every drafted token is the target's own choice).
+    fn engine(&self, draft_is_target: bool, threads: usize) -> Engine {
+        let store = WeightStore::new();
+        let t = self.load(&store, "t.gguf");
+        let d = self.load(&store, if draft_is_target { "t.gguf" } else { "d.gguf" });
+        Engine::with_models(store, t, Some(d), Some(threads), SchedulerConfig::default()).unwrap()
     }
 }
 
@@ -83,9 +96,42 @@ fn spec(len: DraftLen) -> SpecConfig {
     }
 }
 
+fn run(e: &Engine, prompt: &[u32], cfg: GenerateConfig, mode: Mode) -> Completion {
+    let req = Request {
+        prompt: Prompt::Tokens(prompt.to_vec()),
+        mode,
+        config: cfg,
+    };
+    e.generate(&req, |_| {}).unwrap()
+}
+
+/// The proposer sets a request can ask for: the draft model alone, prompt lookup alone, and
+/// lookup before the draft model (the default).
+fn proposer_sets(len: DraftLen) -> [(&'static str, SpecConfig); 3] {
+    [
+        (
+            "draft",
+            SpecConfig {
+                lookup: None,
+                ..spec(len)
+            },
+        ),
+        (
+            "ngram",
+            SpecConfig {
+                draft_model: false,
+                lookup: Some(NgramProposer::default()),
+                ..spec(len)
+            },
+        ),
+        ("ngram+draft", spec(len)),
+    ]
+}
+
 #[test]
 fn greedy_exact_equals_target_bitwise() {
-    let p = pair(DType::Q8_0, false);
+    let p = Pair::new(DType::Q8_0, false);
+    let target = p.target();
     let lens = [
         DraftLen::Fixed(1),
         DraftLen::Fixed(2),
@@ -94,91 +140,75 @@ fn greedy_exact_equals_target_bitwise() {
         DraftLen::Auto { max: 8 },
     ];
     for threads in [1, 2] {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            for (i, text) in PROMPTS.iter().enumerate() {
-                let prompt = p.target.tokenizer.encode(text, true).unwrap();
-                let cfg = GenerateConfig {
-                    max_tokens: 40,
-                    stop_at_eog: i % 2 == 0,
-                    ..Default::default()
-                };
-                let plain = generate(&p.target, &prompt, &cfg, |_| true).unwrap();
-                // Drafts: another model (low acceptance), the target itself (everything accepted:
-                // the bonus path), prompt lookup, and lookup before the draft model.
-                for len in lens {
-                    let new = |m| ModelProposer::new(m, &p.target, 128, cfg.stop_at_eog);
-                    let (mut other, mut same, mut other2) =
-                        (new(&p.draft), new(&p.target), new(&p.draft));
-                    let (mut lookup, mut lookup2) =
-                        (NgramProposer::default(), NgramProposer::default());
-                    let sets: [(&str, Vec<&mut dyn Proposer>); 4] = [
-                        ("draft", vec![&mut other]),
-                        ("self", vec![&mut same]),
-                        ("ngram", vec![&mut lookup]),
-                        ("ngram+draft", vec![&mut lookup2, &mut other2]),
-                    ];
-                    for (name, mut props) in sets {
-                        let s = spec(len);
-                        let g =
-                            generate_speculative(&p.target, &mut props, &prompt, &cfg, &s, |_| {
-                                true
-                            })
-                            .unwrap();
-                        assert_eq!(
-                            g.tokens, plain.tokens,
-                            "prompt {i}, {name}, {len:?}, {threads} threads"
-                        );
-                        assert_eq!(g.stop, plain.stop);
-                        if name == "self" {
-                            assert_eq!(g.stats.accepted, g.stats.drafted, "{len:?}");
-                        }
-                        let st = &g.stats;
-                        assert_eq!(st.generated_tokens, g.tokens.len());
-                        // Every pass emits its accepted tokens plus one.
-                        assert_eq!(st.accepted + st.target_passes, g.tokens.len() - 1);
-                        assert_eq!(st.draft_lengths.iter().sum::<usize>(), st.target_passes);
+        let (other, same) = (p.engine(false, threads), p.engine(true, threads));
+        for (i, text) in PROMPTS.iter().enumerate() {
+            let prompt = target.tokenizer.encode(text, true).unwrap();
+            let cfg = GenerateConfig {
+                max_tokens: 40,
+                stop_at_eog: i % 2 == 0,
+                ..Default::default()
+            };
+            let plain = generate(&target, &prompt, &cfg, |_| true).unwrap();
+            for len in lens {
+                let self_set = (
+                    "self",
+                    SpecConfig {
+                        lookup: None,
+                        ..spec(len)
+                    },
+                );
+                for (name, s) in proposer_sets(len).into_iter().chain([self_set]) {
+                    let e = if name == "self" { &same } else { &other };
+                    let g = run(e, &prompt, cfg, Mode::Speculative(s));
+                    let what = format!("prompt {i}, {name}, {len:?}, {threads} threads");
+                    assert_eq!(g.tokens, plain.tokens, "{what}");
+                    assert_eq!(g.stop, plain.stop, "{what}");
+                    let st = &g.stats;
+                    if name == "self" {
+                        assert_eq!(st.accepted, st.drafted, "{what}");
                     }
+                    if matches!(len, DraftLen::Fixed(_)) && name != "ngram" {
+                        assert!(st.drafted > 0, "{what}: nothing drafted");
+                    }
+                    assert_eq!(st.generated_tokens, g.tokens.len());
+                    // Every pass emits its accepted tokens plus one.
+                    assert_eq!(st.accepted + st.target_passes, g.tokens.len() - 1, "{what}");
+                    assert_eq!(st.draft_lengths.iter().sum::<usize>(), st.target_passes);
                 }
             }
-        });
+        }
     }
 }
 
 #[test]
-fn cancelling_and_limits_behave_like_plain_decoding() {
-    let p = pair(DType::Q8_0, false);
-    let prompt = p.target.tokenizer.encode("the cat", true).unwrap();
+fn limits_and_bad_draft_lengths_behave_like_plain_decoding() {
+    let p = Pair::new(DType::Q8_0, false);
+    let e = p.engine(true, 2);
+    let prompt = e.target().tokenizer.encode("the cat", true).unwrap();
     let cfg = GenerateConfig {
         max_tokens: 9,
         stop_at_eog: false,
         ..Default::default()
     };
-    let s = spec(DraftLen::Fixed(4));
-    let mut same = ModelProposer::new(&p.target, &p.target, 64, false);
-    let g = generate_speculative(&p.target, &mut [&mut same], &prompt, &cfg, &s, |_| true).unwrap();
-    assert_eq!(g.tokens.len(), 9);
-    assert_eq!(g.stop, StopReason::MaxTokens);
-    let mut seen = 0;
-    let mut same = ModelProposer::new(&p.target, &p.target, 64, false);
-    let g = generate_speculative(&p.target, &mut [&mut same], &prompt, &cfg, &s, |_| {
-        seen += 1;
-        seen < 3
-    })
-    .unwrap();
-    assert_eq!((g.tokens.len(), g.stop), (3, StopReason::Cancelled));
-    // Bad draft lengths are errors, not panics.
+    let g = run(
+        &e,
+        &prompt,
+        cfg,
+        Mode::Speculative(spec(DraftLen::Fixed(4))),
+    );
+    assert_eq!((g.tokens.len(), g.stop), (9, StopReason::MaxTokens));
+    // Bad draft lengths are errors at submission, not panics.
     for bad in [
         DraftLen::Fixed(0),
         DraftLen::Fixed(MAX_DRAFT_LEN + 1),
         DraftLen::Auto { max: 0 },
     ] {
-        let mut lookup = NgramProposer::default();
-        let s = spec(bad);
-        let e = generate_speculative(&p.target, &mut [&mut lookup], &prompt, &cfg, &s, |_| true);
+        let req = Request {
+            prompt: Prompt::Tokens(prompt.clone()),
+            mode: Mode::Speculative(spec(bad)),
+            config: cfg,
+        };
+        let e = e.submit(req).map(|_| ());
         assert!(
             matches!(e, Err(EngineError::InvalidParam { .. })),
             "{bad:?}"
@@ -252,8 +282,9 @@ fn accept_all(
     }
 }
 
-/// Second tokens of `draws` seeded runs of exact decoding: the first token comes from the
-/// prefill, the second from the first verified round (one drafted token).
+/// Second tokens of `draws` seeded requests of exact decoding through the scheduler (with
+/// `f` as its verifier), many at once: the first token comes from the prefill, the second from
+/// the first verified round (one drafted token). Returns the counts and the acceptance.
 fn second_tokens(
     p: &Pair,
     prompt: &[u32],
@@ -261,46 +292,51 @@ fn second_tokens(
     f: VerifyFn,
     draws: u64,
 ) -> (Vec<usize>, f64) {
-    let counts = (0..draws)
-        .into_par_iter()
-        .fold(
-            || vec![0usize; p.target.vocab_size() + 2],
-            |mut acc, seed| {
-                let cfg = GenerateConfig {
-                    max_tokens: 3,
-                    sampling: SamplingParams { seed, ..params },
-                    stop_at_eog: false,
+    let store = WeightStore::new();
+    let models = (p.load(&store, "t.gguf"), Some(p.load(&store, "d.gguf")));
+    let sched = SchedulerConfig {
+        max_batch: 64,
+        max_queue: 256,
+        ..Default::default()
+    };
+    let e = Engine::with_verifier(store, models, sched, f).unwrap();
+    let vocab = e.target().vocab_size();
+    let mut counts = vec![0usize; vocab];
+    let (mut drafted, mut accepted) = (0, 0);
+    let s = SpecConfig {
+        lookup: None,
+        ..spec(DraftLen::Fixed(1))
+    };
+    let seeds: Vec<u64> = (0..draws).collect();
+    for wave in seeds.chunks(128) {
+        let handles: Vec<_> = wave
+            .iter()
+            .map(|&seed| {
+                let req = Request {
+                    prompt: Prompt::Tokens(prompt.to_vec()),
+                    mode: Mode::Speculative(s),
+                    config: GenerateConfig {
+                        max_tokens: 3,
+                        sampling: SamplingParams { seed, ..params },
+                        stop_at_eog: false,
+                    },
                 };
-                let s = spec(DraftLen::Fixed(1));
-                let mut d = ModelProposer::new(&p.draft, &p.target, 16, false);
-                let g = run(
-                    &p.target,
-                    &mut [&mut d],
-                    prompt,
-                    &cfg,
-                    &s,
-                    &mut SpecMemory::default(),
-                    f,
-                    |_| true,
-                )
-                .unwrap();
-                acc[g.tokens[1] as usize] += 1;
-                // The last two cells count drafted and accepted tokens.
-                let n = acc.len();
-                acc[n - 2] += g.stats.drafted;
-                acc[n - 1] += g.stats.accepted;
-                acc
-            },
-        )
-        .reduce(
-            || vec![0usize; p.target.vocab_size() + 2],
-            |mut a, b| {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                a
-            },
-        );
-    let (drafted, accepted) = (counts[counts.len() - 2], counts[counts.len() - 1]);
-    let counts = counts[..counts.len() - 2].to_vec();
+                e.submit(req).unwrap()
+            })
+            .collect();
+        for h in handles {
+            let c = loop {
+                match h.recv().expect("events end with Done") {
+                    Event::Done(c) => break c,
+                    Event::Failed(e) => panic!("{e}"),
+                    Event::Tokens { .. } => {}
+                }
+            };
+            counts[c.tokens[1] as usize] += 1;
+            drafted += c.stats.drafted;
+            accepted += c.stats.accepted;
+        }
+    }
     assert_eq!(counts.iter().sum::<usize>(), draws as usize);
     (counts, accepted as f64 / drafted as f64)
 }
@@ -308,8 +344,9 @@ fn second_tokens(
 #[test]
 fn sampled_exact_follows_the_target_distribution() {
     // F32 output rows give the fixture sharper distributions than the quantized default.
-    let p = pair(DType::F32, true);
-    let prompt = p.target.tokenizer.encode("the", true).unwrap();
+    let p = Pair::new(DType::F32, true);
+    let target = p.target();
+    let prompt = target.tokenizer.encode("the", true).unwrap();
     for (name, params) in [
         (
             "temperature 0.7",
@@ -327,7 +364,7 @@ fn sampled_exact_follows_the_target_distribution() {
             },
         ),
     ] {
-        let exact = second_token_marginal(&p.target, &prompt, &params);
+        let exact = second_token_marginal(&target, &prompt, &params);
         let (good, rate) = second_tokens(&p, &prompt, params, verify::<ChaCha8Rng>, 100_000);
         // Both the acceptance and the correction paths must be exercised.
         assert!((0.1..0.95).contains(&rate), "{name}: acceptance {rate}");
@@ -378,31 +415,29 @@ fn chi2_helpers_accept_a_fair_sample() {
     );
 }
 
-fn cascade_spec(rule: Rule, alpha: f32, answer: bool) -> SpecConfig {
-    SpecConfig {
+fn cascade_spec(rule: Rule, alpha: f32, answer: bool) -> Mode {
+    Mode::Speculative(SpecConfig {
         draft_len: DraftLen::Fixed(4),
         cascade: Some(Cascade { rule, alpha }),
         answer,
+        lookup: None,
         ..Default::default()
-    }
+    })
 }
 
-fn run_with_draft(
-    p: &Pair,
-    draft: &Model,
-    prompt: &[u32],
-    cfg: &GenerateConfig,
-    s: &SpecConfig,
-) -> Generation {
-    let mut d = ModelProposer::new(draft, &p.target, 256, cfg.stop_at_eog).with_judging(true);
-    generate_speculative(&p.target, &mut [&mut d], prompt, cfg, s, |_| true).unwrap()
+fn exact4() -> Mode {
+    Mode::Speculative(SpecConfig {
+        lookup: None,
+        ..spec(DraftLen::Fixed(4))
+    })
 }
 
 #[test]
 fn alpha_zero_is_exact_for_every_rule_greedy_and_sampled() {
-    let p = pair(DType::Q8_0, false);
+    let p = Pair::new(DType::Q8_0, false);
+    let e = p.engine(false, 2);
     for (i, text) in PROMPTS.iter().enumerate().take(3) {
-        let prompt = p.target.tokenizer.encode(text, true).unwrap();
+        let prompt = e.target().tokenizer.encode(text, true).unwrap();
         for sampling in [
             SamplingParams::greedy(),
             SamplingParams {
@@ -417,10 +452,9 @@ fn alpha_zero_is_exact_for_every_rule_greedy_and_sampled() {
                 sampling,
                 stop_at_eog: false,
             };
-            let exact = run_with_draft(&p, &p.draft, &prompt, &cfg, &spec(DraftLen::Fixed(4)));
+            let exact = run(&e, &prompt, cfg, exact4());
             for rule in Rule::ALL {
-                let g =
-                    run_with_draft(&p, &p.draft, &prompt, &cfg, &cascade_spec(rule, 0.0, false));
+                let g = run(&e, &prompt, cfg, cascade_spec(rule, 0.0, false));
                 assert_eq!(g.tokens, exact.tokens, "prompt {i}, {rule:?}, {sampling:?}");
                 assert_eq!(g.stats.kept_by_rule, 0);
             }
@@ -446,25 +480,21 @@ fn along(model: &Model, prompt: &[u32], out: &[u32]) -> Vec<Distribution> {
 
 #[test]
 fn greedy_cascades_emit_the_target_argmax_or_what_the_rule_allows() {
-    let p = pair(DType::Q8_0, false);
+    let p = Pair::new(DType::Q8_0, false);
+    let e = p.engine(false, 2);
+    let (target, draft) = (p.target(), p.load(&WeightStore::new(), "d.gguf"));
     let cfg = GenerateConfig {
         max_tokens: 40,
         stop_at_eog: false,
         ..Default::default()
     };
     for text in PROMPTS.iter().take(4) {
-        let prompt = p.target.tokenizer.encode(text, true).unwrap();
-        let exact = run_with_draft(&p, &p.draft, &prompt, &cfg, &spec(DraftLen::Fixed(4)));
+        let prompt = target.tokenizer.encode(text, true).unwrap();
+        let exact = run(&e, &prompt, cfg, exact4());
         for alpha in [0.3f32, 0.6, 0.9] {
             // Token rule: every token is the target's argmax or within (1 − α) of its max.
-            let g = run_with_draft(
-                &p,
-                &p.draft,
-                &prompt,
-                &cfg,
-                &cascade_spec(Rule::Token, alpha, false),
-            );
-            let pt = along(&p.target, &prompt, &g.tokens);
+            let g = run(&e, &prompt, cfg, cascade_spec(Rule::Token, alpha, false));
+            let pt = along(&target, &prompt, &g.tokens);
             for (j, &t) in g.tokens.iter().enumerate() {
                 let d = &pt[j];
                 let max = d.max_prob();
@@ -475,15 +505,9 @@ fn greedy_cascades_emit_the_target_argmax_or_what_the_rule_allows() {
                 );
             }
             // Chow: every token is the target's argmax or the draft's where the draft was sure.
-            let g = run_with_draft(
-                &p,
-                &p.draft,
-                &prompt,
-                &cfg,
-                &cascade_spec(Rule::Chow, alpha, false),
-            );
-            let pt = along(&p.target, &prompt, &g.tokens);
-            let qd = along(&p.draft, &prompt, &g.tokens);
+            let g = run(&e, &prompt, cfg, cascade_spec(Rule::Chow, alpha, false));
+            let pt = along(&target, &prompt, &g.tokens);
+            let qd = along(&draft, &prompt, &g.tokens);
             for (j, &t) in g.tokens.iter().enumerate() {
                 let max_q = qd[j].max_prob();
                 assert!(
@@ -493,13 +517,7 @@ fn greedy_cascades_emit_the_target_argmax_or_what_the_rule_allows() {
             }
         }
         // The most lenient setting keeps every drafted token: fewer target passes than exact.
-        let g = run_with_draft(
-            &p,
-            &p.draft,
-            &prompt,
-            &cfg,
-            &cascade_spec(Rule::Chow, 1.0, false),
-        );
+        let g = run(&e, &prompt, cfg, cascade_spec(Rule::Chow, 1.0, false));
         assert_eq!(g.stats.accepted, g.stats.drafted);
         assert!(g.stats.kept_by_rule > 0);
         assert!(g.stats.target_passes <= exact.stats.target_passes);
@@ -508,33 +526,50 @@ fn greedy_cascades_emit_the_target_argmax_or_what_the_rule_allows() {
 
 #[test]
 fn answer_mode_is_exact_without_a_rule_and_passes_whole_from_the_target_itself() {
-    let p = pair(DType::Q8_0, false);
+    let p = Pair::new(DType::Q8_0, false);
+    let target = p.target();
+    let (other, same) = (p.engine(false, 2), p.engine(true, 2));
+    let answer = SpecConfig {
+        answer: true,
+        ..spec(DraftLen::Auto { max: 8 })
+    };
     for (i, text) in PROMPTS.iter().enumerate() {
-        let prompt = p.target.tokenizer.encode(text, true).unwrap();
+        let prompt = target.tokenizer.encode(text, true).unwrap();
+        for sampling in [
+            SamplingParams::greedy(),
+            SamplingParams {
+                top_k: 20,
+                seed: 9,
+                ..SamplingParams::greedy()
+            },
+        ] {
+            let cfg = GenerateConfig {
+                max_tokens: 30,
+                stop_at_eog: i % 2 == 0,
+                sampling,
+            };
+            let plain = generate(&target, &prompt, &cfg, |_| true).unwrap();
+            let g = run(&other, &prompt, cfg, Mode::Speculative(answer));
+            if sampling.is_greedy() {
+                assert_eq!(g.tokens, plain.tokens, "prompt {i}");
+            }
+            assert!(g.stats.answer_drafted > 0);
+            assert!(g.stats.answer_kept <= g.stats.answer_drafted);
+            // The target as its own draft: the answer passes whole, with no round after it.
+            let g = run(&same, &prompt, cfg, Mode::Speculative(answer));
+            if sampling.is_greedy() {
+                assert_eq!(g.tokens, plain.tokens, "prompt {i}, self");
+                assert_eq!(g.stats.answer_drafted, plain.tokens.len());
+            }
+            assert_eq!(g.stats.answer_kept, g.stats.answer_drafted, "prompt {i}");
+            assert_eq!(g.stats.target_passes, 1, "one scoring, no rounds after it");
+        }
+        // A lenient rule keeps the draft's whole answer.
         let cfg = GenerateConfig {
             max_tokens: 30,
             stop_at_eog: i % 2 == 0,
             ..Default::default()
         };
-        let plain = generate(&p.target, &prompt, &cfg, |_| true).unwrap();
-        let answer = SpecConfig {
-            answer: true,
-            ..spec(DraftLen::Auto { max: 8 })
-        };
-        let g = run_with_draft(&p, &p.draft, &prompt, &cfg, &answer);
-        assert_eq!(g.tokens, plain.tokens, "prompt {i}");
-        assert!(g.stats.answer_drafted > 0);
-        assert!(g.stats.answer_kept <= g.stats.answer_drafted);
-        // The target as its own draft: the answer passes whole.
-        let g = run_with_draft(&p, &p.target, &prompt, &cfg, &answer);
-        assert_eq!(g.tokens, plain.tokens, "prompt {i}, self");
-        assert_eq!(g.stats.answer_kept, g.stats.answer_drafted);
-        assert_eq!(g.stats.answer_drafted, plain.tokens.len());
-        assert_eq!(
-            g.stats.target_passes, 0,
-            "one scoring pass, no rounds after it"
-        );
-        // A lenient rule keeps the draft's whole answer.
         let lenient = SpecConfig {
             cascade: Some(Cascade {
                 rule: Rule::Chow,
@@ -542,55 +577,7 @@ fn answer_mode_is_exact_without_a_rule_and_passes_whole_from_the_target_itself()
             }),
             ..answer
         };
-        let g = run_with_draft(&p, &p.draft, &prompt, &cfg, &lenient);
+        let g = run(&other, &prompt, cfg, Mode::Speculative(lenient));
         assert_eq!(g.stats.answer_kept, g.stats.answer_drafted);
     }
-}
-
-#[test]
-fn learned_draft_lengths_carry_over_between_requests_and_output_stays_exact() {
-    let p = pair(DType::Q8_0, false);
-    let cfg = GenerateConfig {
-        max_tokens: 30,
-        stop_at_eog: false,
-        ..Default::default()
-    };
-    let s = spec(DraftLen::Auto { max: 8 });
-    let mut memory = SpecMemory::default();
-    assert!(memory.is_empty());
-    for text in PROMPTS.iter().take(3) {
-        let prompt = p.target.tokenizer.encode(text, true).unwrap();
-        let plain = generate(&p.target, &prompt, &cfg, |_| true).unwrap();
-        let mut d = ModelProposer::new(&p.draft, &p.target, 128, false);
-        let g = generate_speculative_with(
-            &p.target,
-            &mut [&mut d],
-            &prompt,
-            &cfg,
-            &s,
-            &mut memory,
-            |_| true,
-        )
-        .unwrap();
-        assert_eq!(g.tokens, plain.tokens, "{text}");
-        assert!(!memory.is_empty());
-    }
-    // The draft's learned acceptance is kept for these settings only: other sampling parameters
-    // start from the prior (α = 0.7).
-    let props = [true];
-    let learned = memory.controllers(&MemoryKey::new(&s, cfg.sampling), &props, s.draft_len);
-    let other = SamplingParams {
-        temperature: 0.7,
-        ..cfg.sampling
-    };
-    let fresh = memory.controllers(&MemoryKey::new(&s, other), &props, s.draft_len);
-    assert_eq!(fresh[0].alpha(), 0.7);
-    assert_ne!(learned[0].alpha(), 0.7);
-    // Another engine-wide memory absorbs exactly that entry and the pass costs.
-    let mut shared = SpecMemory::default();
-    shared.absorb(&memory, &s, other);
-    assert!(shared.is_empty());
-    shared.absorb(&memory, &s, cfg.sampling);
-    let again = shared.controllers(&MemoryKey::new(&s, cfg.sampling), &props, s.draft_len);
-    assert_eq!(again[0].alpha(), learned[0].alpha());
 }

@@ -66,6 +66,33 @@ pub fn verify<R: Rng + ?Sized>(
         drafted.len() + 1,
         "one target distribution per position"
     );
+    let k = drafted.len();
+    if let Some(v) = verify_prefix(&p[..k], q, drafted, rng) {
+        return v;
+    }
+    Verdict {
+        accepted: k,
+        next: sample(&p[k], rng),
+        kind: NextKind::Bonus,
+    }
+}
+
+/// The first part of [`verify`] for a stretch of drafted tokens with no position after them yet
+/// (answer mode scores a long answer in chunks): `p[i]` is the target's distribution for the
+/// position of `drafted[i]`. Returns the verdict at the first rejection, or `None` when every
+/// token is kept (the caller verifies the rest, or draws the bonus, with the next rows). Spends
+/// randomness exactly as [`verify`] does for the same positions, so a proposal verified in
+/// stretches draws what it draws verified at once.
+///
+/// # Panics
+/// If `p.len() != drafted.len()` or `q.len() != drafted.len()` (a caller bug, not input).
+pub fn verify_prefix<R: Rng + ?Sized>(
+    p: &[Distribution],
+    q: &[DraftProbs],
+    drafted: &[u32],
+    rng: &mut R,
+) -> Option<Verdict> {
+    assert_eq!(p.len(), drafted.len(), "one target distribution per token");
     assert_eq!(
         q.len(),
         drafted.len(),
@@ -84,19 +111,14 @@ pub fn verify<R: Rng + ?Sized>(
             rng.random::<f32>() * qx < px
         };
         if !keep {
-            return Verdict {
+            return Some(Verdict {
                 accepted: i,
                 next: sample_residual(&p[i], qi, x, rng),
                 kind: NextKind::Correction,
-            };
+            });
         }
     }
-    let last = &p[drafted.len()];
-    Verdict {
-        accepted: drafted.len(),
-        next: sample(last, rng),
-        kind: NextKind::Bonus,
-    }
+    None
 }
 
 /// A draw from `d`, without spending randomness on a point mass.
@@ -154,7 +176,7 @@ fn sample_residual<R: Rng + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     fn dist(p: &[f32]) -> Distribution {
@@ -165,6 +187,38 @@ mod tests {
         let mut p = vec![0.0; n];
         p[id] = 1.0;
         dist(&p)
+    }
+
+    /// Answer mode verifies a long answer in stretches: the verdict (and every draw) equals
+    /// verifying it at once, for every way of cutting it, on sampled distributions.
+    #[test]
+    fn verifying_in_stretches_is_verifying_at_once() {
+        let mut gen = ChaCha8Rng::seed_from_u64(11);
+        for trial in 0..300u64 {
+            let n = 1 + (trial as usize % 9);
+            let row = |g: &mut ChaCha8Rng| {
+                let v: Vec<f32> = (0..6).map(|_| g.random::<f32>() + 0.01).collect();
+                let s: f32 = v.iter().sum();
+                dist(&v.iter().map(|x| x / s).collect::<Vec<_>>())
+            };
+            let p: Vec<Distribution> = (0..=n).map(|_| row(&mut gen)).collect();
+            let q: Vec<DraftProbs> = (0..n).map(|_| DraftProbs::Dense(row(&mut gen))).collect();
+            let drafted: Vec<u32> = (0..n).map(|_| gen.random_range(0..6)).collect();
+            let whole = verify(&p, &q, &drafted, &mut ChaCha8Rng::seed_from_u64(trial));
+            let cut = 1 + (trial as usize * 7) % n;
+            let mut rng = ChaCha8Rng::seed_from_u64(trial);
+            let v = match verify_prefix(&p[..cut], &q[..cut], &drafted[..cut], &mut rng) {
+                Some(v) => v,
+                None => {
+                    let rest = verify(&p[cut..], &q[cut..], &drafted[cut..], &mut rng);
+                    Verdict {
+                        accepted: cut + rest.accepted,
+                        ..rest
+                    }
+                }
+            };
+            assert_eq!(v, whole, "trial {trial}, cut {cut} of {n}");
+        }
     }
 
     #[test]
