@@ -11,6 +11,7 @@
 //! println!("\n{} tokens", out.tokens.len());
 //! # Ok::<(), cascade::engine::EngineError>(())
 //! ```
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub use cascade_engine as engine;
 pub use cascade_gpu as gpu;

@@ -50,7 +50,7 @@ fn a_fixture_generates() {
     )
     .unwrap();
     let mut seq = model.tokenizer.encode("the cat", true).unwrap();
-    let mut cache = model.new_cache(seq.len() + 4);
+    let mut cache = model.new_cache(seq.len() + 4).unwrap();
     let mut want = Vec::new();
     let mut logits = model
         .forward(&seq, &mut cache, cascade::engine::Logits::Last)

@@ -56,7 +56,7 @@ fn rollback_gives_bitwise_the_same_logits() {
     let model = load(&path);
     let prompt = prompt_ids(&model);
     let n = prompt.len();
-    let mut cache = model.new_cache(64);
+    let mut cache = model.new_cache(64).unwrap();
     model.forward(&prompt, &mut cache, Logits::Last).unwrap();
     // Straight decode of 6 tokens, keeping each step's logits.
     let next: Vec<u32> = vec![5, 77, 260, 33, 104, 12];
@@ -111,9 +111,9 @@ fn batched_forward_equals_one_token_at_a_time() {
             model.set_precision(precision);
             let tokens = prompt_ids(&model);
             let v = model.vocab_size();
-            let mut c1 = model.new_cache(64);
+            let mut c1 = model.new_cache(64).unwrap();
             let all = model.forward(&tokens, &mut c1, Logits::All).unwrap();
-            let mut c2 = model.new_cache(64);
+            let mut c2 = model.new_cache(64).unwrap();
             for (i, &t) in tokens.iter().enumerate() {
                 let one = model.forward(&[t], &mut c2, Logits::Last).unwrap();
                 assert_eq!(
@@ -123,11 +123,11 @@ fn batched_forward_equals_one_token_at_a_time() {
                 );
             }
             // A split in the middle (prefill 3, then a batch of the rest) gives the same logits.
-            let mut c3 = model.new_cache(64);
+            let mut c3 = model.new_cache(64).unwrap();
             model.forward(&tokens[..3], &mut c3, Logits::Last).unwrap();
             let rest = model.forward(&tokens[3..], &mut c3, Logits::All).unwrap();
             assert_eq!(rest, all[3 * v..], "{dtype} {precision:?} split");
-            let mut c4 = model.new_cache(64);
+            let mut c4 = model.new_cache(64).unwrap();
             let single =
                 one_thread.install(|| model.forward(&tokens, &mut c4, Logits::All).unwrap());
             assert_eq!(single, all, "{dtype} {precision:?} with one thread");
@@ -210,8 +210,8 @@ fn hugging_face_folder_gives_the_same_logits_as_gguf() {
             .encode("the cat sat on the mat in the hat", true)
             .unwrap()
     );
-    let mut ca = a.new_cache(32);
-    let mut cb = b.new_cache(32);
+    let mut ca = a.new_cache(32).unwrap();
+    let mut cb = b.new_cache(32).unwrap();
     assert_eq!(
         a.forward(&ids, &mut ca, Logits::All).unwrap(),
         b.forward(&ids, &mut cb, Logits::All).unwrap()
@@ -241,7 +241,7 @@ fn llama_architecture_and_tied_embeddings_load_and_run() {
     };
     let g = generate(&model, &prompt_ids(&model), &cfg, |_| true).unwrap();
     // The greedy tokens are a plain argmax loop's over the forward pass.
-    let mut cache = model.new_cache(64);
+    let mut cache = model.new_cache(64).unwrap();
     let mut logits = model
         .forward(&prompt_ids(&model), &mut cache, Logits::Last)
         .unwrap();
@@ -344,10 +344,10 @@ fn a_restricted_output_layer_gives_the_full_logits_of_its_tokens() {
         assert_eq!(sub.output_tokens(), ids.len());
         let prompt = [5u32, 77, 140, 201];
         let a = full
-            .forward(&prompt, &mut full.new_cache(16), Logits::All)
+            .forward(&prompt, &mut full.new_cache(16).unwrap(), Logits::All)
             .unwrap();
         let b = sub
-            .forward(&prompt, &mut sub.new_cache(16), Logits::All)
+            .forward(&prompt, &mut sub.new_cache(16).unwrap(), Logits::All)
             .unwrap();
         assert_eq!(a.len(), b.len());
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {

@@ -320,7 +320,7 @@ fn load_and_run(path: &Path) {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let ids = model.tokenizer.encode("Hello, world", false).unwrap();
     assert!(!ids.is_empty());
-    let mut cache = model.new_cache(ids.len());
+    let mut cache = model.new_cache(ids.len()).unwrap();
     let logits = model.forward(&ids, &mut cache, Logits::Last).unwrap();
     assert!(logits.iter().all(|x| x.is_finite()));
 }

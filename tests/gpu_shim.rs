@@ -82,7 +82,7 @@ fn same_model(device: &Device, spec: FixtureSpec) {
     let v = cpu.vocab_size();
     let what = format!("{:?}/{:?}", spec.dtype, spec.embd_dtype);
     let prompt: Vec<u32> = (0..7).map(|i| (i * 37 + 5) % 256).collect();
-    let mut caches = [&reference, &cpu, &dev].map(|m| m.new_cache(32));
+    let mut caches = [&reference, &cpu, &dev].map(|m| m.new_cache(32).unwrap());
     let mut run = |tokens: &[u32]| -> Vec<Vec<f32>> {
         [&reference, &cpu, &dev]
             .iter()
@@ -141,16 +141,16 @@ fn a_long_prefill_through_mmq_and_the_tensor_cores_matches_the_cpu() {
     dev.place_on(devices().last().unwrap()).unwrap();
     let prompt: Vec<u32> = (0..40).map(|i| (i * 53 + 7) % 256).collect();
     let a = cpu
-        .forward(&prompt, &mut cpu.new_cache(64), Logits::All)
+        .forward(&prompt, &mut cpu.new_cache(64).unwrap(), Logits::All)
         .unwrap();
     let b = dev
-        .forward(&prompt, &mut dev.new_cache(64), Logits::All)
+        .forward(&prompt, &mut dev.new_cache(64).unwrap(), Logits::All)
         .unwrap();
     let d = rel_diff(&a, &b);
     assert!(d < 0.02, "logits differ by {d}");
     // The same tokens as a prompt: the tensor-core products where the device has them.
     let c = dev
-        .forward_prompt(&prompt, &mut dev.new_cache(64), Logits::All)
+        .forward_prompt(&prompt, &mut dev.new_cache(64).unwrap(), Logits::All)
         .unwrap();
     let d = rel_diff(&a, &c);
     assert!(d < 0.02, "logits of the prompt's rows differ by {d}");
@@ -254,7 +254,7 @@ fn scheduler_on(dev: &Device) {
     let Prompt::Tokens(p0) = &reqs(Mode::Target)[0].prompt else {
         unreachable!()
     };
-    let mut cache = m.new_cache(64);
+    let mut cache = m.new_cache(64).unwrap();
     let mut input = p0.clone();
     for (i, &tok) in alone[0].iter().enumerate() {
         // The prompt's rows as the scheduler computes them (as a prompt's), then one each.

@@ -137,7 +137,7 @@ fn teacher_forced(model: &Model, runs: &[serde_json::Value], label: &str) -> (us
         let gen = ids(&run["generated_ids"]);
         let mut seq = prompt.clone();
         seq.extend_from_slice(&gen[..gen.len() - 1]);
-        let mut cache = model.new_cache(seq.len());
+        let mut cache = model.new_cache(seq.len()).unwrap();
         let from = prompt.len() - 1;
         let logits = pool.install(|| model.forward(&seq, &mut cache, Logits::From(from)).unwrap());
         for (j, &want) in gen.iter().enumerate() {

@@ -10,7 +10,7 @@ const DRAFT: &str = "qwen2.5-coder-0.5b-instruct-q4.gguf";
 
 fn logits(path: &std::path::Path, tokens: &[u32]) -> Vec<u32> {
     let m = Model::load(&WeightStore::new(), path, &OpenOptions::default()).unwrap();
-    let mut cache = m.new_cache(32);
+    let mut cache = m.new_cache(32).unwrap();
     // A prefill, then five tokens on top of it (a verification's shape).
     let mut out = m.forward(&tokens[..4], &mut cache, Logits::All).unwrap();
     out.extend(m.forward(&tokens[4..], &mut cache, Logits::All).unwrap());

@@ -69,7 +69,7 @@ pub fn median(v: &mut [f64]) -> f64 {
 /// hosts, touches every entry alike), each forward after rolling the cache back to the context.
 pub fn run(model: &Model, b: &ForwardBench) -> Result<Vec<ForwardResult>> {
     let max_new = b.tokens.iter().copied().max().unwrap_or(1);
-    let mut cache = model.new_cache(b.context + max_new);
+    let mut cache = model.new_cache(b.context + max_new)?;
     if b.context > 0 {
         model.forward_prompt(&filler(model, b.context, 0), &mut cache, Logits::Last)?;
     }

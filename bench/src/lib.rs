@@ -2,6 +2,7 @@
 //! floors), `cascade calibrate` (quality against cost over an evaluation set) and the criterion
 //! micro-benchmarks of the kernels (`cargo bench -p cascade-bench`), and `cascade bench serve`,
 //! a load generator for any OpenAI-compatible server.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 use cascade_kernels::quant::random_data;
 use cascade_weights::DType;

@@ -55,6 +55,8 @@ pub enum EngineError {
         tokens: usize,
         total: usize,
     },
+    #[error("cannot map {bytes} bytes for the KV cache: {reason}")]
+    KvAlloc { bytes: usize, reason: String },
     #[error("{0}")]
     Io(String),
     #[error("cannot write {path}: {source}")]

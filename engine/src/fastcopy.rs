@@ -143,7 +143,7 @@ mod tests {
 
     fn logits(path: &Path) -> Vec<u32> {
         let m = Model::load(&WeightStore::new(), path, &OpenOptions::default()).unwrap();
-        let mut cache = m.new_cache(16);
+        let mut cache = m.new_cache(16).unwrap();
         let out = m
             .forward(&[1, 40, 7, 99, 3], &mut cache, Logits::All)
             .unwrap();

@@ -128,7 +128,7 @@ pub fn generate(
 ) -> Result<Generation> {
     cfg.sampling.validate()?;
     let capacity = plan_capacity(model, prompt, cfg.max_tokens)?;
-    let mut cache = model.new_cache(capacity);
+    let mut cache = model.new_cache(capacity)?;
     let mut sampler = Sampler::new(cfg.sampling);
     let mut stats = GenerateStats {
         prompt_tokens: prompt.len(),

@@ -21,12 +21,26 @@ struct Zeroed {
 }
 
 impl Zeroed {
-    fn new(len: usize) -> Zeroed {
+    /// `len` zeroed values; an error when their bytes overflow or cannot be mapped.
+    fn new(len: usize) -> Result<Zeroed> {
         // A zero-length mapping is refused by the OS: map one value at least.
-        let bytes = len.max(1) * std::mem::size_of::<f32>();
-        let map = memmap2::MmapMut::map_anon(bytes)
-            .unwrap_or_else(|e| panic!("cannot map {bytes} bytes for the KV cache: {e}"));
-        Zeroed { map, len }
+        let bytes = len
+            .max(1)
+            .checked_mul(std::mem::size_of::<f32>())
+            .ok_or(kv_too_large())?;
+        let map = memmap2::MmapMut::map_anon(bytes).map_err(|e| EngineError::KvAlloc {
+            bytes,
+            reason: e.to_string(),
+        })?;
+        Ok(Zeroed { map, len })
+    }
+}
+
+/// A KV size whose arithmetic overflows.
+fn kv_too_large() -> EngineError {
+    EngineError::Limit {
+        what: "the KV cache's size in bytes",
+        limit: usize::MAX as u64,
     }
 }
 
@@ -46,14 +60,6 @@ impl std::ops::DerefMut for Zeroed {
     }
 }
 
-impl Clone for Zeroed {
-    fn clone(&self) -> Zeroed {
-        let mut z = Zeroed::new(self.len);
-        z.copy_from_slice(self);
-        z
-    }
-}
-
 /// Keys and values of every layer: `[block][position in block][kv_dim]` per layer, in anonymous
 /// mappings: untouched blocks cost no resident memory.
 #[derive(Debug)]
@@ -70,22 +76,38 @@ pub struct KvStorage {
 }
 
 impl KvStorage {
-    pub fn new(n_layers: usize, kv_dim: usize, block: usize, n_blocks: usize) -> KvStorage {
-        let n = n_blocks * block * kv_dim;
-        let zeroed = || (0..n_layers).map(|_| Zeroed::new(n)).collect();
-        KvStorage {
-            k: zeroed(),
-            v: zeroed(),
+    /// Storage for `n_blocks` blocks of `block` positions of `kv_dim` keys and values in each
+    /// of `n_layers` layers. The sizes come from model files and budgets: arithmetic that
+    /// overflows, or memory that cannot be mapped, is an error.
+    pub fn new(n_layers: usize, kv_dim: usize, block: usize, n_blocks: usize) -> Result<KvStorage> {
+        let n = n_blocks
+            .checked_mul(block)
+            .and_then(|x| x.checked_mul(kv_dim))
+            .ok_or(kv_too_large())?;
+        // The whole storage's bytes must be representable too (`bytes()`).
+        Self::bytes_per_position(n_layers, kv_dim)
+            .and_then(|b| b.checked_mul(n_blocks)?.checked_mul(block))
+            .ok_or(kv_too_large())?;
+        let zeroed = || {
+            (0..n_layers)
+                .map(|_| Zeroed::new(n))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(KvStorage {
+            k: zeroed()?,
+            v: zeroed()?,
             kv_dim,
             block,
             n_blocks,
             device: None,
-        }
+        })
     }
 
-    /// Bytes of one position of every layer, keys and values.
-    pub fn bytes_per_position(n_layers: usize, kv_dim: usize) -> usize {
-        2 * n_layers * kv_dim * std::mem::size_of::<f32>()
+    /// Bytes of one position of every layer, keys and values (`None` past `usize`).
+    pub fn bytes_per_position(n_layers: usize, kv_dim: usize) -> Option<usize> {
+        n_layers
+            .checked_mul(kv_dim)?
+            .checked_mul(2 * std::mem::size_of::<f32>())
     }
 
     pub fn block(&self) -> usize {
@@ -162,16 +184,19 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_layers: usize, kv_dim: usize, capacity: usize) -> KvCache {
+    /// A cache of `capacity` positions; an error when its size overflows or cannot be mapped,
+    /// or its blocks outnumber the block ids.
+    pub fn new(n_layers: usize, kv_dim: usize, capacity: usize) -> Result<KvCache> {
         let n_blocks = capacity.div_ceil(OWN_BLOCK);
-        KvCache {
-            storage: KvStorage::new(n_layers, kv_dim, OWN_BLOCK, n_blocks),
-            table: (0..n_blocks as u32).collect(),
+        let ids = u32::try_from(n_blocks).map_err(|_| kv_too_large())?;
+        Ok(KvCache {
+            storage: KvStorage::new(n_layers, kv_dim, OWN_BLOCK, n_blocks)?,
+            table: (0..ids).collect(),
             len: 0,
             capacity,
             committed: 0,
             scratch: Scratch::default(),
-        }
+        })
     }
 
     /// Positions held.
@@ -243,7 +268,7 @@ mod tests {
 
     #[test]
     fn rollback_and_commit() {
-        let mut c = KvCache::new(1, 2, 4);
+        let mut c = KvCache::new(1, 2, 4).unwrap();
         c.advance(2);
         c.commit();
         c.advance(1);
@@ -257,9 +282,30 @@ mod tests {
         assert!(matches!(c.reserve(4), Err(EngineError::CacheFull { .. })));
     }
 
+    /// Sizes from a model file or a budget whose arithmetic overflows are errors (release
+    /// builds do not check overflow: unchecked, they wrapped to a small mapping the kernels
+    /// then wrote past).
+    #[test]
+    fn sizes_that_overflow_are_errors() {
+        let big = usize::MAX / 4;
+        for (layers, dim, block, blocks) in [(1, big, 16, 8), (1, 8, big, 2), (big, 8, 16, 1)] {
+            assert!(
+                matches!(
+                    KvStorage::new(layers, dim, block, blocks),
+                    Err(EngineError::Limit { .. })
+                ),
+                "{layers} {dim} {block} {blocks}"
+            );
+        }
+        assert!(KvCache::new(2, big, 1 << 20).is_err());
+        assert_eq!(KvStorage::bytes_per_position(big, 8), None);
+        // A size the machine cannot map is an error too, not an abort.
+        assert!(KvStorage::new(1, 1 << 20, 1 << 20, 1 << 10).is_err());
+    }
+
     #[test]
     fn storage_writes_through_the_block_table() {
-        let mut s = KvStorage::new(1, 2, 8, 3);
+        let mut s = KvStorage::new(1, 2, 8, 3).unwrap();
         let table = [2u32, 0];
         let k: Vec<f32> = (0..20).map(|i| i as f32).collect();
         let v: Vec<f32> = k.iter().map(|x| -x).collect();

@@ -1,5 +1,6 @@
 //! cascade-engine: models (Llama/Qwen2 family), KV cache with rollback, sampling, generation,
 //! perplexity and the `Engine` API that users embed.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod chat;
 pub mod engine;

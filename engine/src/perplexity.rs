@@ -58,7 +58,7 @@ pub fn perplexity(
         if let Some(b) = bos {
             window[0] = b;
         }
-        let mut cache = model.new_cache(ctx);
+        let mut cache = model.new_cache(ctx)?;
         let logits = model.forward_prompt(&window, &mut cache, Logits::From(first))?;
         for j in first..ctx - 1 {
             let row = &logits[(j - first) * vocab..(j - first + 1) * vocab];

@@ -5,16 +5,18 @@
 use cascade_gpu::{DeviceSpec, Footprint, GpuError, GpuInfo, Placement};
 
 use crate::error::Result;
-use crate::kv_cache::KvStorage;
 use crate::model::Model;
 use crate::scheduler::SchedulerConfig;
 
 /// Device memory a model needs beyond its weights: its share of the KV budget and the
 /// activations of the largest step (logits of every row dominate).
 fn footprint(m: &Model, other: Option<&Model>, s: &SchedulerConfig) -> Footprint {
-    let per = |m: &Model| KvStorage::bytes_per_position(m.config.n_layers, m.config.kv_dim());
-    let total = per(m) + other.map_or(0, per);
-    let kv = ((s.kv_budget_mb << 20) as u128 * per(m) as u128 / total as u128) as usize;
+    // In u128: sizes from a model file cannot overflow it (a model that large is refused when
+    // its KV storage is made).
+    let per = |m: &Model| 2 * 4 * m.config.n_layers as u128 * m.config.kv_dim() as u128;
+    let total = (per(m) + other.map_or(0, per)).max(1);
+    let budget = s.kv_budget_mb as u128 * (1 << 20);
+    let kv = usize::try_from(budget * per(m) / total).unwrap_or(usize::MAX);
     let c = &m.config;
     let row = 4 * (3 * c.hidden_size + 3 * c.q_dim() + 2 * c.intermediate_size + c.vocab_size);
     Footprint {

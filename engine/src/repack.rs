@@ -170,7 +170,7 @@ mod tests {
     fn logits_of(path: &Path, tokens: &[u32]) -> Vec<f32> {
         let store = WeightStore::new();
         let m = Model::load(&store, path, &OpenOptions::default()).unwrap();
-        let mut cache = m.new_cache(64);
+        let mut cache = m.new_cache(64).unwrap();
         // A prefill, then a 5-token "verification" on top of it.
         m.forward(&tokens[..7], &mut cache, Logits::All).unwrap();
         let mut out = m.forward(&tokens[7..], &mut cache, Logits::All).unwrap();

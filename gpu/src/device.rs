@@ -252,7 +252,8 @@ impl Device {
     }
 
     /// Copies `out.len()` values from `buf` at byte `offset` (after the work queued before).
-    pub fn read<T: Copy>(&self, buf: &DevBuf, offset: usize, out: &mut [T]) -> Result<()> {
+    /// `T` is a plain number type ([`Pod`]): any bytes the device holds are a valid value.
+    pub fn read<T: Pod>(&self, buf: &DevBuf, offset: usize, out: &mut [T]) -> Result<()> {
         let bytes = std::mem::size_of_val(out);
         check_range(buf, offset, bytes)?;
         crate::graph::refuse_while_recording("a copy from the device")?;
@@ -262,8 +263,7 @@ impl Device {
             #[cfg(feature = "shim")]
             Inner::Shim => {
                 // SAFETY: as in `write`, the range was checked against the live allocation, and
-                // `out` is `bytes` bytes of plain values (every bit pattern valid for the
-                // f32/i32/u8 the callers read).
+                // `out` is `bytes` bytes of a `Pod` type, for which every bit pattern is valid.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         (buf.ptr as *const u8).add(offset),
@@ -277,9 +277,10 @@ impl Device {
     }
 
     /// Runs kernel `name` (the arguments must match its parameter list: the kernels' contract
-    /// in `kernels/cuda/`, which the launchers in this crate keep).
+    /// in `kernels/cuda/`, which the launchers in this crate keep; crate-private, since a launch
+    /// dereferences the device pointers among its arguments).
     /// While this thread records a graph ([`Device::run_graph`]), the launch is recorded.
-    pub fn launch(&self, name: &'static str, l: Launch, args: Args) -> Result<()> {
+    pub(crate) fn launch(&self, name: &'static str, l: Launch, args: Args) -> Result<()> {
         let Some(mut args) = crate::graph::record(name, l, args) else {
             return Ok(());
         };
@@ -288,7 +289,12 @@ impl Device {
             #[cfg(feature = "cuda")]
             Inner::Cuda(d) => d.launch(name, l, &mut params),
             #[cfg(feature = "shim")]
-            Inner::Shim => crate::shim::launch(name, l.grid, l.block, l.shared, &mut params),
+            // SAFETY: the launchers in this crate (the only callers of this crate-private
+            // function) pass the kernel's parameter list with buffers of the sizes its shapes
+            // imply: the contract in `kernels/cuda/`.
+            Inner::Shim => unsafe {
+                crate::shim::launch(name, l.grid, l.block, l.shared, &mut params)
+            },
         }
     }
 
@@ -374,7 +380,12 @@ impl Device {
             (Inner::Shim, _) => {
                 for r in list {
                     let l = r.launch;
-                    r.with_params(|p| crate::shim::launch(r.name, l.grid, l.block, l.shared, p))?;
+                    // SAFETY: a recorded launch keeps the arguments a launcher in this crate
+                    // passed to `launch` (above), whose contract it met then; the buffers they
+                    // point at are the model's and its workspace's, alive while it replays.
+                    r.with_params(|p| unsafe {
+                        crate::shim::launch(r.name, l.grid, l.block, l.shared, p)
+                    })?;
                 }
                 Ok(())
             }
@@ -412,3 +423,20 @@ fn check_range(buf: &DevBuf, offset: usize, bytes: usize) -> Result<()> {
         ))),
     }
 }
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A plain number type that a copy from the device may fill: every bit pattern of its size is
+/// a valid value (no `bool`, `char`, references or enums). Sealed: implemented here for the
+/// integer and float types only.
+pub trait Pod: Copy + sealed::Sealed + 'static {}
+
+macro_rules! pod {
+    ($($t:ty),*) => {$(
+        impl sealed::Sealed for $t {}
+        impl Pod for $t {}
+    )*};
+}
+pod!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);

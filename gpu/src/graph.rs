@@ -82,10 +82,20 @@ fn recorded(f: impl FnOnce() -> Result<()>) -> Result<Vec<Recorded>> {
         *r = Some(Vec::new());
         Ok(())
     })?;
+    // Ends the recording however `f` leaves, a panic included: a thread left recording would
+    // record (and never issue) every later launch of every model on it.
+    struct Stop;
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            RECORDING.with(|r| r.borrow_mut().take());
+        }
+    }
+    let stop = Stop;
     let result = f();
     let list = RECORDING
         .with(|r| r.borrow_mut().take())
         .unwrap_or_default();
+    drop(stop);
     result.map(|()| list)
 }
 
@@ -254,5 +264,35 @@ mod tests {
         assert!(bad.is_err());
         assert!(g.entries.is_empty());
         assert!(d.read(&y, 0, &mut out).is_ok(), "recording ended");
+    }
+
+    /// A panic while recording (a bug in a launcher) ends the recording too: the thread's next
+    /// launches run, copies are allowed.
+    #[test]
+    fn a_panic_while_recording_leaves_the_thread_not_recording() {
+        let d = Device::shim();
+        let n = 64;
+        let x = d.upload(&vec![1f32; n]).unwrap();
+        let y = d.upload(&vec![0f32; n]).unwrap();
+        let mut g = Graphs::default();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = d.run_graph(&mut g, || -> Result<()> {
+                adds(&d, &x, &y, n, 1)?;
+                panic!("a launcher's bug")
+            });
+        }));
+        assert!(caught.is_err());
+        let mut out = vec![0f32; n];
+        d.read(&y, 0, &mut out).expect("copies work again");
+        assert!(
+            out.iter().all(|&v| v == 0.0),
+            "the recorded launch never ran"
+        );
+        adds(&d, &x, &y, n, 1).unwrap();
+        d.read(&y, 0, &mut out).unwrap();
+        assert!(
+            out.iter().all(|&v| v == 1.0),
+            "a launch after it runs at once"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! cascade-gpu: the CUDA backend. Device discovery and placement, kernels compiled at first use
 //! by NVRTC from the CUDA C sources in `kernels/cuda/`, and a host shim that runs those same
 //! sources on the CPU so that every kernel is tested on machines without a GPU.
+#![deny(unsafe_op_in_unsafe_fn)]
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -23,6 +24,6 @@ pub mod placement;
 pub mod shim;
 
 #[cfg(any(feature = "cuda", feature = "shim"))]
-pub use device::{DevBuf, Device};
+pub use device::{DevBuf, Device, Pod};
 pub use error::{GpuError, Result};
 pub use placement::{place, probe, DeviceSpec, Footprint, GpuInfo, Placement};

@@ -25,12 +25,14 @@ extern "C" {
 /// (as `cuLaunchKernel`'s `kernelParams`). Launches from different threads may run at the same
 /// time (each OS thread has its own `__shared__` arrays), as launches on different streams.
 ///
+/// # Safety
 /// The kernel reads and writes through the pointers among the argument values, with the sizes
-/// its shape arguments imply. This function is safe to call in the sense of the device seam
-/// (`Device::launch`): like a launch on a GPU, its memory safety rests on the launcher passing
-/// the kernel's parameter list (the contract in `kernels/cuda/`) with buffers of the sizes the
-/// shapes imply; the launchers in this crate are the code that keeps it.
-pub fn launch(
+/// its shape arguments imply: `args` must hold one pointer per kernel parameter, each pointing
+/// at a live value of that parameter's type, and every pointer among those values must address
+/// a live buffer of at least the size the shapes imply (the contract in `kernels/cuda/`, which
+/// the launchers of this crate keep). Names the shim does not know, and geometry it cannot run,
+/// are errors, not undefined behaviour.
+pub unsafe fn launch(
     name: &str,
     grid: [u32; 3],
     block: [u32; 3],
@@ -42,10 +44,8 @@ pub fn launch(
         reason: "name holds a NUL byte".into(),
     })?;
     // SAFETY: the name is a NUL-terminated string, grid and block point at three u32 each, all
-    // valid for the call; `args` holds one pointer per kernel parameter, each pointing at a
-    // value of that parameter's type, alive for the call (the shim copies them at launch, as
-    // the driver does). The pointers among those values must address buffers the kernel may
-    // access for its shapes: the launcher's contract (see above).
+    // valid for the call; `args` and the buffers its values point at meet this function's
+    // contract (its caller's obligation, see `# Safety`).
     let rc = unsafe {
         cascade_shim_launch(
             cname.as_ptr(),

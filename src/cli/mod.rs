@@ -97,8 +97,11 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CASCADE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,cascade_gpu::placement=info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CASCADE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,cascade_gpu::placement=info,cascade_engine::scheduler=info",
+        )
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

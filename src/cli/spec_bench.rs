@@ -41,6 +41,10 @@ pub struct SpecBenchArgs {
     /// Only the first N prompts (after --kind).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Runs of each prompt (target-only and every setting in turn each time); a prompt's
+    /// speed-up is the median of its runs' ratios, which damps a noisy host's outliers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub repeat: u32,
     /// The most tokens `auto` drafts per round.
     #[arg(long, default_value_t = 8)]
     pub draft_max: usize,
@@ -286,29 +290,51 @@ fn run_prompts(
     let mut plain = Vec::new();
     let bar = progress(prompts.len(), format!("{threads} threads"));
     for (i, p) in prompts.iter().enumerate() {
-        let c = engines[0].generate(&request(a, p, Mode::Target)?, |_| {})?;
-        // Target-only output must not depend on the thread count either.
-        let same = reference.as_ref().is_none_or(|r| r[i] == c.tokens);
-        base.add(&c, same);
-        let (base_rate, base_wall) = (c.stats.decode_tokens_per_s, wall(&c));
-        plain.push(c.tokens);
-        for (e, spec, t) in settings.iter_mut() {
-            let mode = Mode::Speculative(*spec);
-            let c = engines[*e].generate(&request(a, p, mode)?, |_| {})?;
-            let same = c.tokens == plain[i];
-            if !same {
-                bar.println(format!(
-                    "prompt {i}: exact output differs from the target's (draft length {}, lookup {}, vocabulary {})",
-                    t.draft_len, t.lookup, t.draft_vocab
-                ));
+        let mut ratios = vec![(Vec::new(), Vec::new()); settings.len()];
+        // Per setting: its first run's completion, and whether every run was identical.
+        let mut firsts: Vec<Option<(Completion, bool)>> = vec![None; settings.len()];
+        for run in 0..a.repeat {
+            let c = engines[0].generate(&request(a, p, Mode::Target)?, |_| {})?;
+            let (base_rate, base_wall) = (c.stats.decode_tokens_per_s, wall(&c));
+            if run == 0 {
+                // Target-only output must not depend on the thread count either.
+                let same = reference.as_ref().is_none_or(|r| r[i] == c.tokens);
+                base.add(&c, same);
+                plain.push(c.tokens);
             }
-            t.add(&c, same);
-            if base_rate > 0.0 {
-                let x = c.stats.decode_tokens_per_s / base_rate;
-                t.speedups.push(x);
-                t.kind_speedups.entry(p.kind.clone()).or_default().push(x);
+            for (((e, spec, t), (x, e2e)), first) in
+                settings.iter_mut().zip(&mut ratios).zip(&mut firsts)
+            {
+                let c = engines[*e].generate(&request(a, p, Mode::Speculative(*spec))?, |_| {})?;
+                let same = c.tokens == plain[i];
+                if !same {
+                    bar.println(format!(
+                        "prompt {i}: exact output differs from the target's (draft length {}, lookup {}, vocabulary {})",
+                        t.draft_len, t.lookup, t.draft_vocab
+                    ));
+                }
+                if base_rate > 0.0 {
+                    x.push(c.stats.decode_tokens_per_s / base_rate);
+                }
+                e2e.push(base_wall / wall(&c).max(1e-9));
+                match first {
+                    Some((_, all)) => *all &= same,
+                    None => *first = Some((c, same)),
+                }
             }
-            t.e2e.push(base_wall / wall(&c).max(1e-9));
+        }
+        for ((_, _, t), first) in settings.iter_mut().zip(firsts) {
+            if let Some((c, same)) = first {
+                t.add(&c, same);
+            }
+        }
+        for ((_, _, t), (x, e2e)) in settings.iter_mut().zip(&ratios) {
+            if !x.is_empty() {
+                let m = median(x);
+                t.speedups.push(m);
+                t.kind_speedups.entry(p.kind.clone()).or_default().push(m);
+            }
+            t.e2e.push(median(e2e));
         }
         bar.inc(1);
     }

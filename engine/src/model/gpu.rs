@@ -526,7 +526,7 @@ mod tests {
         let prompt: Vec<u32> = (0..250).map(|i| (i * 31 + 7) % 256).collect();
         let steps = 12;
         let run = |m: &Model| {
-            let mut cache = m.new_cache(prompt.len() + steps + 1);
+            let mut cache = m.new_cache(prompt.len() + steps + 1).unwrap();
             let mut rows = vec![m.forward_prompt(&prompt, &mut cache, Logits::Last).unwrap()];
             for t in 0..steps {
                 let tok = [(t as u32 * 17 + 3) % 256];

@@ -357,17 +357,17 @@ impl Model {
     }
 
     /// A KV cache for `capacity` positions (capped at the model's context length).
-    pub fn new_cache(&self, capacity: usize) -> KvCache {
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache> {
         let mut c = KvCache::new(
             self.config.n_layers,
             self.config.kv_dim(),
             capacity.min(self.config.context_length),
-        );
+        )?;
         if let Err(e) = self.attach_device_kv(&mut c.storage) {
             // The cache's first forward pass reports the missing pool as an error.
             tracing::error!("no device KV pool for a cache of {capacity}: {e}");
         }
-        c
+        Ok(c)
     }
 
     /// Whether this model's forward passes run on a device (GPU or the host shim).
@@ -384,7 +384,7 @@ impl Model {
 
     /// KV blocks of `block` positions for this model, on its device when it has one.
     pub(crate) fn new_storage(&self, block: usize, n_blocks: usize) -> Result<KvStorage> {
-        let mut s = KvStorage::new(self.config.n_layers, self.config.kv_dim(), block, n_blocks);
+        let mut s = KvStorage::new(self.config.n_layers, self.config.kv_dim(), block, n_blocks)?;
         self.attach_device_kv(&mut s)?;
         Ok(s)
     }

@@ -133,7 +133,7 @@ fn forward_greedy_is_the_argmax_of_the_whole_rows() {
     let m = Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
     let (prompt, next) = ([3u32, 40, 41, 99, 7], [12u32, 200, 5]);
     let v = m.vocab_size();
-    let (mut a, mut b) = (m.new_cache(16), m.new_cache(16));
+    let (mut a, mut b) = (m.new_cache(16).unwrap(), m.new_cache(16).unwrap());
     let (mut logits, mut ids) = (Vec::new(), Vec::new());
     m.forward_rows(&prompt, &mut a, Logits::Last, 5, &mut logits)
         .unwrap();

@@ -324,7 +324,7 @@ mod tests {
     use super::*;
 
     fn pool(n: usize) -> BlockPool {
-        BlockPool::new(KvStorage::new(1, 2, 8, n), true)
+        BlockPool::new(KvStorage::new(1, 2, 8, n).unwrap(), true)
     }
 
     #[test]

@@ -52,8 +52,8 @@ impl Memory {
                 out
             }
             None => (
-                Controller::new(spec.draft_len, false),
-                Controller::new(spec.draft_len, true),
+                Controller::new(spec.draft_len),
+                Controller::new(spec.draft_len),
             ),
         }
     }

@@ -7,6 +7,7 @@ mod kv;
 mod memory;
 pub mod metrics;
 mod plan;
+mod probe;
 mod round;
 mod seq;
 mod step;

@@ -296,12 +296,6 @@ fn candidate(s: &Seq, block: usize, costs: &StepCosts) -> Option<(Candidate, Off
     // chunk of the backlog, so that is done only once the answer has shown it is long.
     let due = sp.probe_due || sp.plain_streak >= sp.probe_every;
     let warm_ok = expected_remaining(s) >= PROBE_WARM_MIN;
-    let probe = due && (!matches!(offer, Offer::Warm(_)) || warm_ok);
-    let forced = match sp.cfg.draft_len {
-        DraftLen::Fixed(k) => Some(k.min(max)),
-        DraftLen::Auto { .. } if probe => Some(1.min(max)),
-        DraftLen::Auto { .. } => None,
-    };
     let (costly, catch_up, setup) = match offer {
         Offer::Lookup(_) => (false, 0, 0.0),
         Offer::Model => (true, s.context.len() - keep_model(s), 0.0),
@@ -314,15 +308,36 @@ fn candidate(s: &Seq, block: usize, costs: &StepCosts) -> Option<(Candidate, Off
             (true, 1, once / rounds as f64)
         }
     };
-    let c = Candidate {
-        alphas: (0..max).map(|i| ctrl.alpha_at(i)).collect(),
+    let mut c = Candidate {
+        alphas: vec![OPTIMISTIC; max],
         max,
         costly,
         catch_up,
         setup,
-        forced,
+        forced: None,
     };
+    // A probe costs a catch-up and a verification row: only worth it where drafting could pay
+    // at all on this machine's measured costs, judged at the acceptance of a draft that nearly
+    // always agrees with the target.
+    let probe = due && (!matches!(offer, Offer::Warm(_)) || warm_ok) && could_pay(&c, costs);
+    c.forced = match sp.cfg.draft_len {
+        DraftLen::Fixed(k) => Some(k.min(max)),
+        DraftLen::Auto { .. } if probe => Some(1.min(max)),
+        DraftLen::Auto { .. } => None,
+    };
+    c.alphas = (0..max).map(|i| ctrl.alpha_at(i)).collect();
     Some((c, offer))
+}
+
+/// Acceptance per drafted position of a draft that nearly always agrees with the target (a
+/// strong pair on code): the most a probe could find.
+const OPTIMISTIC: f64 = 0.9;
+
+/// Whether the plan would draft for `c` alone at its (optimistic) acceptance.
+fn could_pay(c: &Candidate, costs: &StepCosts) -> bool {
+    plan(std::slice::from_ref(c), 0, 1, c.max, costs)
+        .first()
+        .is_some_and(|&k| k > 0)
 }
 
 /// Tokens a request can be expected to generate still: at most what `max_tokens` leaves, and,
@@ -761,10 +776,8 @@ fn accept(
     sp.counters.round(d, v.accepted);
     if d > 0 {
         match source {
-            Source::Lookup => sp.ctrl_lookup.observe(d, v.accepted, 0, 0.0, 0.0),
-            Source::Model => sp
-                .ctrl_model
-                .observe(d, v.accepted, proposal.catch_up, 0.0, 0.0),
+            Source::Lookup => sp.ctrl_lookup.observe(d, v.accepted),
+            Source::Model => sp.ctrl_model.observe(d, v.accepted),
             Source::Plain => {}
         }
         metrics::counter!(m::SPEC_DRAFTS).increment(1);

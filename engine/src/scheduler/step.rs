@@ -103,7 +103,7 @@ impl StepLoop {
             .draft
             .as_ref()
             .is_some_and(|d| d.valid_mask() == both_valid.as_slice());
-        Ok(StepLoop {
+        let mut l = StepLoop {
             shared,
             cfg,
             rx,
@@ -124,7 +124,30 @@ impl StepLoop {
             draft_top_k,
             logit_rows: LogitRows::default(),
             steps: 0,
-        })
+        };
+        l.probe_costs()?;
+        Ok(l)
+    }
+
+    /// Times both models' forwards by rows on this machine before any request (the plan's
+    /// prices from the first step on; [`super::probe`]).
+    fn probe_costs(&mut self) -> Result<()> {
+        let shared = self.shared.clone();
+        let models = (&shared.target, shared.draft.as_ref());
+        let pools = (&mut self.target, self.draft.as_mut());
+        let shared_pool = &shared.pool;
+        let (costs, bufs) = (&mut self.costs, &mut self.bufs);
+        let probed = shared_pool.install(|| super::probe::probe(models, pools, costs, bufs))?;
+        if let Some(p) = probed {
+            tracing::info!(
+                "costs measured in {:.2} s: a target step {:.1} ms, a draft step {:.1} ms ({:.2} of it)",
+                p.seconds,
+                p.target_1 * 1e3,
+                p.draft_1 * 1e3,
+                p.draft_1 / p.target_1.max(1e-12)
+            );
+        }
+        Ok(())
     }
 
     /// The loop: runs on the scheduler thread; each step's kernels run on the engine's pool.
@@ -377,10 +400,22 @@ fn cancelled_in_queue(mut job: Job) {
 /// The two pools: the same number of blocks each (a speculative sequence holds as many in both),
 /// as many as the budget holds for both models' bytes per position.
 fn pools(shared: &Shared, cfg: &SchedulerConfig) -> Result<(BlockPool, Option<BlockPool>)> {
+    let too_large = || EngineError::Limit {
+        what: "the KV cache's bytes per block",
+        limit: usize::MAX as u64,
+    };
     let per_pos = |m: &Model| KvStorage::bytes_per_position(m.config.n_layers, m.config.kv_dim());
     let t = &shared.target;
-    let bytes = per_pos(t) + shared.draft.as_ref().map_or(0, per_pos);
-    let n_blocks = (cfg.kv_budget_mb << 20) / (bytes * cfg.block_size);
+    let draft = shared.draft.as_ref().map_or(Some(0), per_pos);
+    let per_block = per_pos(t)
+        .zip(draft)
+        .and_then(|(a, b)| a.checked_add(b)?.checked_mul(cfg.block_size))
+        .ok_or_else(too_large)?;
+    let budget = cfg
+        .kv_budget_mb
+        .checked_mul(1 << 20)
+        .ok_or_else(too_large)?;
+    let n_blocks = budget / per_block.max(1);
     let pool = |m: &Model| -> Result<BlockPool> {
         let s = m.new_storage(cfg.block_size, n_blocks)?;
         let p = BlockPool::new(s, cfg.prefix_cache);

@@ -249,7 +249,7 @@ fn chi2(counts: &[usize], probs: &[f64], n: usize) -> (f64, f64) {
 /// Σ_t1 p(t1 | prompt) · p(t2 | prompt, t1).
 fn second_token_marginal(target: &Model, prompt: &[u32], params: &SamplingParams) -> Vec<f64> {
     let valid = target.valid_mask();
-    let mut cache = target.new_cache(prompt.len() + 2);
+    let mut cache = target.new_cache(prompt.len() + 2).unwrap();
     let l = target.forward(prompt, &mut cache, Logits::Last).unwrap();
     let p1 = Distribution::from_logits(&l, params, valid);
     let mut out = vec![0f64; target.vocab_size()];
@@ -464,7 +464,7 @@ fn alpha_zero_is_exact_for_every_rule_greedy_and_sampled() {
 
 /// The target's untempered distribution after each prefix of `out` (teacher-forced).
 fn along(model: &Model, prompt: &[u32], out: &[u32]) -> Vec<Distribution> {
-    let mut cache = model.new_cache(prompt.len() + out.len() + 1);
+    let mut cache = model.new_cache(prompt.len() + out.len() + 1).unwrap();
     let mut input = prompt.to_vec();
     input.extend_from_slice(out);
     let logits = model

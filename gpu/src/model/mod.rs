@@ -357,7 +357,14 @@ impl GpuModel {
 
     /// A KV pool of `n_blocks` blocks of `block` positions for every layer.
     pub fn new_kv(&self, n_blocks: usize, block: usize) -> Result<GpuKv> {
-        let bytes = n_blocks * block * self.config.kv_dim() * 4;
+        let bytes = n_blocks
+            .checked_mul(block)
+            .and_then(|x| x.checked_mul(self.config.kv_dim())?.checked_mul(4))
+            .ok_or_else(|| {
+                GpuError::BadBatch(format!(
+                    "a KV pool of {n_blocks} blocks of {block} overflows"
+                ))
+            })?;
         let mut k = Vec::with_capacity(self.config.n_layers);
         let mut v = Vec::with_capacity(self.config.n_layers);
         for _ in 0..self.config.n_layers {
@@ -615,6 +622,17 @@ impl GpuModel {
         out: PassOut,
     ) -> Result<()> {
         let c = &self.config;
+        // A pool made by another model (another KV width or depth) would be read and written
+        // past its buffers by the kernels.
+        if kv.kv_dim != c.kv_dim() || kv.k.len() != c.n_layers {
+            return Err(GpuError::BadBatch(format!(
+                "a KV pool of {} layers of width {} for a model of {} layers of width {}",
+                kv.k.len(),
+                kv.kv_dim,
+                c.n_layers,
+                c.kv_dim()
+            )));
+        }
         let ix = index_batch(seqs, kv, c.vocab_size, self.mma)?;
         let mut p = self.begin(ws, &ix)?;
         let extras: Vec<&[u32]> = ix.out_seq.iter().map(|&s| seqs[s].extra).collect();

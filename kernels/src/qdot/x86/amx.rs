@@ -20,7 +20,6 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
@@ -109,28 +108,24 @@ impl TileConfig {
     }
 }
 
-thread_local! {
-    /// The token rows of the configuration this thread's tiles hold (0: none loaded).
-    static CONFIGURED: Cell<usize> = const { Cell::new(0) };
-}
-
 /// Configures this thread's tiles for `rows` tokens, unless they already are. `ldtilecfg` costs
-/// about 50 ns and waits for the tile unit to drain: loaded once per task it took 12% of the
-/// kernel's time at 64 tokens. The configuration stays loaded (nothing else in the process uses
-/// the tiles; every kernel call stores its results before it returns).
+/// about 50 ns and waits for the tile unit to drain (loaded once per task it took 12% of the
+/// kernel's time at 64 tokens), so the loaded configuration is read back first (`sttilecfg`,
+/// a store of 64 bytes; all zeros when none is loaded) and compared: nothing is assumed about
+/// what else in the process (an embedding application, another library) did with the tiles.
 ///
 /// # Safety
 /// The CPU must have AMX and this process its tile state ([`usable`]).
 #[inline(always)]
 unsafe fn configure(rows: usize) {
-    CONFIGURED.with(|c| {
-        if c.get() != rows {
-            let cfg = TileConfig::new(rows);
-            // SAFETY: reads the 64 bytes of `cfg`; AMX is usable (caller's contract).
-            unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
-            c.set(rows);
-        }
-    });
+    let want = TileConfig::new(rows);
+    let mut have = TileConfig([0u8; 64]);
+    // SAFETY: writes the 64 bytes of `have`; AMX is usable (caller's contract).
+    unsafe { asm!("sttilecfg [{}]", in(reg) have.0.as_mut_ptr(), options(nostack)) };
+    if have.0 != want.0 {
+        // SAFETY: reads the 64 bytes of `want`; AMX is usable (caller's contract).
+        unsafe { asm!("ldtilecfg [{}]", in(reg) want.0.as_ptr(), options(nostack, readonly)) };
+    }
 }
 
 /// Two sub-blocks' sums: `c0 = a0 · b0` and `c1 = a1 · b1`, each a tile of the configured token
