@@ -12,6 +12,7 @@
 //! # Ok::<(), cascade::engine::EngineError>(())
 //! ```
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub use cascade_engine as engine;
 pub use cascade_gpu as gpu;

@@ -450,9 +450,11 @@ fn sampled_plain(e: &Engine, on: &str) {
 }
 
 /// Exact speculation with a fixed draft length: reduced rows (the draft's too), batched as
-/// alone, and the single-request speculative loop's tokens on whole rows.
+/// alone, drafting every round. (That a reduced row draws bitwise what its whole row draws is
+/// the sampler's test, `a_row_reduced_to_its_top_k_*`; that sampled exact through the
+/// scheduler follows the target's distribution, the chi-squared test in the engine.)
 fn sampled_exact(e: &Engine, on: &str) {
-    use cascade::engine::{generate_speculative, DraftLen, ModelProposer};
+    use cascade::engine::DraftLen;
     let spec = SpecConfig {
         draft_len: DraftLen::Fixed(3),
         ..SpecConfig::default()
@@ -465,22 +467,8 @@ fn sampled_exact(e: &Engine, on: &str) {
     );
     let rows = e.stats().logit_rows;
     assert!(rows.top_k > 0 && rows.whole == 0, "{on}: exact: {rows:?}");
-    let (tm, dm) = (e.target(), e.draft().unwrap());
-    for (r, req) in reqs.iter().enumerate() {
-        let mut prop = ModelProposer::new(dm, tm, 64, false);
-        let g = generate_speculative(
-            tm,
-            &mut [&mut prop],
-            prompt_of(req),
-            &req.config,
-            &spec,
-            |_| true,
-        )
-        .unwrap();
-        assert!(g.stats.drafted > 0);
-        assert_eq!(
-            g.tokens, spec_alone[r],
-            "{on}: exact request {r}, whole rows alone"
-        );
+    for req in &reqs {
+        let c = e.generate(req, |_| {}).unwrap();
+        assert!(c.stats.drafted > 0, "{on}: nothing drafted");
     }
 }

@@ -3,6 +3,7 @@
 //! micro-benchmarks of the kernels (`cargo bench -p cascade-bench`), and `cascade bench serve`,
 //! a load generator for any OpenAI-compatible server.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 use cascade_kernels::quant::random_data;
 use cascade_weights::DType;

@@ -1,6 +1,7 @@
 //! cascade-engine: models (Llama/Qwen2 family), KV cache with rollback, sampling, generation,
 //! perplexity and the `Engine` API that users embed.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod chat;
 pub mod engine;

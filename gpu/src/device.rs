@@ -253,6 +253,21 @@ impl Device {
 
     /// Copies `out.len()` values from `buf` at byte `offset` (after the work queued before).
     /// `T` is a plain number type ([`Pod`]): any bytes the device holds are a valid value.
+    ///
+    /// ```
+    /// # fn f(d: &cascade_gpu::Device, b: &cascade_gpu::DevBuf) -> cascade_gpu::Result<()> {
+    /// let mut out = [0u32; 4];
+    /// d.read(b, 0, &mut out)
+    /// # }
+    /// ```
+    /// A type some bit patterns of which are no value cannot be filled (the same call with
+    /// `bool` does not compile):
+    /// ```compile_fail
+    /// # fn f(d: &cascade_gpu::Device, b: &cascade_gpu::DevBuf) -> cascade_gpu::Result<()> {
+    /// let mut out = [false; 4];
+    /// d.read(b, 0, &mut out)
+    /// # }
+    /// ```
     pub fn read<T: Pod>(&self, buf: &DevBuf, offset: usize, out: &mut [T]) -> Result<()> {
         let bytes = std::mem::size_of_val(out);
         check_range(buf, offset, bytes)?;

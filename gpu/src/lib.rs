@@ -2,6 +2,7 @@
 //! by NVRTC from the CUDA C sources in `kernels/cuda/`, and a host shim that runs those same
 //! sources on the CPU so that every kernel is tested on machines without a GPU.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 #[cfg(feature = "cuda")]
 mod cuda;

@@ -272,9 +272,10 @@ unsafe fn compile_program(
     arch: u32,
 ) -> Result<Compiled> {
     let err = |log: String| GpuError::Nvrtc { arch, log };
-    // SAFETY (whole fn): the caller keeps `prog` alive; every buffer passed is sized by the
-    // matching size query.
+    // SAFETY: the caller keeps `prog` alive; cudarc passes the options as C strings it owns
+    // for the call.
     let compiled = unsafe { nvrtc::compile_program(prog, options) };
+    // SAFETY: `prog` is alive; cudarc sizes the log's buffer by its size query.
     let log = unsafe { nvrtc::get_program_log(prog) }
         .map(|l| c_chars_to_string(&l))
         .unwrap_or_default();

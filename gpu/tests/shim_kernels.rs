@@ -52,7 +52,10 @@ fn run(name: &str, l: Launch, args: &[A]) {
         .iter_mut()
         .map(|s| s as *mut u64 as *mut c_void)
         .collect();
-    shim::launch(name, l.grid, l.block, l.shared, &mut params).unwrap_or_else(|e| panic!("{e}"));
+    // SAFETY: each test passes its kernel's parameter list (the contract in `kernels/cuda/`)
+    // with buffers it made of the sizes the shapes it passes imply, alive for the call.
+    unsafe { shim::launch(name, l.grid, l.block, l.shared, &mut params) }
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Bytes in 8-byte aligned storage (the kernels read weight words as int / u16).
@@ -181,7 +184,8 @@ fn a_barrier_not_every_thread_reaches_is_reported_as_a_deadlock() {
     let mut out = vec![0i32; 64];
     let mut slot = out.as_mut_ptr() as u64;
     let mut params = [&mut slot as *mut u64 as *mut c_void];
-    let err = shim::launch("shim_test_divergent", [2, 1, 1], [64, 1, 1], 0, &mut params)
+    // SAFETY: the test kernel takes one pointer, to 64 i32s (each thread writes its own).
+    let err = unsafe { shim::launch("shim_test_divergent", [2, 1, 1], [64, 1, 1], 0, &mut params) }
         .unwrap_err()
         .to_string();
     assert!(err.contains("deadlock"), "{err}");
@@ -191,17 +195,19 @@ fn a_barrier_not_every_thread_reaches_is_reported_as_a_deadlock() {
 #[test]
 fn every_listed_kernel_exists_and_bad_launches_are_refused() {
     let zero = [0u32, 1, 1];
+    // SAFETY (every launch below): each is refused before the kernel runs (an empty grid, an
+    // unknown name, a block or shared size past the limits), so no argument is read.
     for k in kernels::KERNELS {
-        let err = shim::launch(k, zero, [128, 1, 1], 0, &mut [])
+        let err = unsafe { shim::launch(k, zero, [128, 1, 1], 0, &mut []) }
             .unwrap_err()
             .to_string();
         assert!(err.contains("bad geometry"), "{k}: {err}");
     }
-    let err = shim::launch("no_such_kernel", [1, 1, 1], [32, 1, 1], 0, &mut []).unwrap_err();
+    let err = unsafe { shim::launch("no_such_kernel", [1, 1, 1], [32, 1, 1], 0, &mut []) }.unwrap_err();
     assert!(err.to_string().contains("no such kernel"), "{err}");
-    let err = shim::launch("add_inplace", [1, 1, 1], [2048, 1, 1], 0, &mut []).unwrap_err();
+    let err = unsafe { shim::launch("add_inplace", [1, 1, 1], [2048, 1, 1], 0, &mut []) }.unwrap_err();
     assert!(err.to_string().contains("bad geometry"), "{err}");
-    let err = shim::launch("add_inplace", [1, 1, 1], [32, 1, 1], 16, &mut []).unwrap_err();
+    let err = unsafe { shim::launch("add_inplace", [1, 1, 1], [32, 1, 1], 16, &mut []) }.unwrap_err();
     assert!(err.to_string().contains("shared"), "{err}");
 }
 

@@ -3,6 +3,7 @@
 //! per-row kernels of a transformer layer. Each is batch-invariant: a row's result never depends
 //! on the other rows of its call or on the thread count.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod error;
 pub mod interleave;

@@ -1,6 +1,7 @@
 //! cascade-weights: one memory-mapped weight store for GGUF files and Hugging Face folders,
 //! typed model configurations and tokenizers. No arithmetic lives here.
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod config;
 pub mod dtype;

@@ -235,6 +235,44 @@ mod tests {
         (dir, path)
     }
 
+    /// A pool made for another model (another KV width) is refused by the device's pass, not
+    /// read and written past its buffers.
+    #[test]
+    fn a_kv_pool_of_another_model_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |name: &str, kv_heads: usize| {
+            let path = dir.path().join(name);
+            let spec = FixtureSpec {
+                n_kv_heads: kv_heads,
+                weight_scale: 0.1,
+                ..FixtureSpec::default()
+            };
+            fixture::write(&spec, &path).unwrap();
+            let mut m = Model::load(&WeightStore::new(), &path, &OpenOptions::default()).unwrap();
+            m.place_on(&cascade_gpu::Device::shim()).unwrap();
+            m
+        };
+        let (wide, narrow) = (load("w.gguf", 4), load("n.gguf", 1));
+        assert_ne!(wide.config.kv_dim(), narrow.config.kv_dim());
+        let mut kv = narrow.new_storage(4, 4).unwrap();
+        let input = SeqInput {
+            tokens: &[1, 2, 3],
+            table: &[0],
+            past: 0,
+            want: Logits::Last,
+            reduce: Reduce::Logits,
+            extra: &[],
+            prompt: 3,
+        };
+        let (mut s, mut out) = (Scratch::default(), Outputs::default());
+        let r = wide.forward_batch(&mut kv, &[input], &mut s, &mut out);
+        assert!(r.is_err(), "a narrower pool was used");
+        // Its own pool works.
+        let mut own = wide.new_storage(4, 4).unwrap();
+        let input = SeqInput { table: &[0], ..input };
+        wide.forward_batch(&mut own, &[input], &mut s, &mut out).unwrap();
+    }
+
     #[test]
     fn a_ragged_batch_on_the_shim_matches_the_cpu() {
         let (_dir, path) = fixture_file();

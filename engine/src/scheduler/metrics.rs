@@ -22,6 +22,8 @@ pub const BATCH_ROWS: &str = "cascade:batch_rows";
 /// Gauges: KV blocks of the target's pool in use (held by running sequences), free, and free
 /// but holding a cached prefix.
 pub const KV_BLOCKS_USED: &str = "cascade:kv_blocks_used";
+/// Steps the scheduler has run (a cancelled request's blocks come back within one).
+pub const STEPS: &str = "cascade:scheduler_steps";
 pub const KV_BLOCKS_FREE: &str = "cascade:kv_blocks_free";
 pub const KV_BLOCKS_CACHED: &str = "cascade:kv_blocks_cached";
 /// Counters, tokens: prompt tokens looked up in the prefix cache, and found.

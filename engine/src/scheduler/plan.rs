@@ -151,9 +151,53 @@ pub(crate) fn plan(
     }
 }
 
+/// Acceptance per drafted position of a draft that nearly always agrees with the target (a
+/// strong pair on code): the most a probe could find.
+pub(crate) const OPTIMISTIC: f64 = 0.9;
+
+/// Whether the plan would draft for `c` alone at its acceptance (the caller's optimistic
+/// one): where even that loses to plain decoding, a probe cannot find a reason to draft.
+pub(crate) fn could_pay(c: &Candidate, costs: &StepCosts) -> bool {
+    plan(std::slice::from_ref(c), 0, 1, c.max, costs)
+        .first()
+        .is_some_and(|&k| k > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Costs as measured on one machine: a VNNI-like one (a draft step 0.36 of the target's,
+    /// 5 rows 1.33x one) makes a strong draft worth probing; an AVX2-like one (0.6, 2x) does
+    /// not, so such a host steps aside without paying for probes.
+    #[test]
+    fn probes_only_where_a_strong_draft_could_pay() {
+        let vnni_t = costs(&[(1, 0.0334), (2, 0.036), (3, 0.038), (5, 0.0445), (9, 0.062)], 16);
+        let vnni_d = costs(&[(1, 0.0121), (2, 0.0135), (3, 0.015)], 16);
+        let avx2_t = costs(&[(1, 0.031), (2, 0.037), (3, 0.043), (5, 0.062), (9, 0.1)], 16);
+        let avx2_d = costs(&[(1, 0.0186), (2, 0.021), (3, 0.024)], 16);
+        let at = |t, d| StepCosts {
+            target: t,
+            draft: d,
+            overhead: 0.0,
+            draft_prior: 0.4,
+        };
+        let c = cand(OPTIMISTIC);
+        assert!(could_pay(&c, &at(&vnni_t, &vnni_d)));
+        assert!(!could_pay(&c, &at(&avx2_t, &avx2_d)));
+        // Prompt lookup costs no draft forward: worth probing on either.
+        let free = Candidate {
+            costly: false,
+            ..cand(OPTIMISTIC)
+        };
+        assert!(could_pay(&free, &at(&avx2_t, &avx2_d)));
+        // A draft that still has a long prompt to catch up on pays that first.
+        let behind = Candidate {
+            setup: 0.2,
+            ..cand(OPTIMISTIC)
+        };
+        assert!(!could_pay(&behind, &at(&vnni_t, &vnni_d)));
+    }
 
     fn costs(pairs: &[(usize, f64)], max: usize) -> PassCosts {
         let mut c = PassCosts::new(max);

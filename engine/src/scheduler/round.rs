@@ -14,7 +14,7 @@ use crate::speculative::{DraftLen, DraftProbs, Judge, Proposal, VerifyFn};
 use super::answer::{self, TargetWork};
 use super::kv::BlockPool;
 use super::metrics as m;
-use super::plan::{plan, Candidate, StepCosts};
+use super::plan::{could_pay, plan, Candidate, StepCosts, OPTIMISTIC};
 use super::seq::Seq;
 use super::step::StepLoop;
 
@@ -329,16 +329,7 @@ fn candidate(s: &Seq, block: usize, costs: &StepCosts) -> Option<(Candidate, Off
     Some((c, offer))
 }
 
-/// Acceptance per drafted position of a draft that nearly always agrees with the target (a
-/// strong pair on code): the most a probe could find.
-const OPTIMISTIC: f64 = 0.9;
 
-/// Whether the plan would draft for `c` alone at its (optimistic) acceptance.
-fn could_pay(c: &Candidate, costs: &StepCosts) -> bool {
-    plan(std::slice::from_ref(c), 0, 1, c.max, costs)
-        .first()
-        .is_some_and(|&k| k > 0)
-}
 
 /// Tokens a request can be expected to generate still: at most what `max_tokens` leaves, and,
 /// since most answers end well before it, as many as it has generated so far (an answer that

@@ -357,6 +357,7 @@ impl StepLoop {
         metrics::gauge!(m::REQUESTS_RUNNING).set(st.running as f64);
         metrics::gauge!(m::REQUESTS_WAITING).set(st.waiting as f64);
         metrics::gauge!(m::KV_BLOCKS_USED).set(st.kv_blocks_used as f64);
+        metrics::gauge!(m::STEPS).set(st.steps as f64);
         metrics::gauge!(m::KV_BLOCKS_FREE).set(self.target.available() as f64);
         metrics::gauge!(m::KV_BLOCKS_CACHED).set(st.kv_blocks_cached as f64);
         *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = st;
