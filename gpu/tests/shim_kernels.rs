@@ -203,11 +203,14 @@ fn every_listed_kernel_exists_and_bad_launches_are_refused() {
             .to_string();
         assert!(err.contains("bad geometry"), "{k}: {err}");
     }
-    let err = unsafe { shim::launch("no_such_kernel", [1, 1, 1], [32, 1, 1], 0, &mut []) }.unwrap_err();
+    let err =
+        unsafe { shim::launch("no_such_kernel", [1, 1, 1], [32, 1, 1], 0, &mut []) }.unwrap_err();
     assert!(err.to_string().contains("no such kernel"), "{err}");
-    let err = unsafe { shim::launch("add_inplace", [1, 1, 1], [2048, 1, 1], 0, &mut []) }.unwrap_err();
+    let err =
+        unsafe { shim::launch("add_inplace", [1, 1, 1], [2048, 1, 1], 0, &mut []) }.unwrap_err();
     assert!(err.to_string().contains("bad geometry"), "{err}");
-    let err = unsafe { shim::launch("add_inplace", [1, 1, 1], [32, 1, 1], 16, &mut []) }.unwrap_err();
+    let err =
+        unsafe { shim::launch("add_inplace", [1, 1, 1], [32, 1, 1], 16, &mut []) }.unwrap_err();
     assert!(err.to_string().contains("shared"), "{err}");
 }
 

@@ -269,8 +269,12 @@ mod tests {
         assert!(r.is_err(), "a narrower pool was used");
         // Its own pool works.
         let mut own = wide.new_storage(4, 4).unwrap();
-        let input = SeqInput { table: &[0], ..input };
-        wide.forward_batch(&mut own, &[input], &mut s, &mut out).unwrap();
+        let input = SeqInput {
+            table: &[0],
+            ..input
+        };
+        wide.forward_batch(&mut own, &[input], &mut s, &mut out)
+            .unwrap();
     }
 
     #[test]

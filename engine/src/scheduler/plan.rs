@@ -172,9 +172,15 @@ mod tests {
     /// not, so such a host steps aside without paying for probes.
     #[test]
     fn probes_only_where_a_strong_draft_could_pay() {
-        let vnni_t = costs(&[(1, 0.0334), (2, 0.036), (3, 0.038), (5, 0.0445), (9, 0.062)], 16);
+        let vnni_t = costs(
+            &[(1, 0.0334), (2, 0.036), (3, 0.038), (5, 0.0445), (9, 0.062)],
+            16,
+        );
         let vnni_d = costs(&[(1, 0.0121), (2, 0.0135), (3, 0.015)], 16);
-        let avx2_t = costs(&[(1, 0.031), (2, 0.037), (3, 0.043), (5, 0.062), (9, 0.1)], 16);
+        let avx2_t = costs(
+            &[(1, 0.031), (2, 0.037), (3, 0.043), (5, 0.062), (9, 0.1)],
+            16,
+        );
         let avx2_d = costs(&[(1, 0.0186), (2, 0.021), (3, 0.024)], 16);
         let at = |t, d| StepCosts {
             target: t,
@@ -191,7 +197,7 @@ mod tests {
             ..cand(OPTIMISTIC)
         };
         assert!(could_pay(&free, &at(&avx2_t, &avx2_d)));
-        // A draft that still has a long prompt to catch up on pays that first.
+        // A setup cost spread over the step (a warm-up) counts against it.
         let behind = Candidate {
             setup: 0.2,
             ..cand(OPTIMISTIC)

@@ -317,9 +317,16 @@ fn candidate(s: &Seq, block: usize, costs: &StepCosts) -> Option<(Candidate, Off
         forced: None,
     };
     // A probe costs a catch-up and a verification row: only worth it where drafting could pay
-    // at all on this machine's measured costs, judged at the acceptance of a draft that nearly
-    // always agrees with the target.
-    let probe = due && (!matches!(offer, Offer::Warm(_)) || warm_ok) && could_pay(&c, costs);
+    // at all on this machine's measured costs, judged for a draft caught up (a warm-up is a
+    // one-off, weighed by `warm_ok`) at the acceptance of a draft that nearly always agrees
+    // with the target.
+    let caught_up = Candidate {
+        catch_up: 1.min(catch_up),
+        setup: 0.0,
+        ..c.clone()
+    };
+    let probe =
+        due && (!matches!(offer, Offer::Warm(_)) || warm_ok) && could_pay(&caught_up, costs);
     c.forced = match sp.cfg.draft_len {
         DraftLen::Fixed(k) => Some(k.min(max)),
         DraftLen::Auto { .. } if probe => Some(1.min(max)),
@@ -328,8 +335,6 @@ fn candidate(s: &Seq, block: usize, costs: &StepCosts) -> Option<(Candidate, Off
     c.alphas = (0..max).map(|i| ctrl.alpha_at(i)).collect();
     Some((c, offer))
 }
-
-
 
 /// Tokens a request can be expected to generate still: at most what `max_tokens` leaves, and,
 /// since most answers end well before it, as many as it has generated so far (an answer that
