@@ -86,7 +86,8 @@ pub struct GenerateStats {
     /// Answer mode: tokens of the draft's answer, and how many the target kept.
     pub answer_drafted: usize,
     pub answer_kept: usize,
-    /// Answer mode: seconds the draft spent writing the answer (part of `draft_s`).
+    /// Answer mode: seconds from the request's submission until its answer was written (its
+    /// draft steps share the batch's steps with other sequences).
     pub answer_draft_s: f64,
 }
 

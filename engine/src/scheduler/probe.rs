@@ -15,12 +15,14 @@ use super::step::{Buffers, Costs};
 
 /// Positions a probe's forwards sit on (a short prompt's worth of context).
 const CONTEXT: usize = 32;
-/// Target rows timed: a decode step and verifications of 1, 2, 4 and 8 drafted tokens.
-const TARGET_ROWS: [usize; 5] = [1, 2, 3, 5, 9];
-/// Draft rows timed: a drafting step and first forwards that catch up on a token or two.
-const DRAFT_ROWS: [usize; 3] = [1, 2, 3];
-/// Timed forwards of each width (after a warm-up that faults the weights in); the median is
-/// kept.
+/// Target rows timed: a decode step, verifications of 1, 2, 4, 8 and 16 drafted tokens.
+const TARGET_ROWS: [usize; 6] = [1, 2, 3, 5, 9, 17];
+/// Draft rows timed: a drafting step, first forwards that catch up on a few tokens, and the
+/// catch-ups after a streak of plain steps and the warm-up chunks of a prompt (32 rows): the
+/// plan prices a probe by them, and extrapolated from a few rows they would be guesses.
+const DRAFT_ROWS: [usize; 6] = [1, 2, 3, 8, 17, 32];
+/// Timed forwards of each width (after a warm-up that faults the weights in); the fastest is
+/// kept: on a shared host the noise only ever adds time.
 const ROUNDS: usize = 3;
 
 /// Seconds spent and what was measured, for the load log.
@@ -63,7 +65,7 @@ pub(crate) fn probe(
     }))
 }
 
-/// The median seconds of a forward of each of `rows` rows on top of [`CONTEXT`] positions (the
+/// The fewest seconds of a forward of each of `rows` rows on top of [`CONTEXT`] positions (the
 /// widths interleaved, [`ROUNDS`] times), over blocks taken from `pool` and given back. `None`
 /// when the pool cannot spare them.
 fn time_rows(
@@ -106,18 +108,12 @@ fn time_rows(
                 times[i].push(run(&ids[CONTEXT..CONTEXT + n], CONTEXT, Logits::All)?);
             }
         }
-        Ok(times.into_iter().map(median).collect())
+        Ok(times.into_iter().map(fastest).collect())
     })();
     pool.release(&mut blocks);
     result.map(Some)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
+fn fastest(v: Vec<f64>) -> f64 {
+    v.into_iter().fold(f64::INFINITY, f64::min)
 }

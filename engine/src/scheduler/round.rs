@@ -316,17 +316,10 @@ fn candidate(s: &Seq, block: usize, costs: &StepCosts) -> Option<(Candidate, Off
         setup,
         forced: None,
     };
-    // A probe costs a catch-up and a verification row: only worth it where drafting could pay
-    // at all on this machine's measured costs, judged for a draft caught up (a warm-up is a
-    // one-off, weighed by `warm_ok`) at the acceptance of a draft that nearly always agrees
-    // with the target.
-    let caught_up = Candidate {
-        catch_up: 1.min(catch_up),
-        setup: 0.0,
-        ..c.clone()
-    };
-    let probe =
-        due && (!matches!(offer, Offer::Warm(_)) || warm_ok) && could_pay(&caught_up, costs);
+    // A probe costs a catch-up (or a warm-up) and a verification row: only worth it where
+    // drafting could pay on this machine's measured costs, the catch-up and the warm-up's share
+    // included, at the acceptance of a draft that nearly always agrees with the target.
+    let probe = due && (!matches!(offer, Offer::Warm(_)) || warm_ok) && could_pay(&c, costs);
     c.forced = match sp.cfg.draft_len {
         DraftLen::Fixed(k) => Some(k.min(max)),
         DraftLen::Auto { .. } if probe => Some(1.min(max)),
