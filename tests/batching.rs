@@ -300,16 +300,10 @@ fn long_pair_engine(dir: &Path, sched: SchedulerConfig) -> Engine {
         n_layers: 4,
         ..FixtureSpec::default()
     };
-    let draft = FixtureSpec {
-        hidden: 32,
-        n_heads: 2,
-        n_kv_heads: 1,
-        ffn: 64,
-        pad_vocab: 24,
-        seed: 9,
+    let draft = common::draft_spec(FixtureSpec {
         context_length: 2048,
         ..FixtureSpec::default()
-    };
+    });
     Engine::load(&EngineConfig {
         target: common::write_fixture(dir, "t.gguf", &spec),
         draft: Some(common::write_fixture(dir, "d.gguf", &draft)),

@@ -18,20 +18,21 @@ pub fn write_fixture(dir: &Path, name: &str, spec: &FixtureSpec) -> PathBuf {
 /// differently), written into `dir`.
 pub fn fixture_pair(dir: &Path) -> (PathBuf, PathBuf) {
     let target = write_fixture(dir, "t.gguf", &FixtureSpec::default());
-    let draft = write_fixture(
-        dir,
-        "d.gguf",
-        &FixtureSpec {
-            hidden: 32,
-            n_heads: 2,
-            n_kv_heads: 1,
-            ffn: 64,
-            pad_vocab: 24,
-            seed: 9,
-            ..Default::default()
-        },
-    );
+    let draft = write_fixture(dir, "d.gguf", &draft_spec(FixtureSpec::default()));
     (target, draft)
+}
+
+/// The fixture pair's draft: narrower than `base`, its vocabulary padded further, other weights.
+pub fn draft_spec(base: FixtureSpec) -> FixtureSpec {
+    FixtureSpec {
+        hidden: 32,
+        n_heads: 2,
+        n_kv_heads: 1,
+        ffn: 64,
+        pad_vocab: 24,
+        seed: 9,
+        ..base
+    }
 }
 
 /// The Hugging Face name of a canonical (GGUF) tensor name.
