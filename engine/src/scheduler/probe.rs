@@ -15,12 +15,16 @@ use super::step::{Buffers, Costs};
 
 /// Positions a probe's forwards sit on (a short prompt's worth of context).
 const CONTEXT: usize = 32;
-/// Target rows timed: a decode step, verifications of 1, 2, 4, 8 and 16 drafted tokens.
+/// Target rows timed: a decode step, verifications of 1, 2, 4 and 8 drafted tokens, and a
+/// 17-row forward (a prompt chunk's scale).
 const TARGET_ROWS: [usize; 6] = [1, 2, 3, 5, 9, 17];
 /// Draft rows timed: a drafting step, first forwards that catch up on a few tokens, and the
 /// catch-ups after a streak of plain steps and the warm-up chunks of a prompt (32 rows): the
 /// plan prices a probe by them, and extrapolated from a few rows they would be guesses.
 const DRAFT_ROWS: [usize; 6] = [1, 2, 3, 8, 17, 32];
+/// Widest forward timed with every row's logits (a verification of 8 drafted tokens); wider
+/// ones (catch-ups, chunks) want only their last row's, as the steps do.
+const MAX_ALL_ROWS: usize = 9;
 /// Timed forwards of each width (after a warm-up that faults the weights in); the fastest is
 /// kept: on a shared host the noise only ever adds time.
 const ROUNDS: usize = 3;
@@ -58,6 +62,10 @@ pub(crate) fn probe(
     for (&n, &s) in DRAFT_ROWS.iter().zip(&d) {
         costs.draft.observe(n, s);
     }
+    // The probe's buffers go back (the steps grow their own to what they need), and with them
+    // the heap they took.
+    *bufs = Buffers::default();
+    release_freed();
     Ok(Some(Probed {
         seconds: t0.elapsed().as_secs_f64(),
         target_1: t[0],
@@ -105,7 +113,14 @@ fn time_rows(
         let mut times = vec![Vec::new(); rows.len()];
         for _ in 0..ROUNDS {
             for (i, &n) in rows.iter().enumerate() {
-                times[i].push(run(&ids[CONTEXT..CONTEXT + n], CONTEXT, Logits::All)?);
+                // A verification wants every row's logits; a draft's catch-up or warm-up chunk
+                // only its last (and the buffers stay the size real steps make them).
+                let want = if n > MAX_ALL_ROWS {
+                    Logits::Last
+                } else {
+                    Logits::All
+                };
+                times[i].push(run(&ids[CONTEXT..CONTEXT + n], CONTEXT, want)?);
             }
         }
         Ok(times.into_iter().map(fastest).collect())
@@ -116,4 +131,20 @@ fn time_rows(
 
 fn fastest(v: Vec<f64>) -> f64 {
     v.into_iter().fold(f64::INFINITY, f64::min)
+}
+
+/// Gives the heap memory the probe's forwards freed back to the system (glibc keeps it in its
+/// arenas otherwise, and it would count as the process's own for as long as it runs).
+fn release_freed() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: glibc's `malloc_trim` takes a byte count and only returns free memory at the
+        // tops of its arenas to the system; it is safe to call from any thread at any time.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }

@@ -125,7 +125,6 @@ impl StepLoop {
             logit_rows: LogitRows::default(),
             steps: 0,
         };
-        l.probe_costs()?;
         Ok(l)
     }
 
@@ -152,6 +151,10 @@ impl StepLoop {
 
     /// The loop: runs on the scheduler thread; each step's kernels run on the engine's pool.
     pub fn run(mut self) {
+        // On this thread, before the first request: the probe's buffers are the steps' own.
+        if let Err(e) = self.probe_costs() {
+            tracing::warn!("costs not measured at load ({e}): the first steps measure them");
+        }
         let shared = self.shared.clone();
         while self.receive() {
             self.reap_cancelled();
