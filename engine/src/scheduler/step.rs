@@ -103,7 +103,7 @@ impl StepLoop {
             .draft
             .as_ref()
             .is_some_and(|d| d.valid_mask() == both_valid.as_slice());
-        let mut l = StepLoop {
+        let l = StepLoop {
             shared,
             cfg,
             rx,
