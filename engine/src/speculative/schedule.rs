@@ -176,7 +176,7 @@ mod tests {
     fn a_resumed_controller_keeps_what_it_learned() {
         let mut c = Controller::new(DraftLen::Auto { max: 8 });
         for _ in 0..50 {
-            c.observe(4, 1);
+            c.observe(4, 0);
         }
         let r = c.resumed(DraftLen::Auto { max: 12 });
         assert_eq!(r.alpha(), c.alpha());
