@@ -5,37 +5,13 @@
 
 mod common;
 
+use common::{request, wait_for};
+
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cascade::engine::fixture::FixtureSpec;
-use cascade::engine::{
-    Engine, EngineConfig, Event, GenerateConfig, Mode, Prompt, Request, SchedulerConfig, SpecConfig,
-};
-
-fn request(prompt: &[u32], max_tokens: usize, mode: Mode) -> Request {
-    Request {
-        prompt: Prompt::Tokens(prompt.to_vec()),
-        mode,
-        config: GenerateConfig {
-            max_tokens,
-            stop_at_eog: false,
-            ..Default::default()
-        },
-    }
-}
-
-fn wait_for(e: &Engine, what: &str, f: impl Fn(&cascade::engine::SchedulerStats) -> bool) {
-    let t = Instant::now();
-    while !f(&e.stats()) {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}: {:?}",
-            e.stats()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
+use cascade::engine::{Engine, EngineConfig, Event, Mode, SchedulerConfig, SpecConfig};
 
 /// A long context pair, so an answer of 1024 tokens fits; a wider target than the default
 /// fixture, so a step takes long enough (about a millisecond) for the consumers' timestamps to

@@ -5,13 +5,15 @@
 
 mod common;
 
+use common::{request, wait_for};
+
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cascade::engine::fixture::FixtureSpec;
 use cascade::engine::{
-    DraftLen, Engine, EngineConfig, EngineError, Event, GenerateConfig, Mode, Prompt, Request,
-    SchedulerConfig, SpecConfig, StopReason,
+    DraftLen, Engine, EngineConfig, EngineError, Event, Mode, Request, SchedulerConfig, SpecConfig,
+    StopReason,
 };
 
 fn pair(dir: &Path) -> (PathBuf, PathBuf) {
@@ -47,18 +49,6 @@ fn prompts(vocab: u32) -> Vec<(Vec<u32>, usize)> {
             (p, 8 + (r as usize * 7) % 25)
         })
         .collect()
-}
-
-fn request(prompt: &[u32], max_tokens: usize, mode: Mode) -> Request {
-    Request {
-        prompt: Prompt::Tokens(prompt.to_vec()),
-        mode,
-        config: GenerateConfig {
-            max_tokens,
-            stop_at_eog: false,
-            ..Default::default()
-        },
-    }
 }
 
 /// Submits every request in waves of four, each wave once the previous one has streamed tokens;
@@ -193,18 +183,6 @@ fn batched_greedy_output_is_bitwise_each_request_alone() {
     let got = run_staggered(&e2, &mixed_reqs, &forward);
     for i in 0..16 {
         assert_eq!(got[i].0, alone[i], "answer-mode batch {i}, second engine");
-    }
-}
-
-fn wait_for(e: &Engine, what: &str, f: impl Fn(&cascade::engine::SchedulerStats) -> bool) {
-    let t = Instant::now();
-    while !f(&e.stats()) {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}: {:?}",
-            e.stats()
-        );
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

@@ -182,3 +182,38 @@ pub fn argmax(logits: &[f32], valid: &[bool]) -> u32 {
     }
     best as u32
 }
+
+/// A greedy request for `prompt`'s tokens that runs to `max_tokens` (no stop at end of
+/// generation).
+pub fn request(
+    prompt: &[u32],
+    max_tokens: usize,
+    mode: cascade::engine::Mode,
+) -> cascade::engine::Request {
+    cascade::engine::Request {
+        prompt: cascade::engine::Prompt::Tokens(prompt.to_vec()),
+        mode,
+        config: cascade::engine::GenerateConfig {
+            max_tokens,
+            stop_at_eog: false,
+            ..Default::default()
+        },
+    }
+}
+
+/// Waits (at most 30 s) until the engine's scheduler state satisfies `f`.
+pub fn wait_for(
+    e: &cascade::engine::Engine,
+    what: &str,
+    f: impl Fn(&cascade::engine::SchedulerStats) -> bool,
+) {
+    let t = std::time::Instant::now();
+    while !f(&e.stats()) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what}: {:?}",
+            e.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

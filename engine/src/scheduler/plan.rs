@@ -155,10 +155,16 @@ pub(crate) fn plan(
 /// strong pair on code): the most a probe could find.
 pub(crate) const OPTIMISTIC: f64 = 0.9;
 
-/// Whether the plan would draft for `c` alone at its acceptance (the caller's optimistic
-/// one): where even that loses to plain decoding, a probe cannot find a reason to draft.
+/// Whether the plan would draft for `c` alone (its costs, catch-up and setup) at
+/// [`OPTIMISTIC`] acceptance: where even that loses to plain decoding, a probe cannot find a
+/// reason to draft.
 pub(crate) fn could_pay(c: &Candidate, costs: &StepCosts) -> bool {
-    plan(std::slice::from_ref(c), 0, 1, c.max, costs)
+    let best_case = Candidate {
+        alphas: vec![OPTIMISTIC; c.max],
+        forced: None,
+        ..c.clone()
+    };
+    plan(std::slice::from_ref(&best_case), 0, 1, c.max, costs)
         .first()
         .is_some_and(|&k| k > 0)
 }

@@ -14,7 +14,7 @@ use crate::speculative::{DraftLen, DraftProbs, Judge, Proposal, VerifyFn};
 use super::answer::{self, TargetWork};
 use super::kv::BlockPool;
 use super::metrics as m;
-use super::plan::{could_pay, plan, Candidate, StepCosts, OPTIMISTIC};
+use super::plan::{could_pay, plan, Candidate, StepCosts};
 use super::seq::Seq;
 use super::step::StepLoop;
 
@@ -309,7 +309,7 @@ fn candidate(s: &Seq, block: usize, costs: &StepCosts) -> Option<(Candidate, Off
         }
     };
     let mut c = Candidate {
-        alphas: vec![OPTIMISTIC; max],
+        alphas: (0..max).map(|i| ctrl.alpha_at(i)).collect(),
         max,
         costly,
         catch_up,
@@ -318,14 +318,13 @@ fn candidate(s: &Seq, block: usize, costs: &StepCosts) -> Option<(Candidate, Off
     };
     // A probe costs a catch-up (or a warm-up) and a verification row: only worth it where
     // drafting could pay on this machine's measured costs, the catch-up and the warm-up's share
-    // included, at the acceptance of a draft that nearly always agrees with the target.
+    // included, even at the acceptance of a draft that nearly always agrees with the target.
     let probe = due && (!matches!(offer, Offer::Warm(_)) || warm_ok) && could_pay(&c, costs);
     c.forced = match sp.cfg.draft_len {
         DraftLen::Fixed(k) => Some(k.min(max)),
         DraftLen::Auto { .. } if probe => Some(1.min(max)),
         DraftLen::Auto { .. } => None,
     };
-    c.alphas = (0..max).map(|i| ctrl.alpha_at(i)).collect();
     Some((c, offer))
 }
 
