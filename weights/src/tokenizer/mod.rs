@@ -9,14 +9,24 @@ use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{
+    AddedToken, DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper,
+    TokenizerImpl,
+};
 
 use crate::error::{Result, WeightsError};
 use crate::gguf::Value;
 use crate::store::read_limited;
+
+mod pre;
+mod stream;
+
+use pre::Pre;
+pub use stream::StreamDecoder;
+
+/// The library's tokenizer with this crate's pre-tokenizer (regexes compiled once per process).
+type Inner =
+    TokenizerImpl<ModelWrapper, NormalizerWrapper, Pre, PostProcessorWrapper, DecoderWrapper>;
 
 /// GGUF token types (`tokenizer.ggml.token_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +78,7 @@ const EOG_NAMES: [&str; 13] = [
 /// The large, immutable parts of a tokenizer, shared by every clone.
 #[derive(Debug)]
 struct Vocab {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
     token_bytes: Vec<Vec<u8>>,
     kinds: Vec<TokenKind>,
     /// Merges, for comparing two models' tokenizers.
@@ -135,16 +145,6 @@ fn tok_err(reason: impl Into<String>) -> WeightsError {
     }
 }
 
-fn split(pattern: &str) -> Result<PreTokenizerWrapper> {
-    Split::new(
-        SplitPattern::Regex(pattern.to_string()),
-        SplitDelimiterBehavior::Isolated,
-        false,
-    )
-    .map(Into::into)
-    .map_err(|e| tok_err(format!("bad split regex: {e}")))
-}
-
 /// Largest `tokenizer.json` (or `tokenizer_config.json`) read: real ones are a few MiB (Qwen2.5's
 /// is 7 MiB); past this a file is refused before it is read.
 pub const MAX_TOKENIZER_JSON_BYTES: u64 = 64 << 20;
@@ -152,27 +152,23 @@ pub const MAX_TOKENIZER_JSON_BYTES: u64 = 64 << 20;
 /// Most tokens a vocabulary may have (the largest real ones hold about 260k).
 pub const MAX_VOCAB: usize = 1 << 22;
 
-/// `tokenizers`' own parse of a `tokenizer.json`, and the JSON itself. tokenizers 0.22 panics on
-/// some malformed JSON (an `expect` in its decoder's deserializer, found by the `tokenizer_json`
-/// fuzzer: a syntax error, or an escape that is no Unicode scalar), so the JSON is parsed whole
-/// first, and any other panic of the library is turned into an error.
-fn parse_tokenizer_json(
-    json: &[u8],
-    source: &str,
-) -> Result<(tokenizers::Tokenizer, serde_json::Value)> {
+/// `tokenizers`' own reading of a `tokenizer.json`, and the JSON itself. tokenizers 0.22 panics
+/// on some malformed JSON (an `expect` in its decoder's deserializer, found by the
+/// `tokenizer_json` fuzzer: a syntax error, or an escape that is no Unicode scalar), so the JSON
+/// is parsed whole first (once: the library reads the parsed value), and any other panic of the
+/// library is turned into an error.
+fn parse_tokenizer_json(json: &[u8], source: &str) -> Result<(Inner, serde_json::Value)> {
+    use serde::Deserialize;
     let value: serde_json::Value =
         serde_json::from_slice(json).map_err(|e| tok_err(format!("{source}: not JSON: {e}")))?;
-    let parsed = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(json))
+    let parsed = std::panic::catch_unwind(|| Inner::deserialize(&value))
         .map_err(|_| tok_err(format!("{source}: the tokenizers library panicked on it")))?;
     let inner = parsed.map_err(|e| tok_err(format!("{source}: {e}")))?;
     Ok((inner, value))
 }
 
 /// Each token's raw bytes and kind, indexed by id.
-fn json_token_table(
-    inner: &tokenizers::Tokenizer,
-    source: &str,
-) -> Result<(Vec<Vec<u8>>, Vec<TokenKind>)> {
+fn json_token_table(inner: &Inner, source: &str) -> Result<(Vec<Vec<u8>>, Vec<TokenKind>)> {
     let n = inner.get_vocab_size(true);
     if n > MAX_VOCAB {
         return Err(tok_err(format!(
@@ -278,11 +274,11 @@ impl Tokenizer {
             .get("tokenizer.ggml.pre")
             .and_then(Value::as_str)
             .unwrap_or("default");
-        let pre_tok: Vec<PreTokenizerWrapper> = match pre {
-            "qwen2" | "deepseek-r1-qwen" => vec![split(QWEN2_SPLIT)?],
-            "llama3" | "llama-bpe" | "smaug-bpe" => vec![split(LLAMA3_SPLIT)?],
-            "smollm" => vec![split(r"\p{N}")?, split(GPT2_SPLIT)?],
-            "gpt2" | "default" => vec![split(GPT2_SPLIT)?],
+        let splits: &[&str] = match pre {
+            "qwen2" | "deepseek-r1-qwen" => &[QWEN2_SPLIT],
+            "llama3" | "llama-bpe" | "smaug-bpe" => &[LLAMA3_SPLIT],
+            "smollm" => &[r"\p{N}", GPT2_SPLIT],
+            "gpt2" | "default" => &[GPT2_SPLIT],
             other => {
                 return Err(tok_err(format!(
                     "pre-tokenizer '{other}' is not supported (supported: qwen2, llama-bpe, smollm, gpt2)"
@@ -306,10 +302,8 @@ impl Tokenizer {
             .vocab_and_merges(vocab, merge_pairs)
             .build()
             .map_err(|e| tok_err(format!("building BPE: {e}")))?;
-        let mut inner = tokenizers::Tokenizer::new(bpe);
-        let mut pre_seq = pre_tok;
-        pre_seq.push(ByteLevel::new(false, false, false).into());
-        inner.with_pre_tokenizer(Some(Sequence::new(pre_seq)));
+        let mut inner = Inner::new(bpe.into());
+        inner.with_pre_tokenizer(Some(Pre::byte_level_splits(splits).map_err(tok_err)?));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
         let added: Vec<AddedToken> = tokens
             .iter()
@@ -614,57 +608,6 @@ impl Tokenizer {
             ));
         }
         None
-    }
-}
-
-/// Turns a stream of token ids into text, emitting only complete UTF-8 sequences.
-#[derive(Debug, Default, Clone)]
-pub struct StreamDecoder {
-    pending: Vec<u8>,
-}
-
-impl StreamDecoder {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds one token; returns the text that became complete (possibly empty).
-    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> String {
-        self.pending.extend_from_slice(tok.token_bytes(id));
-        let mut out = String::new();
-        loop {
-            match std::str::from_utf8(&self.pending) {
-                Ok(s) => {
-                    out.push_str(s);
-                    self.pending.clear();
-                    return out;
-                }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    // SAFETY-free: from_utf8 said the prefix is valid.
-                    out.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
-                    match e.error_len() {
-                        // An incomplete sequence at the end: wait for more bytes.
-                        None => {
-                            self.pending.drain(..valid);
-                            return out;
-                        }
-                        // An invalid sequence: replace it and go on.
-                        Some(bad) => {
-                            out.push(char::REPLACEMENT_CHARACTER);
-                            self.pending.drain(..valid + bad);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Whatever is left at the end of the stream (an incomplete sequence becomes U+FFFD).
-    pub fn finish(&mut self) -> String {
-        let s = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        s
     }
 }
 
