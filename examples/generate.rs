@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             },
             stop_at_eog: true,
         },
+        grammar: None,
     };
     let out = engine.generate(&request, |piece| {
         print!("{piece}");

@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             max_tokens: 128,
             ..Default::default()
         },
+        grammar: None,
     };
     let out = engine.generate(&request, |piece| {
         print!("{piece}");

@@ -6,7 +6,7 @@
 //! ```no_run
 //! use cascade::engine::{Engine, EngineConfig, GenerateConfig, Mode, Prompt, Request};
 //! let engine = Engine::load(&EngineConfig { target: "model.gguf".into(), ..Default::default() })?;
-//! let req = Request { prompt: Prompt::Text("def fib(n):".into()), mode: Mode::Target, config: GenerateConfig::default() };
+//! let req = Request { prompt: Prompt::Text("def fib(n):".into()), mode: Mode::Target, config: GenerateConfig::default(), grammar: None };
 //! let out = engine.generate(&req, |piece| print!("{piece}"))?;
 //! println!("\n{} tokens", out.tokens.len());
 //! # Ok::<(), cascade::engine::EngineError>(())

@@ -314,6 +314,7 @@ fn a_prompt_longer_than_its_limit_is_refused_by_name() {
         prompt: Prompt::Text(text),
         mode: Mode::Target,
         config: Default::default(),
+        grammar: None,
     };
     let e = engine
         .generate(&req("a".repeat(limit + 1)), |_| {})

@@ -39,6 +39,7 @@ fn generation_is_deterministic_and_thread_invariant() {
                 stop_at_eog: false,
                 ..Default::default()
             },
+            grammar: None,
         };
         engine.generate(&req, |_| {}).unwrap()
     };

@@ -223,6 +223,7 @@ fn scheduler_on(dev: &Device) {
                     stop_at_eog: false,
                     ..Default::default()
                 },
+                grammar: None,
             })
             .collect()
     };
@@ -327,6 +328,7 @@ fn only_prompt_positions_are_reused_where_prompt_rows_take_other_kernels() {
             stop_at_eog: false,
             ..Default::default()
         },
+        grammar: None,
     };
     let first: Vec<u32> = (0..20).map(|i| 5 + (i * 29) % 200).collect();
     for dev in [Some(Device::shim()), None] {
@@ -418,6 +420,7 @@ fn sampled_requests(mode: Mode) -> Vec<Request> {
                     seed: 5 + r as u64,
                 },
             },
+            grammar: None,
         })
         .collect()
 }

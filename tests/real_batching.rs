@@ -74,6 +74,7 @@ fn sixteen_batched_requests_give_their_tokens_alone() {
         prompt: p.clone(),
         mode,
         config,
+        grammar: None,
     };
     let ps = prompts();
     let alone: Vec<Vec<u32>> = ps

@@ -40,6 +40,7 @@ fn anonymous_memory_stays_small_next_to_the_weights() {
                 stop_at_eog: false,
                 ..Default::default()
             },
+            grammar: None,
         };
         engine
             .generate(&req, |_| {

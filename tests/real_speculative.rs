@@ -75,6 +75,7 @@ fn greedy_exact_equals_the_target_on_real_prompts() {
                 prompt: Prompt::Tokens(prompt.clone()),
                 mode: Mode::Speculative(spec),
                 config: cfg,
+                grammar: None,
             };
             let g = engine.generate(&req, |_| {}).unwrap();
             assert_eq!(g.tokens, plain.tokens, "prompt {i}, {len:?}, set {set}");
@@ -101,6 +102,7 @@ fn greedy_exact_equals_the_target_on_real_prompts() {
                 ..Default::default()
             }),
             config: cfg,
+            grammar: None,
         };
         let g = engine.generate(&req, |_| {}).unwrap();
         assert_eq!(g.tokens, plain.tokens, "prompt {i}, answer mode");

@@ -96,6 +96,7 @@ fn library_api_streams_an_exact_completion() {
         prompt: Prompt::Text("in the hat the cat".into()),
         mode,
         config,
+        grammar: None,
     };
     let plain = engine.generate(&req(Mode::Target), |_| {}).unwrap();
     let mut streamed = String::new();

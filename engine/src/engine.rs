@@ -182,6 +182,8 @@ pub struct Request {
     pub prompt: Prompt,
     pub mode: Mode,
     pub config: GenerateConfig,
+    /// What the output must match (constrained decoding); `None`: free text.
+    pub grammar: Option<crate::constraint::Grammar>,
 }
 
 #[derive(Debug, Clone)]
@@ -201,10 +203,21 @@ pub(crate) struct Shared {
     pub(crate) target: Model,
     pub(crate) draft: Option<Model>,
     pub(crate) pool: rayon::ThreadPool,
-    /// What the draft-length controllers of this engine's speculative requests learned (pass
-    /// costs, acceptance): each request resumes from it.
     /// The verifier every round and answer accepts with (tests substitute a broken one).
     pub(crate) verify: VerifyFn,
+    /// The tables grammars compile against, built by the first constrained request.
+    pub(crate) grammars: std::sync::OnceLock<std::sync::Arc<crate::constraint::Grammars>>,
+}
+
+impl Shared {
+    /// The grammar tables of the target's tokenizer (which a draft shares), built once.
+    pub(crate) fn grammars(&self) -> Result<std::sync::Arc<crate::constraint::Grammars>> {
+        if let Some(g) = self.grammars.get() {
+            return Ok(g.clone());
+        }
+        let built = std::sync::Arc::new(crate::constraint::Grammars::new(&self.target.tokenizer)?);
+        Ok(self.grammars.get_or_init(|| built).clone())
+    }
 }
 
 /// A draft must share the target's tokenizer; when the two are identical one copy is kept.
@@ -338,6 +351,7 @@ impl Engine {
             draft,
             pool,
             verify,
+            grammars: std::sync::OnceLock::new(),
         });
         let scheduler = Scheduler::start(shared.clone(), scheduler)?;
         Ok(Engine {

@@ -28,6 +28,8 @@ pub enum EngineError {
     Limit { what: &'static str, limit: u64 },
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    #[error("grammar: {reason}")]
+    Grammar { reason: String },
     #[error("invalid {name}: {reason}")]
     InvalidParam { name: &'static str, reason: String },
     #[error("draft and target tokenizers differ: {detail}")]

@@ -4,6 +4,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 
 pub mod chat;
+pub mod constraint;
 pub mod engine;
 pub mod error;
 pub mod fastcopy;
@@ -23,6 +24,7 @@ pub mod speculative;
 
 pub use cascade_gpu::DeviceSpec;
 pub use chat::Message;
+pub use constraint::Grammar;
 pub use engine::{Completion, DraftVocab, Engine, EngineConfig, Mode, Prompt, Request, Role};
 pub use error::{EngineError, Result};
 pub use fastcopy::{fast_path, RepackPolicy};

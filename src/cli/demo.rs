@@ -74,6 +74,7 @@ pub fn run(a: DemoArgs) -> Result<(), CliError> {
             sampling: SamplingParams::greedy(),
             stop_at_eog: true,
         },
+        grammar: None,
     };
     let spec = engine.generate(&req(Mode::exact()), |piece| {
         let mut o = std::io::stdout().lock();

@@ -7,8 +7,8 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use cascade_engine::{
-    Cascade, DraftLen, Engine, EngineConfig, GenerateConfig, Message, Mode, NgramProposer, Prompt,
-    Request, Rule, SamplingParams, SpecConfig, MAX_DRAFT_LEN,
+    Cascade, DraftLen, Engine, EngineConfig, GenerateConfig, Grammar, Message, Mode, NgramProposer,
+    Prompt, Request, Rule, SamplingParams, SpecConfig, MAX_DRAFT_LEN,
 };
 
 use super::{print_json, spinner, CliError};
@@ -168,6 +168,31 @@ pub struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Constrain the output to JSON valid under this JSON Schema file.
+    #[arg(long, conflicts_with = "grammar")]
+    pub json_schema: Option<PathBuf>,
+    /// Constrain the output to this grammar file (llguidance's Lark dialect).
+    #[arg(long)]
+    pub grammar: Option<PathBuf>,
+}
+
+/// The grammar `--json-schema` or `--grammar` names, read.
+fn read_grammar(a: &GenerateArgs) -> Result<Option<Grammar>, CliError> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|source| CliError::Read {
+            path: path.clone(),
+            source,
+        })
+    };
+    if let Some(p) = &a.json_schema {
+        let schema = serde_json::from_str(&read(p)?)
+            .map_err(|e| CliError::Usage(format!("{}: not a JSON Schema: {e}", p.display())))?;
+        return Ok(Some(Grammar::JsonSchema(schema)));
+    }
+    a.grammar
+        .as_ref()
+        .map(|p| read(p).map(Grammar::Lark))
+        .transpose()
 }
 
 pub fn run(a: GenerateArgs) -> Result<(), CliError> {
@@ -180,6 +205,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         (None, None) => return Err(CliError::Usage("give --prompt or --prompt-file".into())),
     };
     let mode = resolve_mode(&a)?;
+    let grammar = read_grammar(&a)?;
     if a.threads == Some(0) {
         return Err(CliError::Usage("--threads must be at least 1".into()));
     }
@@ -224,6 +250,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
             sampling,
             stop_at_eog: true,
         },
+        grammar,
     };
     let stream = !a.json;
     let out = engine.generate(&req, |piece| {

@@ -265,6 +265,7 @@ fn request(a: &SpecBenchArgs, p: &PromptLine, mode: Mode) -> Result<Request, Cli
             sampling: SamplingParams::greedy(),
             stop_at_eog: true,
         },
+        grammar: None,
     })
 }
 

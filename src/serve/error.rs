@@ -169,6 +169,7 @@ impl From<EngineError> for ApiError {
             EngineError::KvBudget { .. } => ApiError::field("max_tokens", msg),
             EngineError::InvalidParam { name, reason } => ApiError::field(field_of(name), reason),
             EngineError::NoDraft => ApiError::field("cascade.mode", msg),
+            EngineError::Grammar { reason } => ApiError::field("response_format", reason),
             EngineError::ShuttingDown | EngineError::SchedulerGone => ApiError {
                 code: Some("shutting_down"),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg)

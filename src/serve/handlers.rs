@@ -117,8 +117,19 @@ async fn generate(
         prompt,
         mode: s.mode,
         config: s.config,
+        grammar: s.grammar,
     };
-    let mut run = Run::start(&st, engine, req, s.stops).await?;
+    let from_grammar = common.grammar.is_some();
+    let mut run = Run::start(&st, engine, req, s.stops)
+        .await
+        .map_err(|mut e| {
+            // The engine's grammar errors name `response_format`; this request used `grammar`.
+            if from_grammar && e.param.as_deref() == Some("response_format") {
+                e.param = Some("grammar".into());
+                e.message = e.message.replacen("response_format", "grammar", 1);
+            }
+            e
+        })?;
     let first = run.next().await?;
     if s.stream {
         let chunks = Chunks {

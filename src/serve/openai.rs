@@ -31,6 +31,31 @@ pub struct Common {
     pub logprobs: Option<Value>,
     pub top_logprobs: Option<Value>,
     pub echo: Option<bool>,
+    /// `{"type": "text" | "json_object" | "json_schema", ...}`: constrained output.
+    pub response_format: Option<ResponseFormat>,
+    /// Extension: a grammar the output follows, in llguidance's Lark dialect.
+    pub grammar: Option<String>,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+/// `response_format.json_schema`: the schema and its name (`strict` is accepted: the output
+/// always follows the schema).
+#[derive(Debug, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub schema: Option<Value>,
+    #[serde(default)]
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +106,9 @@ pub enum RuleName {
 #[derive(Debug, Deserialize)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
+    /// Not supported yet: refused when given (an empty list, or `tool_choice: "none"`, pass).
+    pub tools: Option<Vec<Value>>,
+    pub tool_choice: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,14 +2,15 @@
 //! mode (the server's flags as defaults, the request's `cascade` object on top).
 
 use cascade_engine::{
-    Cascade, DraftLen, GenerateConfig, Message, Mode, NgramProposer, Prompt, Rule, SamplingParams,
-    SpecConfig, MAX_DRAFT_LEN,
+    Cascade, DraftLen, GenerateConfig, Grammar, Message, Mode, NgramProposer, Prompt, Rule,
+    SamplingParams, SpecConfig, MAX_DRAFT_LEN,
 };
 use serde_json::Value;
 
 use super::error::ApiError;
 use super::openai::{
-    CascadeExt, ChatRequest, Common, CompletionRequest, Content, ModeName, PromptIn, RuleName, Stop,
+    CascadeExt, ChatRequest, Common, CompletionRequest, Content, ModeName, PromptIn,
+    ResponseFormat, RuleName, Stop,
 };
 
 /// Stop strings a request may give (OpenAI's limit).
@@ -45,6 +46,8 @@ pub struct Settings {
     pub stops: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// What the output must match (`response_format` or `grammar`).
+    pub grammar: Option<Grammar>,
 }
 
 pub fn settings(c: &Common, d: &ModeDefaults, limits: Limits) -> Result<Settings, ApiError> {
@@ -71,7 +74,60 @@ pub fn settings(c: &Common, d: &ModeDefaults, limits: Limits) -> Result<Settings
         stops,
         stream: c.stream,
         include_usage: c.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        grammar: grammar(c)?,
     })
+}
+
+/// The grammar a request asks for: `response_format` (OpenAI's) or `grammar` (Lark), not both.
+fn grammar(c: &Common) -> Result<Option<Grammar>, ApiError> {
+    let format = match &c.response_format {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonObject) => Some(Grammar::JsonObject),
+        Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
+            Some(s) if s.is_object() || s.is_boolean() => Some(Grammar::JsonSchema(s.clone())),
+            Some(_) => {
+                return Err(ApiError::field(
+                    "response_format.json_schema.schema",
+                    "must be a JSON Schema object",
+                ))
+            }
+            None => {
+                return Err(ApiError::field(
+                    "response_format.json_schema.schema",
+                    "required",
+                ))
+            }
+        },
+    };
+    let lark = match c.grammar.as_deref() {
+        None => None,
+        Some(g) if g.contains("::=") => {
+            return Err(ApiError::field(
+                "grammar",
+                "GBNF is not read: write the grammar in Lark syntax (rules as `name: ...`, \
+                 the start rule `start`)",
+            ))
+        }
+        Some(g) => Some(Grammar::Lark(g.to_string())),
+    };
+    match (format, lark) {
+        (Some(_), Some(_)) => Err(ApiError::field(
+            "grammar",
+            "give either response_format or grammar, not both",
+        )),
+        (f, l) => Ok(f.or(l)),
+    }
+}
+
+/// `tools` are not served yet: a request that offers any is refused (not answered as if it had
+/// offered none), unless it also says `tool_choice: "none"`.
+pub fn check_tools(r: &ChatRequest) -> Result<(), ApiError> {
+    let offered = r.tools.as_ref().is_some_and(|t| !t.is_empty());
+    let declined = r.tool_choice.as_ref().and_then(Value::as_str) == Some("none");
+    if offered && !declined {
+        return Err(ApiError::field("tools", "tool calls are not supported yet"));
+    }
+    Ok(())
 }
 
 /// Fields cascade does not implement: a clear 400 rather than an answer without them.
@@ -290,6 +346,7 @@ fn draft_len(v: &Value) -> Result<DraftLen, ApiError> {
 
 /// The chat request's messages as the engine's (roles checked, text parts joined).
 pub fn chat_prompt(r: &ChatRequest) -> Result<Prompt, ApiError> {
+    check_tools(r)?;
     if r.messages.is_empty() {
         return Err(ApiError::field(
             "messages",

@@ -198,6 +198,7 @@ pub fn request(
             stop_at_eog: false,
             ..Default::default()
         },
+        grammar: None,
     }
 }
 

@@ -8,6 +8,7 @@ A repeated long prompt must report cached prompt tokens (the server's prefix cac
 """
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -15,7 +16,9 @@ import threading
 import time
 import urllib.request
 
+import jsonschema
 import openai
+import pydantic
 from openai import OpenAI
 
 MAX = 16  # tokens per answer: the 1.5B target decodes ~20 tokens/s on 2 cores
@@ -203,6 +206,64 @@ class Checks:
             except openai.BadRequestError as e:
                 assert e.body and e.body.get("param") == field, e.body
 
+    def parse(self, **kw):
+        """`chat.completions.parse` (under `beta` in openai 1.x)."""
+        completions = self.client.chat.completions
+        if not hasattr(completions, "parse"):
+            completions = self.client.beta.chat.completions
+        return completions.parse(**kw)
+
+    def check_structured_outputs(self):
+        class Person(pydantic.BaseModel):
+            name: str
+            age: int
+            languages: list[str] = pydantic.Field(max_length=3)
+
+        r = self.parse(model=self.model, temperature=0, max_tokens=100, response_format=Person,
+                       messages=[{"role": "user",
+                                  "content": "Describe a fictional programmer."}])
+        m = r.choices[0].message
+        assert m.parsed is not None and isinstance(m.parsed, Person), m
+        assert r.choices[0].finish_reason == "stop", r.choices[0]
+        print(f"    parse: {m.parsed!r}")
+        schema = {"type": "object", "additionalProperties": False, "required": ["ok", "n"],
+                  "properties": {"ok": {"type": "boolean"},
+                                 "n": {"type": "integer", "minimum": 0, "maximum": 9}}}
+        fmt = {"type": "json_schema", "json_schema": {"name": "r", "schema": schema, "strict": True}}
+        for stream in (False, True):
+            r = self.chat("Is 7 prime? Answer with ok and n = 7.", max_tokens=40,
+                          response_format=fmt, stream=stream)
+            text = ("".join(c.choices[0].delta.content or "" for c in r if c.choices) if stream
+                    else r.choices[0].message.content)
+            jsonschema.validate(json.loads(text), schema)
+        r = self.chat("Give a JSON object with one key.", max_tokens=40,
+                      response_format={"type": "json_object"})
+        assert isinstance(json.loads(r.choices[0].message.content), dict), r
+        # Extension: a Lark grammar, through the client's extra_body.
+        r = self.complete("Is the sky blue? Answer:", max_tokens=8,
+                          extra_body={"grammar": 'start: " yes" | " no"'})
+        assert r.choices[0].text in (" yes", " no"), r.choices[0].text
+
+    def check_structured_errors(self):
+        def refused(param, **kw):
+            try:
+                self.chat("hi", max_tokens=4, **kw)
+            except openai.BadRequestError as e:
+                assert e.body and e.body.get("param") == param, (param, e.body)
+                return e.body.get("message", "")
+            raise AssertionError(f"{kw} was accepted")
+
+        refused("response_format", response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}})
+        refused("response_format.json_schema.schema",
+                response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+        refused("grammar", extra_body={"grammar": 'root ::= "a"'})
+        refused("grammar", extra_body={"grammar": "start: undefined_rule"})
+        huge = " | ".join(f'"w{i}"' for i in range(60000))
+        msg = refused("grammar", extra_body={"grammar": "start: " + huge})
+        assert "KiB" in msg, msg
+        refused("tools", tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])
+
     def check_metrics(self):
         status, text = fetch(self.root + "/metrics")
         assert status == 200 and "cascade:http_requests_total" in text, text
@@ -219,7 +280,8 @@ def main():
     args = ap.parse_args()
     c = Checks(args.base_url, args.api_key)
     order = ["health_and_models", "chat", "chat_stream", "completions", "stop_strings",
-             "prefix_cache", "concurrent_streams", "disconnect", "errors", "metrics"]
+             "prefix_cache", "concurrent_streams", "disconnect", "errors",
+             "structured_outputs", "structured_errors", "metrics"]
     t_all = time.time()
     for name in order:
         t0 = time.time()

@@ -149,6 +149,7 @@ pub fn run(
                 },
                 mode: setting.mode(cfg.spec),
                 config: cfg.generate,
+                grammar: None,
             };
             let t = Instant::now();
             let c = engine.generate(&req, |_| {})?;

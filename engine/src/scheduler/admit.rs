@@ -16,7 +16,7 @@ use super::{metrics as m, Job};
 /// model's pool and `draft` in the draft model's (speculative modes).
 pub(crate) fn new_seq(
     l: &mut StepLoop,
-    job: Job,
+    mut job: Job,
     role: Role,
     kv: SeqBlocks,
     draft: Option<SeqBlocks>,
@@ -67,6 +67,8 @@ pub(crate) fn new_seq(
         first_at: None,
         last_at: None,
         stop: None,
+        constraint: job.constraint.take(),
+        failure: None,
         job,
     }
 }

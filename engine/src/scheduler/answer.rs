@@ -105,7 +105,7 @@ pub(crate) fn score(
     let t_end = (j0 + n_rows).min(answer.len());
     let tokens = &answer.tokens[j0..t_end];
     let q_judge = answer.judge.get(j0..).unwrap_or(&[]);
-    let p = target_dists(rows, &judge, model, tokens, q_judge, &mut s.stats);
+    let p = target_dists(rows, &judge, model, tokens, q_judge, None, &mut s.stats);
     let q = &answer.probs[j0..t_end];
     let rng = s.sampler.rng();
     let verdict = if tokens.len() == n_rows {

@@ -3,6 +3,7 @@
 mod admit;
 mod answer;
 mod api;
+mod grammar;
 mod kv;
 mod memory;
 pub mod metrics;
@@ -36,6 +37,8 @@ pub(crate) struct Job {
     pub sink: Box<dyn EventSink>,
     pub cancel: CancelToken,
     pub submitted: std::time::Instant,
+    /// The request's grammar, compiled at submission.
+    pub constraint: Option<crate::constraint::Constraint>,
 }
 
 /// The handle the engine keeps on its scheduler thread.
@@ -81,6 +84,7 @@ impl Scheduler {
         let role = req.mode.role();
         let prompt = shared.encode(role, &req.prompt)?;
         plan_capacity(shared.model(role)?, &prompt, req.config.max_tokens)?;
+        let constraint = compile_grammar(shared, &req)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let job = Job {
             id,
@@ -89,6 +93,7 @@ impl Scheduler {
             sink,
             cancel,
             submitted: std::time::Instant::now(),
+            constraint,
         };
         let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         let tx = queue.as_ref().ok_or(EngineError::ShuttingDown)?;
@@ -121,4 +126,30 @@ impl Drop for Scheduler {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The request's grammar compiled against the engine's vocabulary (on the caller's thread: a
+/// large schema's compilation never holds up the scheduler's steps).
+fn compile_grammar(
+    shared: &Shared,
+    req: &Request,
+) -> Result<Option<crate::constraint::Constraint>> {
+    let Some(g) = &req.grammar else {
+        return Ok(None);
+    };
+    let refuse = |reason: &str| EngineError::InvalidParam {
+        name: "grammar",
+        reason: reason.to_string(),
+    };
+    if matches!(&req.mode, crate::engine::Mode::Speculative(s) if s.answer) {
+        return Err(refuse(
+            "answer mode cannot follow a grammar yet: use exact or cascade",
+        ));
+    }
+    if !req.config.stop_at_eog {
+        return Err(refuse(
+            "a grammar ends the output at an end-of-generation token: it cannot be ignored",
+        ));
+    }
+    shared.grammars()?.start(g).map(Some)
 }

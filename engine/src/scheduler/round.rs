@@ -12,6 +12,7 @@ use crate::sampler::SamplingParams;
 use crate::speculative::{DraftLen, DraftProbs, Judge, Proposal, VerifyFn};
 
 use super::answer::{self, TargetWork};
+use super::grammar;
 use super::kv::BlockPool;
 use super::metrics as m;
 use super::plan::{could_pay, plan, Candidate, StepCosts};
@@ -398,7 +399,7 @@ fn draft(l: &mut StepLoop, work: &mut [Work]) -> Result<()> {
             } else {
                 proposal.computed += 1;
             }
-            let Some(tok) = draft_token(s, part, &l.both_valid, proposal) else {
+            let Some(tok) = draft_token(s, part, (&l.both_valid, model), proposal) else {
                 d.ended[*i] = true;
                 continue;
             };
@@ -519,7 +520,25 @@ fn round_feed(s: &mut Seq, w: &Work, model: &Model) -> Option<(Vec<u32>, Logits)
 /// Draws one drafted token from the draft's output `row`, recording the distribution it came
 /// from (and, for cascades, the one the rule judges). A greedy choice reduced to its id (on the
 /// draft's own valid ids) that the target cannot take ends the proposal: `None`.
-fn draft_token(s: &mut Seq, row: Rows, valid: &[bool], proposal: &mut Proposal) -> Option<u32> {
+fn draft_token(
+    s: &mut Seq,
+    row: Rows,
+    (valid, model): (&[bool], &Model),
+    proposal: &mut Proposal,
+) -> Option<u32> {
+    if s.constraint.is_some() {
+        return grammar::draft_token(s, row, valid, proposal, &model.tokenizer);
+    }
+    draw_draft(s, row, valid, proposal)
+}
+
+/// [`draft_token`] on `valid` ids.
+pub(super) fn draw_draft(
+    s: &mut Seq,
+    row: Rows,
+    valid: &[bool],
+    proposal: &mut Proposal,
+) -> Option<u32> {
     let row = match row {
         Rows::Logits(row) => row,
         Rows::Argmax(ids) => {
@@ -685,12 +704,15 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
 
 /// The token a plain step takes from its one row: the sampler's draw, or the greedy choice the
 /// forward already reduced the row to.
-fn next_token(s: &mut Seq, model: &Model, row: Rows) -> u32 {
-    match row {
+fn next_token(s: &mut Seq, model: &Model, row: Rows) -> Option<u32> {
+    if s.constraint.is_some() {
+        return grammar::next_token(s, model, row);
+    }
+    Some(match row {
         Rows::Logits(l) => s.sampler.sample(l, model.valid_mask()).token,
         Rows::Argmax(ids) => ids[0],
         Rows::TopK { cands, .. } => s.sampler.sample_candidates(cands, model.valid_mask()).token,
-    }
+    })
 }
 
 /// One sequence's part of a forward: its blocks now hold `n` more positions; a finished prompt
@@ -710,14 +732,14 @@ fn apply(
         Work::Prefill { end, .. } if end < s.prompt_len => return,
         Work::Prefill { .. } => {
             pool.register(&s.kv, &s.context[..s.prompt_len]);
-            vec![next_token(s, model, rows)]
+            next_token(s, model, rows).into_iter().collect()
         }
         Work::Round {
             proposal, source, ..
         } => {
             s.stats.target_passes += 1;
             if s.spec.is_none() {
-                vec![next_token(s, model, rows)]
+                next_token(s, model, rows).into_iter().collect()
             } else {
                 accept(s, (model, verify), rows, &proposal, source, base)
             }
@@ -744,6 +766,16 @@ fn accept(
     source: Source,
     base: usize,
 ) -> Vec<u32> {
+    let masks = match s.constraint.as_mut() {
+        Some(c) => match grammar::row_masks(c, proposal, model.valid_mask(), &model.tokenizer) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                s.fail(e);
+                return Vec::new();
+            }
+        },
+        None => None,
+    };
     let sp = s.spec.as_mut().expect("speculative");
     let judge = Judge {
         target: model,
@@ -756,9 +788,17 @@ fn accept(
         model,
         &proposal.tokens,
         &proposal.judge,
+        masks.as_ref().map(|m| &m.rows[..]),
         &mut s.stats,
     );
     let v = verify(&p, &proposal.probs, &proposal.tokens, s.sampler.rng());
+    if let (Some(c), Some(m)) = (s.constraint.as_mut(), &masks) {
+        if let Err(e) = grammar::settle(c, m.consumed, (v.accepted, v.next), &model.tokenizer) {
+            s.fail(e);
+            return Vec::new();
+        }
+    }
+    let sp = s.spec.as_mut().expect("speculative");
     s.kv.len = base + 1 + v.accepted;
     let d = proposal.len();
     sp.counters.round(d, v.accepted);
@@ -799,10 +839,11 @@ pub(crate) fn target_dists(
     model: &Model,
     tokens: &[u32],
     q_judge: &[Distribution],
+    masks: Option<&[Vec<bool>]>,
     stats: &mut GenerateStats,
 ) -> Vec<Distribution> {
     match rows {
-        Rows::Logits(logits) => judge.targets(logits, tokens, q_judge, stats),
+        Rows::Logits(logits) => judge.targets(logits, tokens, q_judge, masks, stats),
         Rows::Argmax(ids) => ids.iter().map(|&id| Distribution::point(id)).collect(),
         Rows::TopK { k, cands } => cands
             .chunks_exact(k)

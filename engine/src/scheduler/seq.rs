@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use cascade_weights::StreamDecoder;
 
+use crate::constraint::Constraint;
 use crate::engine::{Completion, Mode, Role};
+use crate::error::EngineError;
 use crate::generate::{GenerateStats, StopReason};
 use crate::model::{Model, Reduce, MAX_REDUCED_TOP_K};
 use crate::sampler::Sampler;
@@ -87,6 +89,11 @@ pub(crate) struct Seq {
     pub first_at: Option<Instant>,
     pub last_at: Option<Instant>,
     pub stop: Option<StopReason>,
+    /// The grammar the output follows; it has consumed every emitted token (and, mid-round,
+    /// the drafted ones).
+    pub constraint: Option<Constraint>,
+    /// Why the sequence failed (its grammar could not go on): sent instead of a completion.
+    pub failure: Option<EngineError>,
 }
 
 impl Seq {
@@ -113,7 +120,8 @@ impl Seq {
     pub fn reduce(&self, vocab: usize, top_k: bool) -> Reduce {
         let cascade = self.spec.as_ref().is_some_and(|sp| sp.cascade.is_some());
         let p = &self.sampler.params;
-        if cascade {
+        // A grammar masks whole rows (a device's argmax or top k may be ids it forbids).
+        if cascade || self.constraint.is_some() {
             Reduce::Logits
         } else if p.is_greedy() {
             Reduce::Argmax
@@ -176,8 +184,20 @@ impl Seq {
         self.job.sink.send(Event::Tokens { ids, text })
     }
 
-    /// The final event: the completion with its statistics.
+    /// Ends the sequence with `e` (its blocks are freed at the end of the step).
+    pub fn fail(&mut self, e: EngineError) {
+        tracing::warn!("request {} failed: {e}", self.job.id);
+        self.failure = Some(e);
+        self.stop = Some(StopReason::Cancelled);
+    }
+
+    /// The final event: the completion with its statistics (or the failure).
     pub fn finish(&mut self, stop: StopReason) {
+        if let Some(e) = self.failure.take() {
+            metrics::counter!(m::REQUESTS_FINISHED, "finished_reason" => "error").increment(1);
+            self.job.sink.send(Event::Failed(e));
+            return;
+        }
         let s = &mut self.stats;
         s.prompt_tokens = self.prompt_len;
         s.generated_tokens = self.tokens.len();

@@ -151,13 +151,19 @@ impl Judge<'_> {
         logits: &[f32],
         tokens: &[u32],
         judge: &[Distribution],
+        masks: Option<&[Vec<bool>]>,
         stats: &mut GenerateStats,
     ) -> Vec<Distribution> {
-        let valid = self.target.valid_mask();
         let rows = logits.chunks_exact(self.target.vocab_size());
+        // Each row's valid ids: the model's, or a grammar's at that position.
+        let valid_at = |i: usize| match masks {
+            Some(m) => m.get(i).map_or(&[][..], Vec::as_slice),
+            None => self.target.valid_mask(),
+        };
         let mut p: Vec<Distribution> = rows
             .clone()
-            .map(|row| Distribution::from_logits(row, &self.sampling, valid))
+            .enumerate()
+            .map(|(i, row)| Distribution::from_logits(row, &self.sampling, valid_at(i)))
             .collect();
         let Some(rule) = self.cascade else {
             return p;
@@ -168,7 +174,7 @@ impl Judge<'_> {
             if greedy {
                 // Judge on the untempered distributions; where the rule keeps the draft's
                 // token, π is a point mass on it (else p, the target's argmax).
-                let pu = Distribution::from_logits(row, &SamplingParams::untempered(), valid);
+                let pu = Distribution::from_logits(row, &SamplingParams::untempered(), valid_at(i));
                 if rule.keeps(&pu, q, token) {
                     stats.kept_by_rule += 1;
                     p[i] = if (token as usize) < self.target.vocab_size() {

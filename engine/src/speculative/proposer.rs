@@ -23,6 +23,9 @@ pub struct Proposal {
     /// it (untempered when decoding is greedy, else the shaped one); empty when not asked for or
     /// when the proposer has none (lookup).
     pub judge: Vec<Distribution>,
+    /// Under a grammar: the ids it allowed at each drafted position (the draft sampled under
+    /// them, and the grammar consumed each drafted token); the target's rows are masked alike.
+    pub(crate) allowed: Vec<crate::constraint::Allowed>,
 }
 
 impl Proposal {

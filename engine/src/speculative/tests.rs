@@ -18,6 +18,8 @@ use crate::sampler::SamplingParams;
 use crate::scheduler::{Event, SchedulerConfig};
 use cascade_weights::{DType, OpenOptions, WeightStore};
 
+mod grammar;
+
 /// A target and a draft with other random weights (files); the draft pads its vocabulary further
 /// (as Qwen models of different sizes do). `small` makes both one-layer models, for tests that
 /// run them a hundred thousand times.
@@ -101,6 +103,7 @@ fn run(e: &Engine, prompt: &[u32], cfg: GenerateConfig, mode: Mode) -> Completio
         prompt: Prompt::Tokens(prompt.to_vec()),
         mode,
         config: cfg,
+        grammar: None,
     };
     e.generate(&req, |_| {}).unwrap()
 }
@@ -207,6 +210,7 @@ fn limits_and_bad_draft_lengths_behave_like_plain_decoding() {
             prompt: Prompt::Tokens(prompt.clone()),
             mode: Mode::Speculative(spec(bad)),
             config: cfg,
+            grammar: None,
         };
         let e = e.submit(req).map(|_| ());
         assert!(
@@ -320,6 +324,7 @@ fn second_tokens(
                         sampling: SamplingParams { seed, ..params },
                         stop_at_eog: false,
                     },
+                    grammar: None,
                 };
                 e.submit(req).unwrap()
             })
