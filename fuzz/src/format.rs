@@ -10,12 +10,26 @@ pub const SECTION: &[u8] = b"\n--cascade-fuzz-file--\n";
 pub fn sections(data: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
     let mut rest = data;
-    while let Some(i) = rest.windows(SECTION.len()).position(|w| w == SECTION) {
+    while let Some(i) = find_section(rest) {
         out.push(&rest[..i]);
         rest = &rest[i + SECTION.len()..];
     }
     out.push(rest);
     out
+}
+
+/// Where the first [`SECTION`] starts. Only line starts are compared whole: libFuzzer traces
+/// every `memcmp`, and one per position would dominate the multi-file targets' time.
+fn find_section(hay: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(off) = hay[from..].iter().position(|&b| b == SECTION[0]) {
+        let i = from + off;
+        if hay[i..].starts_with(SECTION) {
+            return Some(i);
+        }
+        from = i + 1;
+    }
+    None
 }
 
 /// Writes a Hugging Face folder input into `dir`: `config.json`, the safetensors file,

@@ -574,4 +574,48 @@ mod tests {
             Some("messages[0].content[0].type")
         );
     }
+
+    fn common(v: serde_json::Value) -> Common {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn response_format_and_grammar_become_the_engine_grammar() {
+        let g = |v| grammar(&common(v));
+        assert_eq!(g(serde_json::json!({})).unwrap(), None);
+        let text = serde_json::json!({"response_format": {"type": "text"}});
+        assert_eq!(g(text).unwrap(), None);
+        let obj = serde_json::json!({"response_format": {"type": "json_object"}});
+        assert_eq!(g(obj).unwrap(), Some(Grammar::JsonObject));
+        let schema = serde_json::json!({"type": "object"});
+        let with = serde_json::json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": schema, "strict": true}}});
+        assert_eq!(g(with).unwrap(), Some(Grammar::JsonSchema(schema)));
+        let lark = serde_json::json!({"grammar": "start: \"a\""});
+        assert_eq!(g(lark).unwrap(), Some(Grammar::Lark("start: \"a\"".into())));
+    }
+
+    #[test]
+    fn bad_structured_requests_name_their_field() {
+        let param = |v| grammar(&common(v)).unwrap_err().param.unwrap();
+        let no_schema = serde_json::json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "x"}}});
+        assert_eq!(param(no_schema), "response_format.json_schema.schema");
+        let not_object = serde_json::json!({"response_format": {"type": "json_schema",
+            "json_schema": {"name": "x", "schema": [1]}}});
+        assert_eq!(param(not_object), "response_format.json_schema.schema");
+        assert_eq!(param(serde_json::json!({"grammar": "root ::= \"a\""})), "grammar");
+        let both = serde_json::json!({"grammar": "start: \"a\"",
+            "response_format": {"type": "json_object"}});
+        assert_eq!(param(both), "grammar");
+        let tools = |v: serde_json::Value| -> ChatRequest { serde_json::from_value(v).unwrap() };
+        let msgs = serde_json::json!([{"role": "user", "content": "hi"}]);
+        let f = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
+        let offered = tools(serde_json::json!({"messages": msgs, "tools": f}));
+        assert_eq!(check_tools(&offered).unwrap_err().param.as_deref(), Some("tools"));
+        let declined =
+            tools(serde_json::json!({"messages": msgs, "tools": f, "tool_choice": "none"}));
+        check_tools(&declined).unwrap();
+        check_tools(&tools(serde_json::json!({"messages": msgs, "tools": []}))).unwrap();
+    }
 }
