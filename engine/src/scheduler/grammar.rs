@@ -12,8 +12,17 @@ use crate::model::{Model, Rows};
 use crate::sampler::Sampler;
 use crate::speculative::Proposal;
 
+use super::metrics as m;
 use super::round::draw_draft;
 use super::seq::Seq;
+
+/// Runs `f` (mask work), recording its time.
+fn timed<T>(f: impl FnOnce() -> T) -> T {
+    let t = std::time::Instant::now();
+    let out = f();
+    metrics::histogram!(m::GRAMMAR_MASK).record(t.elapsed().as_secs_f64());
+    out
+}
 
 fn no_row() -> EngineError {
     EngineError::Grammar {
@@ -43,11 +52,14 @@ fn draw(c: &mut Constraint, sampler: &mut Sampler, model: &Model, row: Rows) -> 
     let Rows::Logits(logits) = row else {
         return Err(no_row());
     };
-    let mask = c.mask(model.valid_mask())?;
+    let mask = timed(|| c.mask(model.valid_mask()))?;
     if !mask.contains(&true) {
         return Err(dead_end());
     }
     let t = sampler.sample(logits, &mask).token;
+    if !mask.get(t as usize).copied().unwrap_or(false) {
+        return Err(dead_end());
+    }
     advance(c, &model.tokenizer, t)?;
     Ok(t)
 }
@@ -69,18 +81,24 @@ pub(super) fn draft_token(
     proposal: &mut Proposal,
     tok: &Tokenizer,
 ) -> Option<u32> {
-    let allowed = match s.constraint.as_mut()?.allowed() {
-        Ok(a) => a,
+    let c = s.constraint.as_mut()?;
+    let (allowed, mask) = match timed(|| c.allowed().map(|a| (a.and(valid), a))) {
+        Ok((mask, a)) => (a, mask),
         Err(e) => {
             s.fail(e);
             return None;
         }
     };
-    let mask = allowed.and(valid);
     if !mask.contains(&true) {
         return None;
     }
     let t = draw_draft(s, row, &mask, proposal)?;
+    if !mask.get(t as usize).copied().unwrap_or(false) {
+        // A row whose allowed ids all have -inf logits (a restricted draft vocabulary) yields
+        // no draw the grammar takes: the proposal ends before it.
+        proposal.pop();
+        return None;
+    }
     proposal.allowed.push(allowed);
     if let Err(e) = advance(s.constraint.as_mut()?, tok, t) {
         s.fail(e);
@@ -102,6 +120,15 @@ pub(super) struct RowMasks {
 /// (or past an end of generation) stay empty: verification rejects that token or stops there,
 /// so it never reads them.
 pub(super) fn row_masks(
+    c: &mut Constraint,
+    proposal: &Proposal,
+    valid: &[bool],
+    tok: &Tokenizer,
+) -> Result<RowMasks> {
+    timed(|| masks_of(c, proposal, valid, tok))
+}
+
+fn masks_of(
     c: &mut Constraint,
     proposal: &Proposal,
     valid: &[bool],

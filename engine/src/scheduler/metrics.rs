@@ -40,6 +40,10 @@ pub const SPEC_ACCEPTED_PER_POS: &str = "vllm:spec_decode_num_accepted_tokens_pe
 /// they came back (reduced rows copy back a few values from a device, not the vocabulary).
 pub const LOGIT_ROWS: &str = "cascade:logit_rows_total";
 
+/// Histogram, seconds: the scheduler thread's time making one position's mask under a grammar
+/// (llguidance's allowed set, and the row mask made of it).
+pub const GRAMMAR_MASK: &str = "cascade:grammar_mask_seconds";
+
 /// Histogram buckets (seconds) for the latency histograms, for an exporter to install.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 20.0,
@@ -64,6 +68,11 @@ pub fn describe() {
     describe_histogram!(ITL, Unit::Seconds, "Time between a stream's tokens.");
     describe_histogram!(E2E, Unit::Seconds, "Request latency, submission to end.");
     describe_histogram!(BATCH_SEQUENCES, "Sequences per scheduler step.");
+    describe_histogram!(
+        GRAMMAR_MASK,
+        Unit::Seconds,
+        "Scheduler time making one position's grammar mask."
+    );
     describe_counter!(
         LOGIT_ROWS,
         Unit::Count,

@@ -36,6 +36,14 @@ impl Proposal {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
+
+    /// Takes back the last drafted token (and what was recorded of its position).
+    pub(crate) fn pop(&mut self) {
+        self.tokens.pop();
+        self.probs.truncate(self.tokens.len());
+        self.judge.truncate(self.tokens.len());
+        self.allowed.truncate(self.tokens.len());
+    }
 }
 
 /// Prompt lookup: finds the most recent earlier occurrence of the context's last n tokens
