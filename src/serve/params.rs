@@ -604,7 +604,10 @@ mod tests {
         let not_object = serde_json::json!({"response_format": {"type": "json_schema",
             "json_schema": {"name": "x", "schema": [1]}}});
         assert_eq!(param(not_object), "response_format.json_schema.schema");
-        assert_eq!(param(serde_json::json!({"grammar": "root ::= \"a\""})), "grammar");
+        assert_eq!(
+            param(serde_json::json!({"grammar": "root ::= \"a\""})),
+            "grammar"
+        );
         let both = serde_json::json!({"grammar": "start: \"a\"",
             "response_format": {"type": "json_object"}});
         assert_eq!(param(both), "grammar");
@@ -612,7 +615,10 @@ mod tests {
         let msgs = serde_json::json!([{"role": "user", "content": "hi"}]);
         let f = serde_json::json!([{"type": "function", "function": {"name": "f"}}]);
         let offered = tools(serde_json::json!({"messages": msgs, "tools": f}));
-        assert_eq!(check_tools(&offered).unwrap_err().param.as_deref(), Some("tools"));
+        assert_eq!(
+            check_tools(&offered).unwrap_err().param.as_deref(),
+            Some("tools")
+        );
         let declined =
             tools(serde_json::json!({"messages": msgs, "tools": f, "tool_choice": "none"}));
         check_tools(&declined).unwrap();

@@ -164,6 +164,7 @@ impl Constraint {
     }
 
     /// `valid` with the ids the grammar forbids next cleared.
+    #[cfg(test)]
     pub fn mask(&mut self, valid: &[bool]) -> Result<Vec<bool>> {
         Ok(self.allowed()?.and(valid))
     }

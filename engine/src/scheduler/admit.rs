@@ -68,6 +68,7 @@ pub(crate) fn new_seq(
         last_at: None,
         stop: None,
         constraint: job.constraint.take(),
+        ahead: None,
         failure: None,
         job,
     }

@@ -6,7 +6,7 @@
 
 use cascade_weights::Tokenizer;
 
-use crate::constraint::Constraint;
+use crate::constraint::{Allowed, Constraint};
 use crate::error::{EngineError, Result};
 use crate::model::{Model, Rows};
 use crate::sampler::Sampler;
@@ -36,10 +36,46 @@ fn dead_end() -> EngineError {
     }
 }
 
+/// The grammars whose next allowed set is known before a forward, taken out of their
+/// sequences so that the sets are made on another thread while the forward runs.
+pub(super) struct Ahead(Vec<(usize, Constraint, Option<Allowed>)>);
+
+impl Ahead {
+    /// Takes the grammars of the sequences at `ready` (indices into `running`).
+    pub fn take(running: &mut [Seq], ready: &[usize]) -> Ahead {
+        Ahead(
+            ready
+                .iter()
+                .filter_map(|&i| running[i].constraint.take().map(|c| (i, c, None)))
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Makes each one's set (a failure is left for the step to meet again and report).
+    pub fn compute(&mut self) {
+        for (_, c, a) in &mut self.0 {
+            *a = timed(|| c.allowed()).ok();
+        }
+    }
+
+    /// Gives each grammar back to its sequence, with the set made for its next position.
+    pub fn put_back(self, running: &mut [Seq]) {
+        for (i, c, a) in self.0 {
+            running[i].constraint = Some(c);
+            running[i].ahead = a;
+        }
+    }
+}
+
 /// A plain step's token (or a prompt's first): drawn from `row` under the grammar's set.
 pub(super) fn next_token(s: &mut Seq, model: &Model, row: Rows) -> Option<u32> {
+    let ahead = s.ahead.take();
     let c = s.constraint.as_mut()?;
-    match draw(c, &mut s.sampler, model, row) {
+    match draw(c, ahead, &mut s.sampler, model, row) {
         Ok(t) => Some(t),
         Err(e) => {
             s.fail(e);
@@ -48,11 +84,21 @@ pub(super) fn next_token(s: &mut Seq, model: &Model, row: Rows) -> Option<u32> {
     }
 }
 
-fn draw(c: &mut Constraint, sampler: &mut Sampler, model: &Model, row: Rows) -> Result<u32> {
+fn draw(
+    c: &mut Constraint,
+    ahead: Option<Allowed>,
+    sampler: &mut Sampler,
+    model: &Model,
+    row: Rows,
+) -> Result<u32> {
     let Rows::Logits(logits) = row else {
         return Err(no_row());
     };
-    let mask = timed(|| c.mask(model.valid_mask()))?;
+    let allowed = match ahead {
+        Some(a) => a,
+        None => timed(|| c.allowed())?,
+    };
+    let mask = timed(|| allowed.and(model.valid_mask()));
     if !mask.contains(&true) {
         return Err(dead_end());
     }
@@ -119,18 +165,19 @@ pub(super) struct RowMasks {
 /// consuming drafted tokens while the grammar allows them. Rows past the first token it forbids
 /// (or past an end of generation) stay empty: verification rejects that token or stops there,
 /// so it never reads them.
+/// `ahead`: the set after every drafted token, made while the forward ran.
 pub(super) fn row_masks(
     c: &mut Constraint,
-    proposal: &Proposal,
+    (proposal, ahead): (&Proposal, Option<Allowed>),
     valid: &[bool],
     tok: &Tokenizer,
 ) -> Result<RowMasks> {
-    timed(|| masks_of(c, proposal, valid, tok))
+    timed(|| masks_of(c, (proposal, ahead), valid, tok))
 }
 
 fn masks_of(
     c: &mut Constraint,
-    proposal: &Proposal,
+    (proposal, mut ahead): (&Proposal, Option<Allowed>),
     valid: &[bool],
     tok: &Tokenizer,
 ) -> Result<RowMasks> {
@@ -143,7 +190,10 @@ fn masks_of(
     } else {
         while rows.len() <= k {
             let i = rows.len();
-            let a = c.allowed()?;
+            let a = match ahead.take() {
+                Some(a) if i == k && proposal.allowed.len() == k => a,
+                _ => c.allowed()?,
+            };
             let go_on = i < k && !tok.is_eog(t[i]) && a.allows(t[i]);
             rows.push(a.and(valid));
             if !go_on {

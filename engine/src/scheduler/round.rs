@@ -666,14 +666,22 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
     if batch.is_empty() {
         return Ok(0);
     }
+    // (How rows come back depends on the grammar, which `Ahead` takes out for the forward.)
+    let reduce: Vec<Reduce> = batch
+        .iter()
+        .map(|f| l.running[f.0].reduce(model.vocab_size(), true))
+        .collect();
+    let ready = ahead_ready(&l.running, work, &batch, model);
+    let mut ahead = grammar::Ahead::take(&mut l.running, &ready);
     let inputs: Vec<SeqInput> = batch
         .iter()
-        .map(|(i, t, want)| SeqInput {
+        .zip(&reduce)
+        .map(|((i, t, want), &reduce)| SeqInput {
             tokens: t,
             table: &l.running[*i].kv.table,
             past: l.running[*i].kv.len,
             want: *want,
-            reduce: l.running[*i].reduce(model.vocab_size(), true),
+            reduce,
             extra: &[],
             prompt: l.running[*i].prompt_len,
         })
@@ -683,7 +691,19 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
         Role::Draft => (&mut l.bufs.scratch_d, &mut l.bufs.out_d),
     };
     let t = Instant::now();
-    model.forward_batch(&mut pool.storage, &inputs, scratch, out)?;
+    let done = std::thread::scope(|sc| {
+        let side = (!ahead.is_empty()).then(|| sc.spawn(|| ahead.compute()));
+        let done = model.forward_batch(&mut pool.storage, &inputs, scratch, out);
+        if let Some(h) = side {
+            let _ = h.join();
+        }
+        done
+    });
+    if let Err(e) = done {
+        drop(inputs);
+        ahead.put_back(&mut l.running);
+        return Err(e);
+    }
     let rows: usize = batch.iter().map(|(_, t, _)| t.len()).sum();
     if role == Role::Target {
         l.costs.target.observe(rows, t.elapsed().as_secs_f64());
@@ -695,11 +715,35 @@ fn main_forward(l: &mut StepLoop, work: &mut [Work], role: Role, model: &Model) 
     shapes.iter().for_each(|&(n, r)| l.logit_rows.count(n, r));
     let parts = out.split(shapes, model.vocab_size());
     drop(inputs);
+    ahead.put_back(&mut l.running);
     for ((i, t, _), part) in batch.iter().zip(parts) {
         let w = std::mem::replace(&mut work[*i], Work::Wait);
         apply(&mut l.running[*i], (pool, verify), model, w, t.len(), part);
     }
     Ok(rows)
+}
+
+/// The constrained sequences of `batch` whose grammar's next set is known before the forward:
+/// a prompt's last chunk, a plain step, or a verification of the draft model's tokens (the
+/// grammar consumed them as they were drafted; the set is the bonus row's). Their sets are
+/// made beside the forward ([`grammar::Ahead`]).
+fn ahead_ready(running: &[Seq], work: &[Work], batch: &[Feed], model: &Model) -> Vec<usize> {
+    let ready = |i: usize| {
+        let s = &running[i];
+        s.constraint.is_some()
+            && match &work[i] {
+                Work::Prefill { end, .. } => *end == s.prompt_len,
+                Work::Round { proposal, .. } => {
+                    proposal.allowed.len() == proposal.len()
+                        && proposal
+                            .tokens
+                            .last()
+                            .is_none_or(|&t| !model.tokenizer.is_eog(t))
+                }
+                _ => false,
+            }
+    };
+    batch.iter().map(|f| f.0).filter(|&i| ready(i)).collect()
 }
 
 /// The token a plain step takes from its one row: the sampler's draw, or the greedy choice the
@@ -766,14 +810,17 @@ fn accept(
     source: Source,
     base: usize,
 ) -> Vec<u32> {
+    let ahead = s.ahead.take();
     let masks = match s.constraint.as_mut() {
-        Some(c) => match grammar::row_masks(c, proposal, model.valid_mask(), &model.tokenizer) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                s.fail(e);
-                return Vec::new();
+        Some(c) => {
+            match grammar::row_masks(c, (proposal, ahead), model.valid_mask(), &model.tokenizer) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    s.fail(e);
+                    return Vec::new();
+                }
             }
-        },
+        }
         None => None,
     };
     let sp = s.spec.as_mut().expect("speculative");

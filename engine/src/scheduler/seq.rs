@@ -92,6 +92,8 @@ pub(crate) struct Seq {
     /// The grammar the output follows; it has consumed every emitted token (and, mid-round,
     /// the drafted ones).
     pub constraint: Option<Constraint>,
+    /// The grammar's set for the next position, made while this step's forward ran.
+    pub ahead: Option<crate::constraint::Allowed>,
     /// Why the sequence failed (its grammar could not go on): sent instead of a completion.
     pub failure: Option<EngineError>,
 }

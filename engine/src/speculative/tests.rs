@@ -131,6 +131,19 @@ fn proposer_sets(len: DraftLen) -> [(&'static str, SpecConfig); 3] {
     ]
 }
 
+/// Every proposer set, and a draft that is the target itself (`"self"`: every drafted token is
+/// the target's own choice).
+fn proposers_and_self(len: DraftLen) -> impl Iterator<Item = (&'static str, SpecConfig)> {
+    let self_set = (
+        "self",
+        SpecConfig {
+            lookup: None,
+            ..spec(len)
+        },
+    );
+    proposer_sets(len).into_iter().chain([self_set])
+}
+
 #[test]
 fn greedy_exact_equals_target_bitwise() {
     let p = Pair::new(DType::Q8_0, false);
@@ -153,14 +166,7 @@ fn greedy_exact_equals_target_bitwise() {
             };
             let plain = generate(&target, &prompt, &cfg, |_| true).unwrap();
             for len in lens {
-                let self_set = (
-                    "self",
-                    SpecConfig {
-                        lookup: None,
-                        ..spec(len)
-                    },
-                );
-                for (name, s) in proposer_sets(len).into_iter().chain([self_set]) {
+                for (name, s) in proposers_and_self(len) {
                     let e = if name == "self" { &same } else { &other };
                     let g = run(e, &prompt, cfg, Mode::Speculative(s));
                     let what = format!("prompt {i}, {name}, {len:?}, {threads} threads");

@@ -101,14 +101,7 @@ fn greedy_constrained_exact_equals_the_constrained_target() {
                 DraftLen::Fixed(4),
                 DraftLen::Auto { max: 8 },
             ] {
-                let self_set = (
-                    "self",
-                    SpecConfig {
-                        lookup: None,
-                        ..spec(len)
-                    },
-                );
-                for (name, s) in proposer_sets(len).into_iter().chain([self_set]) {
+                for (name, s) in proposers_and_self(len) {
                     let e = if name == "self" { &same } else { &other };
                     let got = run_constrained(e, &prompt, cfg, Mode::Speculative(s), &g);
                     let what = format!("{g:?} {text:?} {name} {len:?}");
