@@ -69,10 +69,16 @@ impl Grammar {
     }
 }
 
+/// Longest error reason kept: llguidance's errors quote the grammar, which may be long.
+const MAX_ERROR_CHARS: usize = 500;
+
 fn grammar_err(reason: impl std::fmt::Display) -> EngineError {
-    EngineError::Grammar {
-        reason: reason.to_string(),
+    let mut reason = reason.to_string();
+    if let Some((cut, _)) = reason.char_indices().nth(MAX_ERROR_CHARS) {
+        reason.truncate(cut);
+        reason.push_str("...");
     }
+    EngineError::Grammar { reason }
 }
 
 /// The tables grammars are compiled against: the vocabulary's byte trie and llguidance's

@@ -133,3 +133,23 @@ fn oversized_grammars_are_refused_before_compiling() {
     assert!(large.len() < MAX_GRAMMAR_BYTES);
     g.start(&Grammar::Lark(large)).unwrap();
 }
+
+/// Deep nesting is llguidance's error, not a stack overflow; errors stay short even when the
+/// grammar they quote is long.
+#[test]
+fn deep_nesting_is_an_error() {
+    let tok = tokenizer();
+    let g = Grammars::new(&tok).unwrap();
+    let n = 20_000;
+    let lark = format!("start: {}\"a\"{}", "(".repeat(n), ")".repeat(n));
+    let regex = format!("{}a{}", "(".repeat(n), ")".repeat(n));
+    for bad in [Grammar::Lark(lark), Grammar::Regex(regex)] {
+        let e = g.start(&bad).unwrap_err().to_string();
+        assert!(e.len() <= MAX_ERROR_CHARS + 64, "{} chars", e.len());
+    }
+    let mut schema = serde_json::json!({"type": "string"});
+    for _ in 0..100 {
+        schema = serde_json::json!({"type": "array", "items": schema});
+    }
+    g.start(&Grammar::JsonSchema(schema)).unwrap();
+}
