@@ -55,10 +55,11 @@ impl Ahead {
         self.0.is_empty()
     }
 
-    /// Makes each one's set (a failure is left for the step to meet again and report).
+    /// Makes each one's set (a failure is left for the step to meet again and report). Not
+    /// timed: this runs beside the forward, off the scheduler's path.
     pub fn compute(&mut self) {
         for (_, c, a) in &mut self.0 {
-            *a = timed(|| c.allowed()).ok();
+            *a = c.allowed().ok();
         }
     }
 
@@ -94,11 +95,11 @@ fn draw(
     let Rows::Logits(logits) = row else {
         return Err(no_row());
     };
-    let allowed = match ahead {
-        Some(a) => a,
-        None => timed(|| c.allowed())?,
+    let valid = model.valid_mask();
+    let mask = match ahead {
+        Some(a) => timed(|| a.and(valid)),
+        None => timed(|| c.allowed().map(|a| a.and(valid)))?,
     };
-    let mask = timed(|| allowed.and(model.valid_mask()));
     if !mask.contains(&true) {
         return Err(dead_end());
     }

@@ -40,8 +40,9 @@ pub const SPEC_ACCEPTED_PER_POS: &str = "vllm:spec_decode_num_accepted_tokens_pe
 /// they came back (reduced rows copy back a few values from a device, not the vocabulary).
 pub const LOGIT_ROWS: &str = "cascade:logit_rows_total";
 
-/// Histogram, seconds: the scheduler thread's time making one position's mask under a grammar
-/// (llguidance's allowed set, and the row mask made of it).
+/// Histogram, seconds: the scheduler thread's time making one mask under a grammar (a drafted
+/// position's, a plain step's, or a verification's rows): llguidance's allowed sets not made
+/// beside the forward, and the row masks made of them.
 pub const GRAMMAR_MASK: &str = "cascade:grammar_mask_seconds";
 
 /// Histogram buckets (seconds) for the latency histograms, for an exporter to install.
