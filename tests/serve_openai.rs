@@ -1,6 +1,7 @@
 //! `cascade serve` on the real models (1.5B target, 0.5B draft), driven by the official `openai`
 //! Python client (`tests/serve/openai_client.py`): chat and completions, streamed and not, usage,
-//! stop strings, concurrent streams, a client that disconnects, and the error classes.
+//! stop strings, concurrent streams, a client that disconnects, the error classes, and structured
+//! outputs (json_schema through `parse` with a Pydantic model, json_object, a Lark grammar, bad input).
 
 mod common;
 #[path = "serve/harness.rs"]
@@ -13,14 +14,16 @@ use harness::Server;
 
 const KEY: &str = "cascade-test-key";
 
-/// Whether `python3` can import `openai`; in CI (CI=true) its absence fails the test.
+/// Whether `python3` can import `openai` and `jsonschema`; in CI (CI=true) their absence fails
+/// the test.
 fn openai_available() -> bool {
     let ok = Command::new("python3")
-        .args(["-c", "import openai"])
+        .args(["-c", "import openai, jsonschema"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
-        let msg = "python3 cannot import openai: run `python3 -m pip install 'openai>=1.40,<3'`";
+        let msg = "python3 cannot import openai and jsonschema: run \
+                   `python3 -m pip install 'openai>=1.40,<3' 'jsonschema>=4'`";
         assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
         eprintln!("skipping: {msg}");
     }
