@@ -450,6 +450,12 @@ fn crashes_the_fuzzers_found_are_refused_with_errors() {
         let r = render(&t, &[Message::user("hi"), Message::assistant("yo")], "", "");
         assert!(r.is_err(), "{} rendered", p.display());
     }
+    let gguf = regressions("gguf_load");
+    assert!(!gguf.is_empty());
+    for p in gguf {
+        let r = Model::load(&WeightStore::new(), &p, &OpenOptions::default());
+        assert!(r.is_err(), "{} was accepted", p.display());
+    }
     let hf = regressions("hf_folder");
     assert!(!hf.is_empty());
     for p in hf {

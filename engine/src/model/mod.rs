@@ -249,7 +249,9 @@ impl Model {
             matrix(&files, "output.weight", c.vocab_size, h)?
         };
         let output_norm = small_f32(files.tensor("output_norm.weight")?, h)?;
-        let mut layers = Vec::with_capacity(c.n_layers);
+        // The layer count comes from the file: it sizes no allocation before the layers' tensors
+        // are found (a hostile count fails at the first missing one).
+        let mut layers = Vec::new();
         for l in 0..c.n_layers {
             let n = |s: &str| format!("blk.{l}.{s}");
             let bias = |s: &str, len: usize| -> Result<Option<Vec<f32>>> {
